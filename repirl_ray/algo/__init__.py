@@ -1,0 +1,68 @@
+"""The algorithm's math as pure functions over torch tensors (ALGORITHM.md sections 2-4, 6, 7).
+
+Nothing here knows about Ray, models or configs; each function is unit-tested against numbers
+worked out by hand in tests/unit/test_algo_*.py.
+"""
+
+from repirl_ray.algo.advantages import (
+    mean_token_reward,
+    reverse_cumsum,
+    rloo_advantages,
+    rloo_process_rewards,
+    rloo_sequence_advantages,
+)
+from repirl_ray.algo.filtering import expand_to_rows, filter_prompts
+from repirl_ray.algo.metrics import (
+    auroc,
+    best_of_n,
+    first_error_localisation,
+    majority_vote,
+    step_auroc_inputs,
+    step_scores,
+)
+from repirl_ray.algo.policy_loss import entropy_from_logits, policy_loss, ppo_clip_loss
+from repirl_ray.algo.prime import implicit_token_rewards, prime_bce_loss
+from repirl_ray.algo.prm_loss import (
+    PRMCoefficients,
+    effective_sample_size,
+    importance_log_weights,
+    normalised_weights,
+    repirl_prm_coefficients,
+    repirl_prm_loss,
+    reward_l2_penalty,
+    split_positive_negative,
+)
+from repirl_ray.algo.stats import loss_denominator, masked_mean, masked_sum, masked_whiten
+
+__all__ = [
+    "PRMCoefficients",
+    "auroc",
+    "best_of_n",
+    "effective_sample_size",
+    "entropy_from_logits",
+    "expand_to_rows",
+    "filter_prompts",
+    "first_error_localisation",
+    "implicit_token_rewards",
+    "importance_log_weights",
+    "loss_denominator",
+    "majority_vote",
+    "masked_mean",
+    "masked_sum",
+    "masked_whiten",
+    "mean_token_reward",
+    "normalised_weights",
+    "policy_loss",
+    "ppo_clip_loss",
+    "prime_bce_loss",
+    "repirl_prm_coefficients",
+    "repirl_prm_loss",
+    "reverse_cumsum",
+    "reward_l2_penalty",
+    "rloo_advantages",
+    "rloo_process_rewards",
+    "rloo_sequence_advantages",
+    "split_positive_negative",
+    "step_auroc_inputs",
+    "step_scores",
+]

@@ -1,0 +1,137 @@
+"""Policy advantages with leave-one-out (RLOO) baselines, ALGORITHM.md section 3.
+
+Batch layout: rows are grouped by prompt contiguously, `group_size` (K) rows per prompt, so
+row g*K + k is sample k of prompt g. Token tensors are [B, T] over response tokens with a
+`mask` [B, T] true on real tokens. Two channels (outcome, process), plus a format channel for
+the `prm_only` and test-time-training modes (section 6); the MDP is undiscounted (gamma = 1).
+Advantages are constants for the policy loss, so every function here works on detached inputs.
+"""
+
+from typing import Optional
+
+import torch
+
+from repirl_ray.algo.stats import masked_sum, masked_whiten
+
+
+def _check_groups(batch_size: int, group_size: int) -> int:
+    """Number of prompts P = B / K; errors if the batch cannot be split into groups of K >= 2."""
+    if group_size < 2:
+        raise ValueError(
+            f"group_size must be >= 2 for a leave-one-out baseline, got {group_size}: "
+            "sample at least 2 responses per prompt (rollout.group_size)"
+        )
+    if batch_size % group_size != 0:
+        raise ValueError(
+            f"batch size {batch_size} is not a multiple of group_size {group_size}: rows must be "
+            "grouped by prompt, group_size rows per prompt"
+        )
+    return batch_size // group_size
+
+
+def _as_float(x: torch.Tensor, like: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Outcomes arrive as bool/int {0, 1}; the math wants floats (of `like`'s dtype if given)."""
+    x = x.detach()
+    if like is not None:
+        return x.to(like.dtype)
+    return x if x.is_floating_point() else x.to(torch.get_default_dtype())
+
+
+def rloo_sequence_advantages(values: torch.Tensor, group_size: int) -> torch.Tensor:
+    """A_i = v_i - mean_{j != i, same prompt} v_j  (section 3, outcome channel).
+
+    values: [B] -> [B]. Within a group the advantages sum to 0; a group whose values are all
+    equal gets 0 everywhere (no signal, which is why prompts are filtered).
+    """
+    num_prompts = _check_groups(values.shape[0], group_size)
+    v = _as_float(values).view(num_prompts, group_size)
+    # mean over the other K-1 samples = (group sum - own value) / (K - 1)
+    baseline = (v.sum(dim=1, keepdim=True) - v) / (group_size - 1)
+    return (v - baseline).view(-1)
+
+
+def mean_token_reward(token_rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """rbar_i = sum_t r_{i,t} / T_i over the response's tokens (section 1); 0 when T_i = 0.
+
+    token_rewards: [B, T], mask: [B, T] -> [B]. Keeps the gradient (the PRM loss uses it).
+    """
+    num_tokens = mask.bool().sum(dim=1).clamp(min=1).to(token_rewards.dtype)
+    return masked_sum(token_rewards, mask, dim=1) / num_tokens
+
+
+def rloo_process_rewards(
+    token_rewards: torch.Tensor, mask: torch.Tensor, group_size: int
+) -> torch.Tensor:
+    """rt^i_t = r^i_t - mean_{j != i, same prompt} rbar^j  (section 3, process channel).
+
+    token_rewards: [B, T], mask: [B, T] -> [B, T], zero outside the mask. The baseline is a
+    per-sample scalar (the other samples' mean token reward) subtracted from every token.
+    """
+    num_prompts = _check_groups(token_rewards.shape[0], group_size)
+    r = token_rewards.detach()
+    rbar = mean_token_reward(r, mask).view(num_prompts, group_size)
+    baseline = ((rbar.sum(dim=1, keepdim=True) - rbar) / (group_size - 1)).view(-1, 1)
+    rt = r - baseline
+    return torch.where(mask.bool(), rt, torch.zeros_like(rt))
+
+
+def reverse_cumsum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """out_t = sum_{s >= t, s masked} x_s: the undiscounted return-to-go (gamma = 1).
+
+    x: [B, T], mask: [B, T] -> [B, T], zero outside the mask.
+    """
+    keep = mask.bool()
+    kept = torch.where(keep, x, torch.zeros_like(x))
+    # flip-cumsum-flip rather than total - cumsum: no cancellation error on long responses.
+    out = kept.flip(dims=[1]).cumsum(dim=1).flip(dims=[1])
+    return torch.where(keep, out, torch.zeros_like(out))
+
+
+def rloo_advantages(
+    outcomes: torch.Tensor,
+    token_rewards: Optional[torch.Tensor],
+    mask: torch.Tensor,
+    group_size: int,
+    c_outcome: float,
+    c_process: float,
+    whiten: bool,
+    format_rewards: Optional[torch.Tensor] = None,
+    c_format: float = 0.0,
+) -> torch.Tensor:
+    """A_{i,t} = c_o A^o_i + c_f A^f_i + c_p A^p_{i,t}, optionally whitened (section 3).
+
+    outcomes: [B] in {0, 1}; token_rewards: [B, T] from the *updated* PRM, or None when
+    c_process == 0 (`rloo` mode); mask: [B, T]; format_rewards: [B] (0 in format, -1 not),
+    needed only when c_format != 0 (`prm_only`, section 6). Returns [B, T], zero outside the
+    mask, detached.
+
+    A^o and A^f are RLOO over each prompt's group, broadcast over the sample's tokens;
+    A^p = reverse_cumsum(rloo_process_rewards(r)). Whitening is over all response tokens of
+    the batch (not per prompt). A channel whose coefficient is 0 is not computed.
+    """
+    keep = mask.bool()
+    dtype = token_rewards.dtype if token_rewards is not None else _as_float(outcomes).dtype
+    advantages = torch.zeros(keep.shape, dtype=dtype, device=mask.device)
+    if c_outcome != 0:
+        a_outcome = rloo_sequence_advantages(_as_float(outcomes), group_size).to(dtype)
+        advantages = advantages + c_outcome * a_outcome[:, None]
+    if c_format != 0:
+        if format_rewards is None:
+            raise ValueError(
+                f"rloo_advantages: c_format = {c_format} but format_rewards is None; pass the "
+                "per-sample format rewards or set the format coefficient to 0"
+            )
+        a_format = rloo_sequence_advantages(_as_float(format_rewards), group_size).to(dtype)
+        advantages = advantages + c_format * a_format[:, None]
+    if c_process != 0:
+        if token_rewards is None:
+            raise ValueError(
+                f"rloo_advantages: c_process = {c_process} but token_rewards is None; rescore "
+                "the rollouts with the PRM or set the process coefficient to 0"
+            )
+        a_process = reverse_cumsum(rloo_process_rewards(token_rewards, mask, group_size), mask)
+        advantages = advantages + c_process * a_process
+    advantages = torch.where(keep, advantages, torch.zeros_like(advantages))
+    if whiten:
+        advantages = masked_whiten(advantages, mask)
+    return advantages

@@ -1,0 +1,32 @@
+"""Prompt filtering by K-sample accuracy (PRIME's filter, used by the paper): ALGORITHM.md
+section 3.
+
+A prompt whose K samples are all right or all wrong gives zero outcome advantage; the band
+[low, high] keeps the prompts that still carry outcome signal. Rows are grouped by prompt
+contiguously, `group_size` rows per prompt.
+"""
+
+import torch
+
+from repirl_ray.algo.advantages import _check_groups
+
+# Accuracies are k / K; a band edge written as a decimal (0.2 with K = 5) must count as inside.
+_EDGE_TOLERANCE = 1e-9
+
+
+def filter_prompts(
+    outcomes: torch.Tensor, group_size: int, low: float, high: float
+) -> torch.Tensor:
+    """keep[g] = low <= mean_k o_{g,k} <= high (inclusive at both ends).
+
+    outcomes: [B] in {0, 1} -> keep: [P] bool, P = B / group_size.
+    """
+    num_prompts = _check_groups(outcomes.shape[0], group_size)
+    # float64 so that k / K is the correctly rounded decimal the config writes.
+    accuracy = outcomes.detach().to(torch.float64).view(num_prompts, group_size).mean(dim=1)
+    return (accuracy >= low - _EDGE_TOLERANCE) & (accuracy <= high + _EDGE_TOLERANCE)
+
+
+def expand_to_rows(keep: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Per-prompt flags to per-row flags: keep: [P] bool -> [B] bool, B = P * group_size."""
+    return keep.bool().repeat_interleave(group_size)

@@ -1,0 +1,116 @@
+"""`repirl train | make-world | eval | bon`.
+
+    repirl train                                  # the built-in world, defaults
+    repirl train --config configs/tiny.yaml policy.lr=5e-5 iterations=50
+    repirl train --address auto ...               # join a running Ray cluster
+    repirl train --resume runs/repirl-20261126-101500
+    repirl make-world                             # build and cache the built-in world
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from repirl_ray.config import ConfigError, load_config, to_yaml
+from repirl_ray.models.policy import ModelPathError
+from repirl_ray.tasks.base import DataError
+
+USER_ERRORS = (ConfigError, DataError, ModelPathError, FileNotFoundError, FileExistsError)
+
+
+def _print_summary(summary: dict) -> None:
+    keys = [
+        "base_accuracy", "final_accuracy", "base_greedy_accuracy", "final_greedy_accuracy",
+        "base_step_auroc", "step_auroc", "first_error_acc", "iterations", "wall_s", "peak_rss_gib",
+    ]
+    print("summary:")
+    for k in keys:
+        if k in summary and summary[k] is not None:
+            v = summary[k]
+            print(f"  {k:24s} {v:.4f}" if isinstance(v, float) else f"  {k:24s} {v}")
+    if "mean_phase_s" in summary:
+        print("  mean seconds per phase  " + ", ".join(f"{k} {v:.2f}" for k, v in summary["mean_phase_s"].items()))
+    if "run_dir" in summary:
+        print(f"  written to {summary['run_dir']}/summary.json")
+
+
+def cmd_train(args) -> int:
+    from repirl_ray.driver import train
+
+    overrides = list(args.overrides)
+    if args.address:
+        overrides.append(f"ray.address={args.address}")
+    if args.resume:
+        summary = train(resume_dir=args.resume, overrides=overrides)
+    else:
+        cfg = load_config(args.config, overrides)
+        summary = train(cfg)
+    _print_summary(summary)
+    return 0
+
+
+def cmd_make_world(args) -> int:
+    import ray
+
+    from repirl_ray.driver import init_ray
+    from repirl_ray.world import ensure_world
+
+    cfg = load_config(args.config, args.overrides)
+    started = init_ray(cfg)
+    try:
+        paths = ensure_world(cfg.world, use_ray_train=not args.no_ray_train)
+    finally:
+        if started:
+            ray.shutdown()
+    print(f"world: {paths.root}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="repirl", description="rePIRL on Ray: learn a PRM by inverse RL while training the policy with it")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="run (or resume) a training run")
+    p.add_argument("--config", help="YAML run config (defaults: the built-in CPU world)")
+    p.add_argument("--address", help="Ray address to join, e.g. auto (default: a private local Ray)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("make-world", help="build and cache the built-in world (data, tokenizer, base policy)")
+    p.add_argument("--config")
+    p.add_argument("--no-ray-train", action="store_true", help="run the warm-up in this process instead of a Ray Train job")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_make_world)
+
+    p = sub.add_parser("config", help="print the resolved config")
+    p.add_argument("--config")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # One line per iteration is the run's own report; library progress bars only clutter it.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Advantages of a batch of rollouts: numpy in, numpy out, around algo.rloo_advantages.
+
+Run as a small Ray task between the PRM's rescoring and the policy update, so the token rewards
+go from the PRM learner to the policy learner through the object store, not the driver.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from repirl_ray import algo
+from repirl_ray.batch import Rollouts
+from repirl_ray.config import AdvantageConfig
+
+
+def batch_advantages(
+    batch: Rollouts, token_rewards: np.ndarray | None, cfg: AdvantageConfig, group_size: int
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Two-channel RLOO advantages A [B, T] (ALGORITHM.md section 3) and their statistics."""
+    groups = batch.prompt_index.reshape(-1, group_size)
+    if not (groups == groups[:, :1]).all():
+        raise ValueError("batch_advantages: rows are not grouped K per prompt; RLOO needs each prompt's K samples together")
+    mask = torch.from_numpy(batch.response_mask)
+    rewards = None if token_rewards is None else torch.from_numpy(np.asarray(token_rewards, np.float32))
+    advantages = algo.rloo_advantages(
+        torch.from_numpy(batch.outcome),
+        rewards,
+        mask,
+        group_size,
+        c_outcome=cfg.c_outcome,
+        c_process=cfg.c_process,
+        whiten=cfg.whiten,
+        # The format reward of prm_only / test-time training: 0 when well formed, -1 otherwise.
+        format_rewards=torch.from_numpy(batch.format_ok - 1.0),
+        c_format=cfg.c_format,
+    )
+    stats = {"advantage/abs_mean": float(algo.masked_mean(advantages.abs(), mask))}
+    if rewards is not None:
+        rbar = algo.mean_token_reward(rewards, mask)
+        correct = batch.outcome > 0.5
+        if correct.any():
+            stats["advantage/rbar_correct"] = float(rbar[correct].mean())
+        if (~correct).any():
+            stats["advantage/rbar_wrong"] = float(rbar[~correct].mean())
+    return advantages.numpy(), stats

@@ -1,0 +1,76 @@
+"""Supervised fine-tuning on (prompt, response) pairs: the world's base-policy warm-up and the
+behaviour-cloning / SFT baselines. A plain loop; Ray Train runs it as a one-shot job (world.py).
+
+Loss: mean negative log-likelihood of the response tokens (prompt tokens are context only).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from repirl_ray.batch import build_rollouts
+from repirl_ray.models.sequence import model_inputs, response_logprobs
+
+
+def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]]]:
+    prompts = [tokenizer(p).input_ids for p, _ in pairs]
+    responses = [tokenizer(r, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for _, r in pairs]
+    return prompts, responses
+
+
+def sft_train(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    pad_id: int,
+    weight_decay: float = 0.0,
+    warmup_frac: float = 0.05,
+    log_every: int = 32,
+    report: Callable[[dict], None] | None = None,
+) -> dict:
+    """AdamW with linear warm-up then cosine decay to 10 % of lr; one batch drawn per step."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    warmup = max(1, int(warmup_frac * steps))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    t0 = time.perf_counter()
+    loss_ema = None
+    for step in range(steps):
+        rows = rng.integers(0, len(prompts), size=batch_size)
+        batch = build_rollouts(
+            [prompts[i] for i in rows], [responses[i] for i in rows], None,
+            prompt_index=list(range(batch_size)), sample_index=[0] * batch_size, outcome=[1.0] * batch_size,
+            format_ok=[1.0] * batch_size, is_demo=True, policy_version=-1, step_ids=None,
+            first_wrong=[-2] * batch_size, pad_id=pad_id,
+        )
+        inputs = model_inputs(batch)
+        logp, _ = response_logprobs(model, inputs)
+        loss = -(logp * inputs.response_mask).sum() / inputs.response_mask.sum()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss_ema = float(loss) if loss_ema is None else 0.9 * loss_ema + 0.1 * float(loss)
+        if report is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
+            report({"step": step + 1, "steps": steps, "loss": loss_ema, "elapsed_s": time.perf_counter() - t0})
+    return {"loss": loss_ema, "steps": steps, "wall_s": time.perf_counter() - t0}

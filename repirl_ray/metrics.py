@@ -1,0 +1,156 @@
+"""Run records: metrics as JSONL and TensorBoard events, the one-line progress report, and the
+memory monitor that measures the peak of all the run's processes together."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from repirl_ray.utils import atomic_write_text
+
+METRICS_FILE = "metrics.jsonl"
+EVENTS_FILE = "events.jsonl"
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / METRICS_FILE
+        self._tb = None
+
+    @property
+    def tb(self):
+        if self._tb is None:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        return self._tb
+
+    def log(self, iteration: int, metrics: dict) -> None:
+        record = {"iteration": iteration, "time": time.time(), **{k: _plain(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.tb.add_scalar(key, value, iteration)
+        self.tb.flush()
+
+    def event(self, iteration: int, kind: str, info: dict) -> None:
+        with open(self.run_dir / EVENTS_FILE, "a") as f:
+            f.write(json.dumps({"iteration": iteration, "time": time.time(), "event": kind, **info}) + "\n")
+
+    def read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, iteration: int) -> None:
+        """On resume: drop records of iterations after the checkpoint, which will run again."""
+        kept = [r for r in self.read() if r["iteration"] <= iteration]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _plain(v):
+    if hasattr(v, "item"):
+        return v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def format_progress(iteration: int, total: int, m: dict) -> str:
+    parts = [f"iter {iteration:>4}/{total}", f"acc {m.get('rollout/accuracy', float('nan')):.3f}"]
+    if "rollout/kept" in m:
+        parts.append(f"kept {int(m['rollout/kept'])}")
+    if "prm/loss" in m:
+        parts.append(f"prm/loss {m['prm/loss']:+.3f}")
+    if "prm/ess" in m:
+        parts.append(f"ess {m['prm/ess']:.1f}")
+    if "prm/step_auroc" in m:
+        parts.append(f"auroc {m['prm/step_auroc']:.2f}")
+    if "policy/entropy" in m:
+        parts.append(f"H {m['policy/entropy']:.3f}")
+    if "eval/accuracy" in m:
+        parts.append(f"EVAL acc {m['eval/accuracy']:.3f}")
+    times = " ".join(
+        f"{k.split('/')[1]} {m[k]:.2f}" for k in ("timing/rollout", "timing/prm", "timing/advantages", "timing/policy", "timing/sync") if k in m
+    )
+    parts.append(f"[{times}] {m.get('timing/iteration', float('nan')):.2f} s")
+    return " | ".join(parts)
+
+
+def _ray_processes(whole_node: bool) -> list[psutil.Process]:
+    """This process and its descendants (a local Ray's raylet, GCS and workers), plus every Ray
+    process of this node when the driver joined a cluster (whole_node)."""
+    me = psutil.Process()
+    procs = {me.pid: me}
+    for p in me.children(recursive=True):
+        procs[p.pid] = p
+    if not whole_node:
+        return list(procs.values())
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            name = p.info["name"] or ""
+            cmd = " ".join(p.info["cmdline"] or [])
+        except (psutil.Error, TypeError):
+            continue
+        if name.startswith("ray::") or "raylet" in name or "gcs_server" in name or "ray/_private" in cmd or cmd.startswith("ray::"):
+            procs[p.pid] = p
+    return list(procs.values())
+
+
+class MemoryMonitor:
+    """Samples the summed RSS (and PSS, which counts shared pages once) of the run's processes
+    every `interval` seconds in a background thread and keeps the peaks. RSS sums count memory
+    shared between processes (the object store, libraries) more than once: an upper bound."""
+
+    def __init__(self, interval: float = 1.0, whole_node: bool = False):
+        self.interval = interval
+        self.whole_node = whole_node
+        self.peak_gib = 0.0
+        self.peak_pss_gib = 0.0
+        self.current_gib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="memory-monitor")
+        self._samples = 0
+
+    def sample(self) -> None:
+        rss = pss = 0
+        for p in _ray_processes(self.whole_node):
+            try:
+                rss += p.memory_info().rss
+                if self._samples % 5 == 0:  # PSS reads smaps: costlier, so less often
+                    pss += p.memory_full_info().pss
+            except (psutil.Error, AttributeError):
+                continue
+        self.current_gib = rss / 2**30
+        self.peak_gib = max(self.peak_gib, self.current_gib)
+        if self._samples % 5 == 0:
+            self.peak_pss_gib = max(self.peak_pss_gib, pss / 2**30)
+        self._samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def start(self) -> None:
+        self.sample()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self.sample()

@@ -1,0 +1,127 @@
+"""The process reward model r_phi(s_t, a_t): one scalar per response token (ALGORITHM.md s1).
+
+- HeadPRM (`prm.kind: head`, the paper's): a copy of the base model with a linear head; the
+  reward of token a_t is read at a_t's own position (the state that has just seen a_t). Stored as
+  an HF token-classification model with one label, so `from_pretrained` reloads it.
+- ImplicitPRM (`prm.kind: implicit`, PRIME's): r = beta * (log pi_phi(a_t|s_t) - log pi_ref(a_t|s_t)),
+  pi_phi trainable, pi_ref frozen. pi_phi is stored as an HF causal LM, beside a prm.json that
+  names pi_ref and beta.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForTokenClassification
+
+from repirl_ray.models.policy import DTYPES, check_model_path, load_causal_lm
+from repirl_ray.models.sequence import ModelInputs, response_logprobs
+from repirl_ray.utils import atomic_write_json
+
+PRM_META = "prm.json"
+
+
+class HeadPRM(nn.Module):
+    kind = "head"
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    @classmethod
+    def from_pretrained(cls, path: str, dtype: str = "float32", trust_remote_code: bool = False) -> "HeadPRM":
+        check_model_path(path, "model.prm_path")
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        trained = any("ForTokenClassification" in a for a in (config.architectures or []))
+        config.num_labels = 1
+        config.classifier_dropout = 0.0  # rewards must be deterministic: the weights use them
+        model = AutoModelForTokenClassification.from_pretrained(
+            path, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        )
+        if not trained:
+            # A fresh head starts at r = 0 on every token, so the first importance weights are
+            # the proposal's alone and the policy sees no process reward before the PRM learns.
+            nn.init.zeros_(model.score.weight)
+            if model.score.bias is not None:
+                nn.init.zeros_(model.score.bias)
+        return cls(model)
+
+    def token_rewards(self, inputs: ModelInputs) -> torch.Tensor:
+        """r_phi(s_t, a_t) for every response token [B, T]; 0 on padding."""
+        scores = self.model(
+            input_ids=inputs.input_ids,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+            use_cache=False,
+        ).logits[..., 0]
+        return scores[:, -inputs.response_len:].float() * inputs.response_mask
+
+    def save(self, out_dir: str) -> None:
+        self.model.save_pretrained(out_dir)
+        atomic_write_json(os.path.join(out_dir, PRM_META), {"kind": "head"})
+
+
+class ImplicitPRM(nn.Module):
+    kind = "implicit"
+
+    def __init__(self, phi: nn.Module, ref: nn.Module, beta: float, ref_path: str):
+        super().__init__()
+        self.phi = phi
+        self.ref = ref.eval().requires_grad_(False)
+        self.beta = beta
+        self.ref_path = ref_path
+
+    def log_probs(self, inputs: ModelInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log pi_phi(a_t|s_t), log pi_ref(a_t|s_t)), each [B, T]; pi_ref without gradient."""
+        logp_phi, _ = response_logprobs(self.phi, inputs)
+        with torch.no_grad():
+            logp_ref, _ = response_logprobs(self.ref, inputs)
+        return logp_phi, logp_ref
+
+    def token_rewards(self, inputs: ModelInputs) -> torch.Tensor:
+        logp_phi, logp_ref = self.log_probs(inputs)
+        return self.beta * (logp_phi - logp_ref) * inputs.response_mask
+
+    def save(self, out_dir: str) -> None:
+        self.phi.save_pretrained(out_dir)
+        atomic_write_json(
+            os.path.join(out_dir, PRM_META), {"kind": "implicit", "beta": self.beta, "ref_path": self.ref_path}
+        )
+
+
+def read_prm_meta(path: str) -> dict | None:
+    meta = os.path.join(path, PRM_META)
+    if os.path.isfile(meta):
+        with open(meta) as f:
+            return json.load(f)
+    return None
+
+
+def load_prm(
+    kind: str, path: str, ref_path: str, beta: float, dtype: str = "float32", trust_remote_code: bool = False
+) -> HeadPRM | ImplicitPRM:
+    """Build a PRM from a base model, or reload a trained one (a folder holding prm.json)."""
+    meta = read_prm_meta(path) if os.path.isdir(path) else None
+    if meta is not None and meta["kind"] != kind:
+        raise ValueError(
+            f"config key 'prm.kind' is {kind!r} but {path} holds a trained {meta['kind']!r} PRM; "
+            f"set prm.kind={meta['kind']} or point model.prm_path at a base model"
+        )
+    if kind == "head":
+        return HeadPRM.from_pretrained(path, dtype, trust_remote_code)
+    if kind == "implicit":
+        if meta is not None:
+            if meta["beta"] != beta:
+                raise ValueError(
+                    f"config key 'prm.beta' is {beta} but the implicit PRM at {path} was trained with "
+                    f"beta {meta['beta']}; set prm.beta={meta['beta']}"
+                )
+            ref_path = ref_path or meta["ref_path"]
+        ref_path = ref_path or path
+        phi = load_causal_lm(path, dtype, trust_remote_code, key="model.prm_path")
+        ref = load_causal_lm(ref_path, dtype, trust_remote_code, key="model.ref_path")
+        return ImplicitPRM(phi, ref, beta, ref_path)
+    raise ValueError(f"config key 'prm.kind': {kind!r} is not one of head, implicit")

@@ -1,0 +1,271 @@
+"""What every task shares: the problem record, the verifier's verdict, step labels, data I/O.
+
+A task = problems (prompt + reference answer + expert demos) + an outcome verifier (+ step
+labels where the task knows them). Tasks import neither ray nor vllm (DESIGN.md section 2):
+they run in any process, and in a unit test.
+
+Data files are JSONL (.jsonl/.json) or parquet, one problem per row:
+    prompt: str, answer: str (any JSON scalar is accepted and turned into a string),
+    demos: list[str] (expert solutions; required for training data), id: str | int (optional),
+    any other field -> Problem.meta.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+# Fields with a fixed meaning; every other field of a row goes to Problem.meta.
+RESERVED_FIELDS = ("id", "prompt", "answer", "demos")
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    prompt: str
+    answer: str
+    demos: tuple[str, ...] = ()
+    # Anything else the task needs: num_ops (arithmetic), entry_point and tests (code), ...
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    correct: bool  # the outcome reward o in {0, 1} (ALGORITHM.md section 3)
+    format_ok: bool  # the answer is in the expected format (the format reward of prm_only mode)
+    answer: str | None  # the extracted final answer, what majority vote counts
+
+
+@dataclass(frozen=True)
+class StepLabels:
+    # Character [start, end) of each step in the response text, the step's delimiter included,
+    # so the spans tile the response from 0 to len(response).
+    spans: tuple[tuple[int, int], ...]
+    # Index of the first wrong step; None when every step is correct and the solution complete.
+    # It may equal len(spans): every step present is correct but the solution stops early.
+    first_wrong: int | None
+
+
+class Task:
+    """The seam between the RL loop and a domain: prompt formatting, the verifier, step labels."""
+
+    name: str = "task"
+
+    def format_prompt(self, problem: Problem) -> str:
+        """The text given to the policy."""
+        return problem.prompt
+
+    def verify(self, problem: Problem, response: str) -> Verdict:
+        raise NotImplementedError(f"{type(self).__name__}.verify")
+
+    def step_labels(self, problem: Problem, response: str) -> StepLabels | None:
+        """Ground-truth step labels; None when the task has none (math, code)."""
+        return None
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, row and field, and what to do."""
+
+
+_SCHEMA_HINT = (
+    "every row needs 'prompt' and 'answer' (and 'demos', a list of strings, for training data)"
+)
+
+
+def load_problems(
+    path: str | os.PathLike, *, require_demos: bool, split_name: str = ""
+) -> list[Problem]:
+    """Read problems from a JSONL (.jsonl/.json) or parquet file, checking every row.
+
+    Rows are never dropped: the first bad row raises DataError naming its line (JSONL) or row
+    (parquet), counted from 1, and the field.
+    """
+    path = os.fspath(path)
+    what = f"{split_name} data file" if split_name else "data file"
+    if not os.path.isfile(path):
+        raise DataError(
+            f"{what} {path!r} not found (cwd {os.getcwd()}): check the path; a data file is "
+            f"JSONL or parquet where {_SCHEMA_HINT} (repirl_ray.tasks.base.write_jsonl writes one)"
+        )
+    lower = path.lower()
+    if lower.endswith((".jsonl", ".json")):
+        builder, row_word = "json", "line"
+    elif lower.endswith(".parquet"):
+        builder, row_word = "parquet", "row"
+    else:
+        raise DataError(
+            f"{what} {path!r}: unsupported extension; use .jsonl, .json or .parquet"
+        )
+
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{what} {path!r} is empty; {_SCHEMA_HINT}")
+
+    import datasets  # imported here: a second or so, paid only by code that reads files
+
+    try:
+        ds = datasets.load_dataset(builder, data_files=path, split="train")
+    except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear line
+        detail = _diagnose_jsonl(path) if builder == "json" else None
+        if detail:
+            raise DataError(f"{path} {detail}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"{what} {path!r} could not be read as {builder} ({first}); {_SCHEMA_HINT}"
+        ) from exc
+    if builder == "json" and _is_json_array(path):
+        row_word = "row"  # one JSON array: its rows are not lines
+    if len(ds) == 0:
+        raise DataError(f"{what} {path!r} has no rows; {_SCHEMA_HINT}")
+    return rows_to_problems(ds, path, require_demos=require_demos, row_word=row_word)
+
+
+def rows_to_problems(
+    rows: Iterable[dict],
+    source: str,
+    *,
+    require_demos: bool,
+    prompt_field: str = "prompt",
+    answer_field: str = "answer",
+    demos_field: str | None = "demos",
+    row_word: str = "row",
+) -> list[Problem]:
+    """Check and convert rows (dicts) into Problems; shared by every loader.
+
+    Fields other than id/prompt/answer/demos go to meta, except null ones: Arrow fills a key
+    that only some rows have with null in the others, so a null extra means "absent".
+    """
+    used = {"id", prompt_field, answer_field} | ({demos_field} if demos_field else set())
+    problems: list[Problem] = []
+    seen_ids: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        where = f"{source} {row_word} {i + 1}"
+
+        def field_value(name: str, required: bool) -> Any:
+            value = row.get(name)
+            if value is None and required:
+                raise DataError(f"{where}: missing field {name!r}; {_SCHEMA_HINT}")
+            return value
+
+        prompt = field_value(prompt_field, True)
+        if not isinstance(prompt, str):
+            raise DataError(
+                f"{where}: field {prompt_field!r} must be a string, got {type(prompt).__name__}"
+            )
+        answer = field_value(answer_field, True)
+        if isinstance(answer, str):
+            pass
+        elif isinstance(answer, float) and answer.is_integer():
+            # Arrow reads a column of 3 and 2.5 as floats; 3 must not become "3.0".
+            answer = str(int(answer))
+        elif isinstance(answer, (bool, int, float)):
+            answer = json.dumps(answer)  # the JSON text: 3 -> "3", true -> "true"
+        else:
+            raise DataError(
+                f"{where}: field {answer_field!r} must be a string or a number, "
+                f"got {type(answer).__name__}"
+            )
+        demos: tuple[str, ...] = ()
+        if demos_field is not None:
+            raw = field_value(demos_field, require_demos)
+            if raw is not None:
+                if isinstance(raw, str):
+                    raise DataError(
+                        f"{where}: field {demos_field!r} must be a list of strings, got one "
+                        f"string; wrap it in a list"
+                    )
+                if not isinstance(raw, (list, tuple)) or not all(isinstance(d, str) for d in raw):
+                    raise DataError(
+                        f"{where}: field {demos_field!r} must be a list of strings, got "
+                        f"{_describe(raw)}"
+                    )
+                demos = tuple(raw)
+            if require_demos and not demos:
+                raise DataError(
+                    f"{where}: field {demos_field!r} is empty; training data needs at least "
+                    f"one expert demo per problem"
+                )
+        pid = row.get("id")
+        if pid is None:
+            pid = str(i)
+        elif isinstance(pid, (str, int)) and not isinstance(pid, bool):
+            pid = str(pid)
+        else:
+            raise DataError(
+                f"{where}: field 'id' must be a string or an integer, got {type(pid).__name__}"
+            )
+        if pid in seen_ids:
+            raise DataError(
+                f"{where}: id {pid!r} already used at {row_word} {seen_ids[pid]}; "
+                f"ids must be unique"
+            )
+        seen_ids[pid] = i + 1
+        meta = {k: v for k, v in row.items() if k not in used and v is not None}
+        problems.append(Problem(id=pid, prompt=prompt, answer=answer, demos=demos, meta=meta))
+    return problems
+
+
+def write_jsonl(path: str | os.PathLike, problems: Iterable[Problem]) -> None:
+    """Write problems in the schema load_problems reads (meta fields become top-level fields).
+
+    Atomic: a reader sees the old file or the whole new one, never a half-written one.
+    """
+    lines = []
+    for p in problems:
+        clash = set(p.meta) & set(RESERVED_FIELDS)
+        if clash:
+            raise DataError(
+                f"problem {p.id!r}: meta key(s) {sorted(clash)} clash with the reserved fields "
+                f"{RESERVED_FIELDS}; rename them"
+            )
+        row = {"id": p.id, "prompt": p.prompt, "answer": p.answer, "demos": list(p.demos), **p.meta}
+        lines.append(json.dumps(row, ensure_ascii=False))
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".jsonl")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        kinds = sorted({type(v).__name__ for v in value})
+        return f"a list of {'/'.join(kinds) or 'nothing'}"
+    return type(value).__name__
+
+
+def _diagnose_jsonl(path: str) -> str | None:
+    """Find the line that made the Arrow JSON reader fail, with the stdlib reader.
+
+    Arrow reports a bad line by byte offset, or not at all; a user counts lines.
+    (Mixed types in a field do not fail: datasets 5 reads such a column as Json, and
+    rows_to_problems then names the row with the wrong type.)
+    """
+    try:
+        if _is_json_array(path):
+            return None  # not JSON lines: there are no lines to name
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    return f"line {n}: not valid JSON ({exc.msg}); write one JSON object per line"
+                if not isinstance(row, dict):
+                    return f"line {n}: not a JSON object; write one JSON object per line"
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def _is_json_array(path: str) -> bool:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read(1 << 16).lstrip().startswith("[")

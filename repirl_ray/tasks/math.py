@@ -1,0 +1,152 @@
+"""Math word problems with a boxed final answer, checked with math-verify.
+
+The policy is asked to put its answer in \\boxed{}; the verifier takes the last box and
+compares it with the reference answer symbolically (math-verify), so 1/2, \\frac12 and 0.5
+agree. There are no step labels: the paper's math domain has none (ALGORITHM.md section 8).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+from math_verify import parse, verify
+
+from repirl_ray.tasks.base import DataError, Problem, Task, Verdict, rows_to_problems
+
+DEFAULT_TEMPLATE = (
+    "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
+)
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)")
+# Spacing and sizing commands that do not change an answer, for the string fallback.
+_NOISE = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\displaystyle")
+
+
+def extract_boxed(text: str) -> str | None:
+    """The content of the last \\boxed{...} (or \\fbox{...}) with balanced braces.
+
+    Also reads the brace-less form `\\boxed 5`. None when there is no box, or when the last
+    box is not closed (a truncated response): an earlier box would be an intermediate
+    result, not the final answer.
+    """
+    starts = [m.end() for m in _BOX_RE.finditer(text)]
+    if not starts:
+        return None
+    i = starts[-1]
+    j = i
+    while j < len(text) and text[j] == " ":
+        j += 1
+    if j < len(text) and text[j] == "{":
+        depth = 0
+        k = j
+        while k < len(text):
+            c = text[k]
+            if c == "\\":  # \{ and \} are literal braces, not grouping
+                k += 2
+                continue
+            if c == "{":
+                depth += 1
+            elif c == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[j + 1 : k]
+            k += 1
+        return None
+    if j > i:  # `\boxed 5`: the token up to the next space or `$`
+        m = re.match(r"[^\s$]+", text[j:])
+        return m.group(0) if m else None
+    return None
+
+
+def normalise_answer(answer: str) -> str:
+    """A canonical string form: the fallback comparison and the majority-vote key."""
+    s = answer.strip().strip("$")
+    for noise in _NOISE:
+        s = s.replace(noise, "")
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = re.sub(r"\s+", "", s)
+    return s.rstrip(".")
+
+
+class MathTask(Task):
+    name = "math"
+
+    def __init__(self, template: str = DEFAULT_TEMPLATE, timeout_s: int = 5):
+        if "{problem}" not in template:
+            raise ValueError(
+                f"MathTask template {template!r} has no '{{problem}}' placeholder; add one where "
+                f"the problem text goes"
+            )
+        self.template = template
+        self.timeout_s = timeout_s
+
+    def format_prompt(self, problem: Problem) -> str:
+        # replace, not str.format: the template's own "\boxed{}" would read as a format field.
+        return self.template.replace("{problem}", problem.prompt)
+
+    def verify(self, problem: Problem, response: str) -> Verdict:
+        boxed = extract_boxed(response)
+        if boxed is None or not boxed.strip():
+            return Verdict(correct=False, format_ok=False, answer=None)
+        answer = normalise_answer(boxed)
+        return Verdict(correct=self._equal(problem.answer, boxed), format_ok=True, answer=answer)
+
+    def _equal(self, gold_text: str, pred_text: str) -> bool:
+        if normalise_answer(gold_text) == normalise_answer(pred_text):
+            return True
+        # math-verify times out with signal.alarm, which raises outside the main thread; a
+        # caller verifying from a thread pool gets no timeout rather than an error.
+        timeout = self.timeout_s if threading.current_thread() is threading.main_thread() else None
+        gold = parse(f"${gold_text}$", parsing_timeout=timeout)
+        pred = parse(f"${pred_text}$", parsing_timeout=timeout)
+        if not gold or not pred:  # unparseable: only the string comparison above can match
+            return False
+        return bool(verify(gold, pred, timeout_seconds=timeout))
+
+
+def load_hf_math(
+    name: str,
+    split: str,
+    prompt_field: str = "problem",
+    answer_field: str = "answer",
+    demos_field: str | None = None,
+    **load_kwargs,
+) -> list[Problem]:
+    """Problems from a Hugging Face dataset (a hub name, or a builder such as "json" with
+    data_files=...), mapping its fields onto Problem. Other fields go to meta.
+
+    demos_field may hold one solution string (MATH's "solution") or a list of them.
+    """
+    import datasets  # imported here: only code that reads data pays for it
+
+    source = f"dataset {name!r} split {split!r}"
+    try:
+        ds = datasets.load_dataset(name, split=split, **load_kwargs)
+    except Exception as exc:  # noqa: BLE001 - any loader failure becomes one clear line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"{source} could not be loaded ({first}); check the name and split, and without "
+            f"network use a cached copy (HF_DATASETS_OFFLINE=1) or a local JSONL/parquet file"
+        ) from exc
+    wanted = [f for f in (prompt_field, answer_field, demos_field) if f is not None]
+    missing = [f for f in wanted if f not in ds.column_names]
+    if missing:
+        raise DataError(
+            f"{source}: no field(s) {missing}; its fields are {ds.column_names}: pass "
+            f"prompt_field / answer_field / demos_field to name the right ones"
+        )
+    rows = (
+        {**row, demos_field: [row[demos_field]]}
+        if demos_field is not None and isinstance(row[demos_field], str)
+        else row
+        for row in ds
+    )
+    return rows_to_problems(
+        rows,
+        source,
+        require_demos=demos_field is not None,
+        prompt_field=prompt_field,
+        answer_field=answer_field,
+        demos_field=demos_field,
+    )

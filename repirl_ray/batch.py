@@ -78,6 +78,27 @@ class Rollouts:
             out[name] = np.concatenate(arrays, axis=0)
         return Rollouts(**out, pad_id=pad_id)
 
+    @staticmethod
+    def gather(keep_prompts: np.ndarray | None, parts) -> tuple["Rollouts | None", "Rollouts | None"]:
+        """(rollouts, demos) of the kept prompts, from the shards of all rollout workers.
+
+        Learners are handed the workers' shards as ObjectRefs, which Ray resolves (zero-copy)
+        in the learner; each learner builds its batch here, so no extra process copies data.
+        keep_prompts None keeps every prompt."""
+        parts = [p for p in parts if p is not None and len(p) > 0]
+        out = []
+        for want_demo in (False, True):
+            sel = [p for p in parts if bool(p.is_demo[0]) == want_demo]
+            if not sel:
+                out.append(None)
+                continue
+            batch = Rollouts.concat(sel)
+            if keep_prompts is not None:
+                rows = batch.group_rows(np.asarray(keep_prompts))
+                batch = batch.select(rows) if len(rows) else None
+            out.append(batch)
+        return out[0], out[1]
+
     def group_rows(self, keep_prompts: np.ndarray) -> np.ndarray:
         """Row indices of the given prompts (by prompt_index), in batch order."""
         return np.flatnonzero(np.isin(self.prompt_index, keep_prompts))

@@ -27,10 +27,8 @@ from ray.exceptions import RayActorError
 from repirl_ray import algo
 from repirl_ray.actors.roles import (
     RolloutGroup,
-    advantages_task,
     create_policy_learner,
     create_prm_learner,
-    select_prompts_task,
 )
 from repirl_ray.config import TrainConfig, load_config, save_config
 from repirl_ray.data import PromptStream
@@ -170,7 +168,8 @@ class Trainer:
             max_prompt_tokens=cfg.data.max_prompt_tokens, task_kwargs=task_kwargs(cfg), **common,
         )
         self.policy = create_policy_learner(
-            cfg.policy, paths.policy, temperature=cfg.rollout.temperature, seed=cfg.seed, ref_path=paths.ref, **common
+            cfg.policy, paths.policy, advantage=cfg.advantage, group_size=self.group_size,
+            temperature=cfg.rollout.temperature, seed=cfg.seed, ref_path=paths.ref, **common,
         )
         self.prm = None
         if cfg.prm.kind != "none":
@@ -195,13 +194,6 @@ class Trainer:
     def _event(self, kind: str, info: dict) -> None:
         self.log(f"event: {kind} {info}")
         self.metrics.event(self.iteration, kind, info)
-
-    def _push_weights(self) -> float:
-        """6. Policy weights to every rollout worker: one ray.put, the same ref for all."""
-        weights = self.policy.weights.remote()
-        version = self._call_learners(self.policy.ping.remote()) and self._policy_version
-        self.rollout.load_weights(weights, version)
-        return version
 
     # ------------------------------------------------------------------------------------------
     def run_iteration(self) -> dict:
@@ -238,30 +230,27 @@ class Trainer:
             metrics.update(timer.times)
             metrics["timing/iteration"] = time.perf_counter() - t_start
             return metrics
-        batch = select_prompts_task.remote(keep, *rollouts)
-        demo_batch = select_prompts_task.remote(keep, *demos) if self.prm is not None else None
+        # The learners gather the kept prompts' rows from the workers' shards themselves.
 
         # 3. IRL step: the PRM learns from P = demos + correct rollouts against N = failed ones.
         if self.prm is not None and cfg.prm.update == "before":
             with timer("prm"):
-                metrics.update(self._call_learners(self.prm.update.remote(batch, demo_batch)))
+                metrics.update(self._call_learners(self.prm.update.remote(keep, *rollouts, *demos)))
 
-        # 4. Rescore every rollout with the updated PRM; two-channel RLOO advantages.
-        with timer("advantages"):
-            token_rewards = None
-            if self.prm is not None:
-                token_rewards, score_stats = self.prm.score.options(num_returns=2).remote(batch)
+        # 4. Rescore every kept rollout with the updated PRM (token rewards stay in the object store).
+        token_rewards = None
+        if self.prm is not None and cfg.advantage.c_process != 0:
+            with timer("score"):
+                token_rewards, score_stats = self.prm.score.options(num_returns=2).remote(keep, *rollouts)
                 metrics.update(self._call_learners(score_stats))
-            advantages, adv_stats = advantages_task.remote(batch, token_rewards, cfg.advantage, K)
-            metrics.update(ray.get(adv_stats))
 
-        # 5. Policy update: PPO-clip with the entropy bonus on those advantages.
+        # 5. Policy update: two-channel RLOO advantages, then PPO-clip with the entropy bonus.
         with timer("policy"):
-            metrics.update(self._call_learners(self.policy.update.remote(batch, advantages)))
+            metrics.update(self._call_learners(self.policy.update.remote(keep, token_rewards, *rollouts)))
 
         if self.prm is not None and cfg.prm.update == "after":
             with timer("prm"):
-                metrics.update(self._call_learners(self.prm.update.remote(batch, demo_batch)))
+                metrics.update(self._call_learners(self.prm.update.remote(keep, *rollouts, *demos)))
 
         # 6. New policy weights to the rollout workers (object store), before the next sampling.
         with timer("sync"):
@@ -288,8 +277,7 @@ class Trainer:
             _, _, greedy = self.rollout.generate(problems, n=1, temperature=0.0, seed=0, with_demos=False)
             out[f"{tag}/greedy_accuracy"] = float(np.concatenate([s["outcome"] for s in greedy]).mean())
         if self.prm is not None:
-            batch = select_prompts_task.remote(np.arange(len(problems)), *rollouts)
-            _, stats = self.prm.score.options(num_returns=2).remote(batch)
+            _, stats = self.prm.score.options(num_returns=2).remote(None, *rollouts)
             stats = self._call_learners(stats)
             for key in ("step_auroc", "first_error_acc"):
                 if f"prm/{key}" in stats:
@@ -399,7 +387,7 @@ class Trainer:
         base = self.history["base"]
         hist = self.metrics.read()
         phases = {}
-        for key in ("timing/rollout", "timing/prm", "timing/advantages", "timing/policy", "timing/sync", "timing/iteration"):
+        for key in ("timing/rollout", "timing/prm", "timing/score", "timing/policy", "timing/sync", "timing/iteration"):
             values = [m[key] for m in hist if key in m and "rollout/accuracy" in m]
             if values:
                 phases[key.split("/")[1]] = round(float(np.mean(values)), 3)

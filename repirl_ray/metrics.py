@@ -85,7 +85,7 @@ def format_progress(iteration: int, total: int, m: dict) -> str:
     if "eval/accuracy" in m:
         parts.append(f"EVAL acc {m['eval/accuracy']:.3f}")
     times = " ".join(
-        f"{k.split('/')[1]} {m[k]:.2f}" for k in ("timing/rollout", "timing/prm", "timing/advantages", "timing/policy", "timing/sync") if k in m
+        f"{k.split('/')[1]} {m[k]:.2f}" for k in ("timing/rollout", "timing/prm", "timing/score", "timing/policy", "timing/sync") if k in m
     )
     parts.append(f"[{times}] {m.get('timing/iteration', float('nan')):.2f} s")
     return " | ".join(parts)

@@ -16,9 +16,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError
 
-from repirl_ray.batch import Rollouts
-from repirl_ray.config import AdvantageConfig, IRLConfig, PolicyConfig, PRMConfig, RolloutConfig
-from repirl_ray.learners.advantages import batch_advantages
+from repirl_ray.config import IRLConfig, PolicyConfig, PRMConfig, RolloutConfig
 from repirl_ray.learners.policy import PolicyLearner
 from repirl_ray.learners.prm import PRMLearner
 from repirl_ray.rollout.worker import RolloutWorker
@@ -63,22 +61,6 @@ def create_prm_learner(cfg: PRMConfig, irl: IRLConfig, model_path: str, **kwargs
         runtime_env=_env({"OMP_NUM_THREADS": str(cfg.num_threads)}),
     )
     return actor.remote(cfg, irl, model_path, **kwargs)
-
-
-def select_prompts(keep_prompts: np.ndarray, *parts: Rollouts) -> Rollouts | None:
-    """One batch of the kept prompts' rows, from the shards of all workers."""
-    parts = [p for p in parts if p is not None]
-    if not parts:
-        return None
-    batch = Rollouts.concat(parts)
-    rows = batch.group_rows(keep_prompts)
-    return batch.select(rows) if len(rows) else None
-
-
-# Small stateless steps of the iteration, run as Ray tasks next to the data. They reserve no
-# CPU: the actors may hold every CPU of a small machine, and these take milliseconds.
-select_prompts_task = ray.remote(num_cpus=0, num_returns=1)(select_prompts)
-advantages_task = ray.remote(num_cpus=0, num_returns=2)(batch_advantages)
 
 
 def _core_lists(num_workers: int) -> list[str]:

@@ -1,8 +1,8 @@
 """PolicyLearner: the policy pi_theta and its optimizer, as a plain class (no Ray).
 
-One update = ALGORITHM.md section 4: PPO clipped surrogate on RLOO advantages, entropy bonus,
-token-mean over each mini-batch; micro-batches accumulate gradients so that the result does not
-depend on the micro-batch size.
+One update = ALGORITHM.md sections 3-4: two-channel RLOO advantages from the outcomes and the
+PRM's token rewards, then the PPO clipped surrogate with the entropy bonus, token-mean over each
+mini-batch; micro-batches accumulate gradients so that the result does not depend on their size.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from transformers import AutoTokenizer
 
 from repirl_ray import algo
 from repirl_ray.batch import Rollouts
-from repirl_ray.config import PolicyConfig
+from repirl_ray.config import AdvantageConfig, PolicyConfig
+from repirl_ray.learners.advantages import batch_advantages
 from repirl_ray.learners.common import MetricSum, chunks, load_learner_state, make_optimizer, save_learner_state
 from repirl_ray.models.policy import load_causal_lm, weights_blob
 from repirl_ray.models.sequence import model_inputs, response_logprobs
@@ -28,6 +29,8 @@ class PolicyLearner:
         cfg: PolicyConfig,
         model_path: str,
         *,
+        advantage: AdvantageConfig | None = None,
+        group_size: int = 4,
         dtype: str = "float32",
         temperature: float = 1.0,
         seed: int = 0,
@@ -37,6 +40,8 @@ class PolicyLearner:
         torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(seed)
         self.cfg = cfg
+        self.advantage = advantage or AdvantageConfig()
+        self.group_size = group_size
         self.temperature = temperature
         self.device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         self.model = load_causal_lm(model_path, dtype, trust_remote_code).to(self.device)
@@ -52,8 +57,20 @@ class PolicyLearner:
         self.rng = np.random.default_rng(seed)
         self.version = 0  # number of updates applied; the rollout workers sample with this version
 
-    def update(self, batch: Rollouts, advantages: np.ndarray) -> dict[str, float]:
-        """One PPO pass over the batch. old log-probs = the sampling log-probs recorded by vLLM."""
+    def update(self, keep_prompts, token_rewards: np.ndarray | None, *parts: Rollouts) -> dict[str, float]:
+        """Advantages, then one PPO pass over the kept prompts' rollouts.
+
+        parts: the rollout workers' shards (demo shards are ignored); token_rewards: the updated
+        PRM's rewards of the same rows [B, T] (PRMLearner.score with the same keep_prompts), or
+        None without a PRM. pi_old = the sampling log-probs recorded by vLLM."""
+        batch, _ = Rollouts.gather(keep_prompts, parts)
+        advantages, adv_stats = batch_advantages(batch, token_rewards, self.advantage, self.group_size)
+        metrics = self.ppo_update(batch, advantages)
+        metrics.update(adv_stats)
+        return metrics
+
+    def ppo_update(self, batch: Rollouts, advantages: np.ndarray) -> dict[str, float]:
+        """One PPO pass over the batch with the given advantages [B, T]."""
         cfg = self.cfg
         t0 = time.perf_counter()
         stats = MetricSum()

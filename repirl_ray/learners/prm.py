@@ -55,7 +55,13 @@ class PRMLearner:
 
     # ----------------------------------------------------------------------------------------
     # The IRL step
-    def update(self, rollouts: Rollouts, demos: Rollouts | None) -> dict[str, float]:
+    def update(self, keep_prompts, *parts: Rollouts) -> dict[str, float]:
+        """One IRL step on the kept prompts. parts: the rollout workers' shards, rollouts and
+        expert demos (is_demo rows) alike."""
+        rollouts, demos = Rollouts.gather(keep_prompts, parts)
+        return self.update_batch(rollouts, demos)
+
+    def update_batch(self, rollouts: Rollouts, demos: Rollouts | None) -> dict[str, float]:
         t0 = time.perf_counter()
         if self.cfg.loss == "prime":
             metrics = self._update_prime(rollouts)
@@ -163,8 +169,14 @@ class PRMLearner:
             out[micro] = self.prm.token_rewards(inputs).float().cpu()
         return out
 
+    def score(self, keep_prompts, *parts: Rollouts) -> tuple[np.ndarray, dict[str, float]]:
+        """Token rewards of the kept prompts' rollouts (demo shards ignored), in the row order
+        PolicyLearner.update gathers them in."""
+        batch, _ = Rollouts.gather(keep_prompts, parts)
+        return self.score_batch(batch)
+
     @torch.no_grad()
-    def score(self, batch: Rollouts) -> tuple[np.ndarray, dict[str, float]]:
+    def score_batch(self, batch: Rollouts) -> tuple[np.ndarray, dict[str, float]]:
         """Token rewards r_t of every response [B, T] under the current PRM, and, where the
         batch carries step labels, the step-level AUROC of those rewards."""
         token_rewards = self._token_rewards(batch).numpy()

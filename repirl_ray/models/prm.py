@@ -38,6 +38,9 @@ class HeadPRM(nn.Module):
         trained = any("ForTokenClassification" in a for a in (config.architectures or []))
         config.num_labels = 1
         config.classifier_dropout = 0.0  # rewards must be deterministic: the weights use them
+        # No bias: a constant added to every token reward cancels in the IRL contrast (the
+        # coefficients sum to zero), so it would only drift on rounding noise under Adam.
+        config.token_classification_bias = False
         model = AutoModelForTokenClassification.from_pretrained(
             path, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
         )
@@ -45,8 +48,6 @@ class HeadPRM(nn.Module):
             # A fresh head starts at r = 0 on every token, so the first importance weights are
             # the proposal's alone and the policy sees no process reward before the PRM learns.
             nn.init.zeros_(model.score.weight)
-            if model.score.bias is not None:
-                nn.init.zeros_(model.score.bias)
         return cls(model)
 
     def token_rewards(self, inputs: ModelInputs) -> torch.Tensor:

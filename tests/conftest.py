@@ -1,0 +1,84 @@
+"""Shared fixtures. Everything a test needs is started here or in the test and stopped by it:
+one private local Ray per test session (address="local", never a stray cluster), and a tiny
+built-in world built once per session into a temporary cache."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Tests never reach a model hub, never join another Ray, never leave a token file behind.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A world small enough to build in seconds; the same settings reach `repirl train` as overrides.
+TINY_WORLD = {
+    "world.num_train": 512,
+    "world.num_eval": 32,
+    "world.num_hard_eval": 16,
+    "world.hidden_size": 64,  # head size 32: vLLM's CPU attention kernels need a supported one
+    "world.num_layers": 2,
+    "world.num_heads": 2,
+    "world.intermediate_size": 128,
+    "world.warmup_steps": 24,
+    "world.warmup_batch_size": 32,
+    "world.warmup_lr": 3e-3,
+}
+
+# Small and fast runs on top of it.
+TINY_RUN = {
+    "iterations": 2,
+    "data.prompts_per_iteration": 8,
+    "rollout.max_new_tokens": 40,
+    "rollout.kv_cache_gib": 0.05,
+    "rollout.num_cpus": 0.25,
+    "policy.num_cpus": 0.25,
+    "prm.num_cpus": 0.25,
+    "policy.mini_batch_size": 32,
+    "policy.micro_batch_size": 16,
+    "policy.lr": 1e-2,
+    "prm.lr": 1e-2,
+    "prm.micro_batch_size": 16,
+    "filter.enabled": False,
+    "eval.num_prompts": 8,
+    "eval.samples_per_prompt": 2,
+    "checkpoint.every": 1,
+}
+
+
+def overrides(*dicts: dict, **extra) -> list[str]:
+    merged = {}
+    for d in dicts:
+        merged.update(d)
+    merged.update(extra)
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
+@pytest.fixture(scope="session")
+def world_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("world_cache")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_world(world_cache, ray_session):
+    """The built-in world at test size, its warm-up run as a Ray Train job as in production."""
+    from repirl_ray.config import load_config
+    from repirl_ray.world import ensure_world
+
+    cfg = load_config(None, overrides(TINY_WORLD, **{"world.dir": str(world_cache)}))
+    paths = ensure_world(cfg.world, use_ray_train=True, log=lambda *_: None)
+    return cfg.world, paths

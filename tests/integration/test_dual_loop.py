@@ -1,0 +1,67 @@
+"""Two iterations of the dual loop through real Ray actors and real vLLM, with two rollout
+workers: every trainable parameter of the policy and of the PRM changes, and the run folder holds
+the resolved config, the metrics (JSONL and TensorBoard), a checkpoint and the summary."""
+
+import json
+
+import numpy as np
+import pytest
+import ray
+
+from repirl_ray.config import load_config
+from repirl_ray.driver import Trainer, latest_checkpoint
+from tests.conftest import TINY_RUN, TINY_WORLD, overrides
+
+pytestmark = pytest.mark.integration
+
+EXPECTED_METRICS = {
+    "rollout/accuracy", "rollout/response_len", "rollout/kept", "prm/loss", "prm/ess", "prm/reward_pos",
+    "prm/reward_neg", "policy/loss", "policy/entropy", "policy/clipfrac", "policy/approx_kl",
+    "timing/rollout", "timing/prm", "timing/score", "timing/policy", "timing/sync", "timing/iteration",
+    "prm/step_auroc", "rollout/policy_version",
+}
+
+
+def test_two_iterations_change_every_parameter(tiny_world, world_cache, tmp_path):
+    cfg = load_config(None, overrides(TINY_WORLD, TINY_RUN, **{"world.dir": str(world_cache), "rollout.num_workers": 2}))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    trainer = Trainer(cfg, run_dir)
+    try:
+        assert len(trainer.rollout.workers) == 2
+        policy_before = ray.get(trainer.policy.parameters_numpy.remote())
+        prm_before = ray.get(trainer.prm.parameters_numpy.remote())
+        summary = trainer.train()
+        policy_after = ray.get(trainer.policy.parameters_numpy.remote())
+        prm_after = ray.get(trainer.prm.parameters_numpy.remote())
+    finally:
+        trainer.shutdown()
+
+    unchanged = [k for k in policy_before if np.array_equal(policy_before[k], policy_after[k])]
+    assert not unchanged, f"policy parameters that never changed: {unchanged}"
+    unchanged = [k for k in prm_before if np.array_equal(prm_before[k], prm_after[k])]
+    assert not unchanged, f"PRM parameters that never changed: {unchanged}"
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if "rollout/accuracy" in r]
+    assert [r["iteration"] for r in train_records] == [1, 2]
+    for r in train_records:
+        assert EXPECTED_METRICS <= set(r), EXPECTED_METRICS - set(r)
+    # Each batch records the policy version that sampled it: 0, then 1 after the first push.
+    assert [r["rollout/policy_version"] for r in train_records] == [0, 1]
+
+    assert summary["iterations"] == 2
+    for key in ("base_accuracy", "final_accuracy", "step_auroc", "wall_s", "peak_rss_gib",
+                "base_greedy_accuracy", "final_greedy_accuracy"):
+        assert key in summary
+    assert json.loads((run_dir / "summary.json").read_text())["iterations"] == 2
+    assert (run_dir / "config.yaml").is_file()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+    ckpt = latest_checkpoint(run_dir)
+    assert ckpt is not None and ckpt.name == "iter_000002"
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+
+    AutoModelForCausalLM.from_pretrained(ckpt / "policy")
+    AutoModelForTokenClassification.from_pretrained(ckpt / "prm")
+    assert (ckpt / "policy" / "learner_state.pt").is_file() and (ckpt / "trainer_state.json").is_file()

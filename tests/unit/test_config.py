@@ -1,0 +1,68 @@
+import pytest
+
+from repirl_ray.cli import main
+from repirl_ray.config import ConfigError, TrainConfig, load_config
+
+
+def test_defaults_are_the_builtin_world():
+    cfg = load_config()
+    assert isinstance(cfg, TrainConfig)
+    assert cfg.data.task == "arithmetic" and cfg.model.policy_path == ""
+    assert cfg.prm.kind == "head" and cfg.prm.update == "before"
+    assert cfg.rollout.samples_per_prompt == 4
+
+
+def test_yaml_and_overrides_apply_in_order(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("policy:\n  lr: 0.5\niterations: 7\n")
+    cfg = load_config(str(path), ["policy.lr=0.25"])
+    assert cfg.policy.lr == 0.25 and cfg.iterations == 7
+
+
+def test_unknown_key_names_it_and_lists_valid_ones():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["policy.lrr=1e-4"])
+    msg = str(err.value)
+    assert "policy.lrr" in msg and "lr" in msg and "\n" not in msg
+
+
+def test_unknown_key_in_yaml_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("prm:\n  kindd: head\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert "prm.kindd" in str(err.value) and "bad.yaml" in str(err.value)
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["iterations=many"])
+    assert "iterations" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_value_outside_its_choices():
+    with pytest.raises(ConfigError, match="irl.normalise_over"):
+        load_config(None, ["irl.normalise_over=everything"])
+
+
+def test_process_reward_without_prm_is_an_error_not_a_rewrite():
+    with pytest.raises(ConfigError, match="advantage.c_process"):
+        load_config(None, ["prm.kind=none"])
+    cfg = load_config(None, ["prm.kind=none", "advantage.c_process=0"])
+    assert cfg.advantage.c_process == 0 and cfg.prm.kind == "none"
+
+
+def test_cli_prints_one_line_error_and_exits_2(capsys):
+    assert main(["train", "policy.lrr=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown config key 'policy.lrr'") and "\n" not in err
+
+
+def test_cli_missing_model_path(capsys, tmp_path):
+    code = main(["config"])  # sanity: printing the config works
+    assert code == 0
+    from repirl_ray.models.policy import ModelPathError, check_model_path
+
+    with pytest.raises(ModelPathError, match="model.policy_path") as err:
+        check_model_path(str(tmp_path / "no_such_model"), "model.policy_path")
+    assert "\n" not in str(err.value)

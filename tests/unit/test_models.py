@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+
+from repirl_ray.batch import build_rollouts
+from repirl_ray.models.prm import HeadPRM, ImplicitPRM, load_prm
+from repirl_ray.models.sequence import model_inputs, response_logprobs
+from repirl_ray.models.tiny import build_char_tokenizer, build_tiny_qwen2
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_model")
+    tok = build_char_tokenizer()
+    model = build_tiny_qwen2(len(tok), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, seed=1)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def _batch(prompts, responses):
+    n = len(prompts)
+    return build_rollouts(
+        prompts, responses, None, prompt_index=list(range(n)), sample_index=[0] * n, outcome=[0.0] * n,
+        format_ok=[1.0] * n, is_demo=False, policy_version=0, step_ids=None, first_wrong=[-2] * n, pad_id=0,
+    )
+
+
+def _unpadded_logprobs(model, prompt, response):
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+    return torch.stack([logp[len(prompt) - 1 + t, tok] for t, tok in enumerate(response)])
+
+
+def test_logprobs_do_not_depend_on_padding(tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    prompts = [[1, 10, 13, 8], [1, 10, 13, 8, 15, 11, 14, 8, 19]]
+    responses = [[5, 6, 7, 2], [9, 2]]
+    with torch.no_grad():
+        logp, entropy = response_logprobs(model, model_inputs(_batch(prompts, responses)), with_entropy=True)
+    for i in range(2):
+        expected = _unpadded_logprobs(model, prompts[i], responses[i])
+        assert torch.allclose(logp[i, : len(responses[i])], expected, atol=1e-5)
+    # The entropy of a 20-way distribution lies in (0, log 20].
+    assert (entropy > 0).all() and (entropy <= np.log(20) + 1e-5).all()
+
+
+def test_temperature_scales_logits(tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    inputs = model_inputs(_batch([[1, 10]], [[5, 2]]))
+    with torch.no_grad():
+        hot, _ = response_logprobs(model, inputs, temperature=2.0)
+        logits = model(torch.tensor([[1, 10, 5, 2]])).logits[0, 1:3] / 2.0
+    expected = torch.log_softmax(logits, -1)[torch.arange(2), torch.tensor([5, 2])]
+    assert torch.allclose(hot[0], expected, atol=1e-5)
+
+
+def test_head_prm_reads_reward_at_the_action_position(tiny_dir, tmp_path):
+    prm = HeadPRM.from_pretrained(tiny_dir)
+    inputs = model_inputs(_batch([[1, 10, 13]], [[5, 6, 7, 2]]))
+    # A fresh head is zero: no process reward before the PRM has learned anything.
+    assert torch.count_nonzero(prm.token_rewards(inputs)) == 0
+    torch.manual_seed(0)
+    with torch.no_grad():
+        prm.model.score.weight.normal_()
+    base = prm.token_rewards(inputs)
+    # r_t sees a_t: changing a_2 changes r_2 but not r_0, r_1 (causal, read at a_t's position).
+    changed = prm.token_rewards(model_inputs(_batch([[1, 10, 13]], [[5, 6, 9, 2]])))
+    assert torch.allclose(base[0, :2], changed[0, :2], atol=1e-6)
+    assert not torch.allclose(base[0, 2], changed[0, 2])
+    # Saved in HF format and reloaded as the trained PRM it is (head kept, not re-zeroed).
+    prm.save(str(tmp_path / "prm"))
+    again = load_prm("head", str(tmp_path / "prm"), "", 0.05)
+    assert torch.allclose(again.token_rewards(inputs), base, atol=1e-6)
+
+
+def test_implicit_prm_is_beta_times_log_ratio(tiny_dir):
+    prm = load_prm("implicit", tiny_dir, "", 0.5)
+    assert isinstance(prm, ImplicitPRM)
+    inputs = model_inputs(_batch([[1, 10, 13]], [[5, 6, 2]]))
+    # pi_phi starts as pi_ref: zero reward everywhere.
+    assert torch.allclose(prm.token_rewards(inputs), torch.zeros(1, 3), atol=1e-6)
+    with torch.no_grad():
+        for p in prm.phi.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    logp_phi, logp_ref = prm.log_probs(inputs)
+    assert torch.allclose(prm.token_rewards(inputs), 0.5 * (logp_phi - logp_ref), atol=1e-6)
+    assert not any(p.requires_grad for p in prm.ref.parameters())
+
+
+def test_wrong_prm_kind_for_a_trained_prm_is_an_error(tiny_dir, tmp_path):
+    HeadPRM.from_pretrained(tiny_dir).save(str(tmp_path / "p"))
+    with pytest.raises(ValueError, match="prm.kind"):
+        load_prm("implicit", str(tmp_path / "p"), "", 0.05)

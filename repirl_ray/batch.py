@@ -152,3 +152,19 @@ def build_rollouts(
         first_wrong=np.asarray(first_wrong, np.int16),
         pad_id=pad_id,
     )
+
+
+def save_rollouts(batch: Rollouts, path) -> None:
+    """One .npz holding every field (written atomically)."""
+    import io
+
+    from repirl_ray.utils import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez(buf, pad_id=np.array(batch.pad_id), **{f.name: getattr(batch, f.name) for f in fields(batch) if f.name != "pad_id"})
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_rollouts(path) -> Rollouts:
+    with np.load(path) as data:
+        return Rollouts(**{f.name: data[f.name] for f in fields(Rollouts) if f.name != "pad_id"}, pad_id=int(data["pad_id"]))

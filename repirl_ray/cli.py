@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     # One line per iteration is the run's own report; library progress bars only clutter it.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -109,7 +109,11 @@ class PolicyConfig:
 
 @dataclass
 class PRMConfig:
-    kind: str = "head"  # head (paper) | implicit (PRIME's log-ratio) | none (no PRM: rloo)
+    # head (the paper's: base model + scalar head) | implicit (PRIME's beta * log-ratio) | none (rloo).
+    # Departure: the built-in world defaults to implicit. Measured there (100 iterations, step AUROC on
+    # the base policy's held-out samples): head 0.63, implicit 0.77; the tiny model's last-layer state
+    # at a_t carries little of whether a_t was right, its log-probs do. prm.kind=head is the paper's.
+    kind: str = "implicit"
     update: str = "before"  # before (paper) | after | none (frozen PRM)
     loss: str = "repirl"  # repirl (IRL objective) | prime (cross-entropy on outcomes)
     beta: float = 0.05  # beta_prm of the implicit PRM

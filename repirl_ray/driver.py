@@ -30,6 +30,7 @@ from repirl_ray.actors.roles import (
     create_policy_learner,
     create_prm_learner,
 )
+from repirl_ray.batch import Rollouts, load_rollouts, save_rollouts
 from repirl_ray.config import TrainConfig, load_config, save_config
 from repirl_ray.data import PromptStream
 from repirl_ray.models.policy import check_model_path
@@ -138,6 +139,7 @@ class Trainer:
         self.stop_requested = False
         self.iteration = 0
         self.history: dict = {}  # base-eval numbers and the like, kept in the checkpoint
+        save_config(cfg, run_dir / "config.yaml")  # the resolved config, as this run uses it
         self.started_ray = init_ray(cfg, log_fn)
         self.paths = resolve_paths(cfg, log_fn)
         check_model_path(self.paths.policy, "model.policy_path")
@@ -152,6 +154,7 @@ class Trainer:
             self.hard_problems = load_problems(self.paths.hard_eval, require_demos=False, split_name="hard_eval")[: cfg.eval.num_prompts]
         self.stream = PromptStream(self.train_problems, cfg.data.prompts_per_iteration, seed=cfg.seed, shuffle=cfg.data.shuffle)
         self.metrics = MetricsLogger(run_dir)
+        self._prm_sets: dict = {}
         self.memory = MemoryMonitor(whole_node=not self.started_ray)
         self._create_actors()
         if resume:
@@ -264,8 +267,13 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     def evaluate(self, problems, tag: str) -> dict:
         """Held-out accuracy: sampled pass@1 at the training temperature (mean correctness of
-        eval.samples_per_prompt samples), greedy accuracy beside it, and the PRM's step AUROC
-        on the sampled responses."""
+        eval.samples_per_prompt samples), greedy accuracy beside it; and the PRM's step AUROC.
+
+        The PRM is judged on one fixed labelled set, the base policy's samples of the held-out
+        prompts (drawn at the first evaluation and kept in the run folder), so that its numbers
+        compare across iterations and runs: the current policy's samples change, and they hold
+        fewer and different mistakes as it improves. The AUROC on them is logged beside it
+        (`*/step_auroc_onpolicy`)."""
         cfg = self.cfg
         out = {}
         t0 = time.perf_counter()
@@ -277,13 +285,28 @@ class Trainer:
             _, _, greedy = self.rollout.generate(problems, n=1, temperature=0.0, seed=0, with_demos=False)
             out[f"{tag}/greedy_accuracy"] = float(np.concatenate([s["outcome"] for s in greedy]).mean())
         if self.prm is not None:
-            _, stats = self.prm.score.options(num_returns=2).remote(None, *rollouts)
-            stats = self._call_learners(stats)
-            for key in ("step_auroc", "first_error_acc"):
-                if f"prm/{key}" in stats:
-                    out[f"{tag}/{key}"] = stats[f"prm/{key}"]
+            fixed = self._prm_eval_set(tag, rollouts)
+            for suffix, parts in (("", [fixed]), ("_onpolicy", rollouts)):
+                _, stats = self.prm.score.options(num_returns=2).remote(None, *parts)
+                stats = self._call_learners(stats)
+                for key in ("step_auroc", "first_error_acc"):
+                    if f"prm/{key}" in stats:
+                        out[f"{tag}/{key}{suffix}"] = stats[f"prm/{key}"]
         out[f"timing/{tag}"] = time.perf_counter() - t0
         return out
+
+    def _prm_eval_set(self, tag: str, rollouts: list):
+        """The fixed PRM evaluation set of this eval split: saved at the first evaluation (the
+        base policy's samples), reloaded from the run folder on resume."""
+        if tag not in self._prm_sets:
+            path = self.run_dir / f"prm_eval_{tag}.npz"
+            if path.is_file():
+                batch = load_rollouts(path)
+            else:
+                batch, _ = Rollouts.gather(None, ray.get(rollouts))
+                save_rollouts(batch, path)
+            self._prm_sets[tag] = ray.put(batch)
+        return self._prm_sets[tag]
 
     def _evaluate_all(self) -> dict:
         out = self.evaluate(self.eval_problems, "eval")
@@ -402,6 +425,8 @@ class Trainer:
             "step_auroc": final.get("eval/step_auroc"),
             "base_step_auroc": base.get("eval/step_auroc"),
             "first_error_acc": final.get("eval/first_error_acc"),
+            "step_auroc_onpolicy": final.get("eval/step_auroc_onpolicy"),
+            "step_auroc_set": "the base policy's samples of the eval prompts (fixed for the run)",
             "wall_s": round(self.wall_s(), 1),
             "peak_rss_gib": round(self.memory.peak_gib, 3),
             "peak_pss_gib": round(self.memory.peak_pss_gib, 3),
@@ -481,7 +506,6 @@ def train(cfg: TrainConfig | None = None, *, resume_dir: str | None = None, over
     else:
         cfg = cfg or load_config(None, overrides)
         run_dir = new_run_dir(cfg)
-    save_config(cfg, run_dir / "config.yaml")
     log_fn(f"run folder: {run_dir}")
     trainer = Trainer(cfg, run_dir, resume=bool(resume_dir), log_fn=log_fn)
     previous = {}

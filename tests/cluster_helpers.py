@@ -25,6 +25,11 @@ def free_port() -> int:
 class LocalRayCluster:
     def __init__(self, tmp: Path, num_cpus: int = 2):
         self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        # Ray's socket paths must stay under 107 bytes: its temp dir gets a short name of its own.
+        import tempfile
+
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))
         self.num_cpus = num_cpus
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
@@ -41,8 +46,7 @@ class LocalRayCluster:
         return env
 
     def start(self, timeout: float = 120) -> "LocalRayCluster":
-        temp_dir = self.tmp / "ray"
-        temp_dir.mkdir(parents=True, exist_ok=True)
+        temp_dir = self.ray_tmp
         cmd = [
             str(BIN / "ray"), "start", "--head", "--block",
             "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}",
@@ -80,7 +84,7 @@ class LocalRayCluster:
         # Our session, plus anything that runs from our private temp dir (in case a Ray
         # process started a session of its own).
         sid = self.proc.pid  # start_new_session: the session id is the leader's pid
-        marker = str(self.tmp / "ray")
+        marker = str(self.ray_tmp)
         out = []
         for p in psutil.process_iter(["pid", "cmdline"]):
             try:
@@ -107,6 +111,9 @@ class LocalRayCluster:
             except subprocess.TimeoutExpired:
                 pass
         self.log.close()
+        import shutil
+
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
     def __enter__(self):
         return self.start()

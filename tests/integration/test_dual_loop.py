@@ -51,6 +51,8 @@ def test_two_iterations_change_every_parameter(tiny_world, world_cache, tmp_path
     assert [r["rollout/policy_version"] for r in train_records] == [0, 1]
 
     assert summary["iterations"] == 2
+    # The metric is computed, not just present: a step AUROC of the PRM on the fixed eval set.
+    assert 0.0 <= summary["step_auroc"] <= 1.0
     for key in ("base_accuracy", "final_accuracy", "step_auroc", "wall_s", "peak_rss_gib",
                 "base_greedy_accuracy", "final_greedy_accuracy"):
         assert key in summary

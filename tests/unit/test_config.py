@@ -8,7 +8,7 @@ def test_defaults_are_the_builtin_world():
     cfg = load_config()
     assert isinstance(cfg, TrainConfig)
     assert cfg.data.task == "arithmetic" and cfg.model.policy_path == ""
-    assert cfg.prm.kind == "head" and cfg.prm.update == "before"
+    assert cfg.prm.kind == "implicit" and cfg.prm.update == "before"  # the world default (config.py)
     assert cfg.rollout.samples_per_prompt == 4
 
 

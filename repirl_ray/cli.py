@@ -54,18 +54,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_make_world(args) -> int:
-    import ray
-
-    from repirl_ray.driver import init_ray
     from repirl_ray.world import ensure_world
 
     cfg = load_config(args.config, args.overrides)
-    started = init_ray(cfg)
-    try:
-        paths = ensure_world(cfg.world, use_ray_train=not args.no_ray_train)
-    finally:
-        if started:
-            ray.shutdown()
+    paths = ensure_world(cfg.world, use_ray_train=not args.no_ray_train)
     print(f"world: {paths.root}")
     return 0
 

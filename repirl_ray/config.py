@@ -83,6 +83,7 @@ class RolloutConfig:
     top_p: float = 1.0
     max_new_tokens: int = 48
     max_model_len: int = 128
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {rollout: 1}
     kv_cache_gib: float = 0.25  # vLLM-CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
     gpu_memory_utilization: float = 0.4
     enforce_eager: bool = True
@@ -104,6 +105,7 @@ class PolicyConfig:
     gradient_checkpointing: bool = False
     num_cpus: float = 0.5
     num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {learner: 1}
     num_threads: int = 2  # torch threads of the learner process
 
 
@@ -126,6 +128,7 @@ class PRMConfig:
     gradient_checkpointing: bool = False
     num_cpus: float = 0.5
     num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {learner: 1}
     num_threads: int = 2
 
 

@@ -31,7 +31,7 @@ from repirl_ray.actors.roles import (
     create_prm_learner,
 )
 from repirl_ray.batch import Rollouts, load_rollouts, save_rollouts
-from repirl_ray.config import TrainConfig, load_config, save_config
+from repirl_ray.config import ConfigError, TrainConfig, load_config, save_config
 from repirl_ray.data import PromptStream
 from repirl_ray.models.policy import check_model_path
 from repirl_ray.metrics import MemoryMonitor, MetricsLogger, format_progress
@@ -67,9 +67,9 @@ def resolve_paths(cfg: TrainConfig, log_fn=print) -> Paths:
     world = None
     if needs_world:
         if cfg.data.task != "arithmetic":
-            raise ValueError(
-                f"data.task is {cfg.data.task!r}: give model.policy_path, data.train_path and data.eval_path "
-                "(the built-in world only provides the arithmetic task)"
+            raise ConfigError(
+                f"config key 'data.task' is {cfg.data.task!r}: give model.policy_path, data.train_path and "
+                "data.eval_path (the built-in world only provides the arithmetic task)"
             )
         from repirl_ray.world import ensure_world
 
@@ -84,6 +84,20 @@ def resolve_paths(cfg: TrainConfig, log_fn=print) -> Paths:
         eval=cfg.data.eval_path or str(world.eval),
         hard_eval=cfg.data.hard_eval_path or (str(world.hard_eval) if world else ""),
     )
+
+
+def check_given_paths(cfg: TrainConfig) -> None:
+    """Paths the user gave are checked before anything starts (Ray, the world, actors), so a
+    typo costs a second, not a minute: missing model folders and data files, and bad rows."""
+    for key in ("model.policy_path", "model.prm_path", "model.ref_path"):
+        section, name = key.split(".")
+        path = getattr(getattr(cfg, section), name)
+        if path and not (key == "model.prm_path" and cfg.prm.kind == "none"):
+            check_model_path(path, key)
+    for key, require_demos in (("data.train_path", cfg.prm.kind != "none"), ("data.eval_path", False), ("data.hard_eval_path", False)):
+        path = getattr(cfg.data, key.split(".")[1])
+        if path:
+            load_problems(path, require_demos=require_demos, split_name=key)
 
 
 def task_kwargs(cfg: TrainConfig) -> dict:
@@ -140,11 +154,9 @@ class Trainer:
         self.iteration = 0
         self.history: dict = {}  # base-eval numbers and the like, kept in the checkpoint
         save_config(cfg, run_dir / "config.yaml")  # the resolved config, as this run uses it
+        check_given_paths(cfg)
+        self.paths = resolve_paths(cfg, log_fn)  # builds the world first when needed
         self.started_ray = init_ray(cfg, log_fn)
-        self.paths = resolve_paths(cfg, log_fn)
-        check_model_path(self.paths.policy, "model.policy_path")
-        if cfg.prm.kind != "none":
-            check_model_path(self.paths.prm, "model.prm_path")
         atomic_write_json(run_dir / "paths.json", dataclasses.asdict(self.paths))
         self.group_size = cfg.rollout.samples_per_prompt
         self.train_problems = load_problems(self.paths.train, require_demos=cfg.prm.kind != "none", split_name="train")
@@ -197,6 +209,14 @@ class Trainer:
     def _event(self, kind: str, info: dict) -> None:
         self.log(f"event: {kind} {info}")
         self.metrics.event(self.iteration, kind, info)
+
+    def _push_weights(self) -> None:
+        """Policy weights to every rollout worker: one object in the store, the same ref for all.
+        The version is read first, so a dead policy learner stops the run here instead of
+        looking like a failure of the rollout workers that wait for its weights."""
+        blob, version = self.policy.weights.options(num_returns=2).remote()
+        version = self._call_learners(version)
+        self.rollout.load_weights(blob, int(version))
 
     # ------------------------------------------------------------------------------------------
     def run_iteration(self) -> dict:
@@ -257,8 +277,7 @@ class Trainer:
 
         # 6. New policy weights to the rollout workers (object store), before the next sampling.
         with timer("sync"):
-            version = int(metrics["policy/version"])
-            self.rollout.load_weights(self.policy.weights.remote(), version)
+            self._push_weights()
 
         metrics.update(timer.times)
         metrics["timing/iteration"] = time.perf_counter() - t_start
@@ -357,7 +376,7 @@ class Trainer:
         self.stream.load_state(state["data"])
         self.history = state["history"]
         self._wall_offset = float(state["wall_s"])
-        self.rollout.load_weights(self.policy.weights.remote(), int(state["policy_version"]))
+        self._push_weights()
         self.metrics.truncate_after(self.iteration)
         self.log(f"resumed from {ckpt} at iteration {self.iteration}")
 

@@ -169,6 +169,24 @@ def _ray_train_loop(job: dict) -> None:
 
 
 def _warmup_with_ray_train(job: dict, tmp: Path) -> dict:
+    """The warm-up as a one-worker Ray Train job. Without a running Ray, it gets a private one
+    that is stopped afterwards: Ray Train's controller and cleaner actors outlive fit() and would
+    otherwise hold memory and CPU through the whole training run that follows."""
+    import ray
+
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+    try:
+        return _fit(job, tmp)
+    finally:
+        if own_ray:
+            ray.shutdown()
+
+
+def _fit(job: dict, tmp: Path) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

@@ -67,7 +67,9 @@ def world_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def ray_session(tiny_world):
+    """One private Ray for the session, started after the world is built (the world's Ray Train
+    job runs in a Ray of its own that is stopped after it)."""
     import ray
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20, log_to_driver=False)
@@ -76,7 +78,7 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
-def tiny_world(world_cache, ray_session):
+def tiny_world(world_cache):
     """The built-in world at test size, its warm-up run as a Ray Train job as in production."""
     from repirl_ray.config import load_config
     from repirl_ray.world import ensure_world

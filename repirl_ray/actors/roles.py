@@ -48,8 +48,8 @@ def create_policy_learner(cfg: PolicyConfig, model_path: str, **kwargs):
     actor = ray.remote(PolicyLearner).options(
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus,
+        resources=dict(cfg.resources) or None,
         runtime_env=_env({"OMP_NUM_THREADS": str(cfg.num_threads)}),
-        name=None,
     )
     return actor.remote(cfg, model_path, **kwargs)
 
@@ -58,6 +58,7 @@ def create_prm_learner(cfg: PRMConfig, irl: IRLConfig, model_path: str, **kwargs
     actor = ray.remote(PRMLearner).options(
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus,
+        resources=dict(cfg.resources) or None,
         runtime_env=_env({"OMP_NUM_THREADS": str(cfg.num_threads)}),
     )
     return actor.remote(cfg, irl, model_path, **kwargs)
@@ -95,6 +96,7 @@ class RolloutGroup:
         actor = ray.remote(RolloutWorker).options(
             num_cpus=self.cfg.num_cpus,
             num_gpus=self.cfg.num_gpus,
+            resources=dict(self.cfg.resources) or None,
             runtime_env=_env(env),
         )
         return actor.remote(self.cfg, self.model_path, self.task_name, **self.worker_kwargs)

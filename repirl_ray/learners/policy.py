@@ -133,9 +133,11 @@ class PolicyLearner:
             out[micro, : inputs.response_len] = (logp * inputs.response_mask).cpu().numpy()
         return out
 
-    def weights(self) -> bytes:
-        """The current weights as one safetensors blob, for the rollout workers (through ray.put)."""
-        return weights_blob(self.model)
+    def weights(self) -> tuple[bytes, int]:
+        """The current weights as one safetensors blob, for the rollout workers, and their
+        version. Called with num_returns=2: the driver reads the small version (which also
+        tells it the learner is alive), the blob goes to the workers as an ObjectRef."""
+        return weights_blob(self.model), self.version
 
     def parameters_numpy(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy().copy() for k, v in self.model.named_parameters()}
@@ -158,5 +160,6 @@ class PolicyLearner:
             raise ValueError(f"policy checkpoint {in_dir} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
         self.version = load_learner_state(in_dir, self.optimizer, self.rng)
 
-    def ping(self) -> bool:
-        return True
+    def ping(self) -> int:
+        """Liveness check; the process id (tests kill actors by it)."""
+        return os.getpid()

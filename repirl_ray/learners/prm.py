@@ -207,8 +207,9 @@ class PRMLearner:
             raise ValueError(f"PRM checkpoint {in_dir} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
         self.version = load_learner_state(in_dir, self.optimizer, self.rng)
 
-    def ping(self) -> bool:
-        return True
+    def ping(self) -> int:
+        """Liveness check; the process id (tests kill actors by it)."""
+        return os.getpid()
 
 
 def step_quality(token_rewards: np.ndarray, batch: Rollouts) -> dict[str, float]:

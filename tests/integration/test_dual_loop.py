@@ -22,7 +22,7 @@ EXPECTED_METRICS = {
 }
 
 
-def test_two_iterations_change_every_parameter(tiny_world, world_cache, tmp_path):
+def test_two_iterations_change_every_parameter(ray_session, world_cache, tmp_path):
     cfg = load_config(None, overrides(TINY_WORLD, TINY_RUN, **{"world.dir": str(world_cache), "rollout.num_workers": 2}))
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -34,7 +34,8 @@ def test_vllm_logprobs_match_learner_after_weight_push(tiny_world, temperature):
 
     # One large update so the new weights are clearly different, then the push.
     learner.update(None, None, before)
-    worker.load_weights(learner.weights(), learner.version)
+    blob, version = learner.weights()
+    worker.load_weights(blob, version)
     after = sample(2)
     mask = after.response_mask > 0
     new = learner.logprobs(after)

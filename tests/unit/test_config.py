@@ -66,3 +66,29 @@ def test_cli_missing_model_path(capsys, tmp_path):
     with pytest.raises(ModelPathError, match="model.policy_path") as err:
         check_model_path(str(tmp_path / "no_such_model"), "model.policy_path")
     assert "\n" not in str(err.value)
+
+
+def test_tiny_yaml_is_the_defaults_written_out():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+    assert OmegaConf.to_container(OmegaConf.load(path)) == OmegaConf.to_container(OmegaConf.structured(TrainConfig))
+
+
+def test_cli_missing_model_path_is_one_line_before_anything_starts(capsys, tmp_path):
+    missing = tmp_path / "no_such_model"
+    code = main(["train", f"model.policy_path={missing}", f"run_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert "model.policy_path" in err and str(missing) in err
+
+
+def test_cli_data_row_missing_a_field_names_file_line_and_field(capsys, tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "1+1:", "answer": "2", "demos": ["1+1=2;#2"]}\n{"prompt": "2+2:", "demos": ["2+2=4;#4"]}\n')
+    code = main(["train", f"data.train_path={data}", f"run_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert "train.jsonl" in err and "line 2" in err and "'answer'" in err

@@ -1,0 +1,148 @@
+"""Resume and failures, with real actors: a run continued from its checkpoint equals an
+uninterrupted one; a rollout worker killed mid-run is replaced and its rollouts generated again;
+a learner killed mid-run stops the run with its last checkpoint intact; SIGTERM to the driver
+writes a checkpoint and exits cleanly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import ray
+
+from repirl_ray.config import load_config
+from repirl_ray.driver import LearnerFailure, Trainer, latest_checkpoint, train
+from tests.conftest import TINY_RUN, TINY_WORLD, overrides
+
+pytestmark = pytest.mark.integration
+
+
+def _cfg(world_cache, **extra):
+    return load_config(None, overrides(TINY_WORLD, TINY_RUN, **{"world.dir": str(world_cache), **extra}))
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train_records(run_dir):
+    return [r for r in _records(run_dir) if "rollout/accuracy" in r]
+
+
+def test_resume_equals_uninterrupted_run(ray_session, world_cache, tmp_path):
+    """4 iterations in one go == 2 iterations, then a resume for 2 more."""
+    common = {"iterations": 4, "checkpoint.every": 2, "eval.every": 0, "rollout.num_workers": 2}
+    whole = tmp_path / "whole"
+    train(_cfg(world_cache, run_dir=str(whole), **common), log_fn=lambda *_: None)
+
+    split = tmp_path / "split"
+    train(_cfg(world_cache, run_dir=str(split), **{**common, "iterations": 2}), log_fn=lambda *_: None)
+    assert latest_checkpoint(split).name == "iter_000002"
+    train(resume_dir=str(split), overrides=["iterations=4"], log_fn=lambda *_: None)
+
+    a, b = _train_records(whole), _train_records(split)
+    assert [r["iteration"] for r in a] == [1, 2, 3, 4] == [r["iteration"] for r in b]
+    keys = ["rollout/accuracy", "rollout/response_len", "prm/loss", "prm/ess", "policy/loss", "policy/entropy", "policy/approx_kl"]
+    for ra, rb in zip(a, b):
+        for k in keys:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), (ra["iteration"], k, ra[k], rb[k])
+    sa = json.loads((whole / "summary.json").read_text())
+    sb = json.loads((split / "summary.json").read_text())
+    for k in ("final_accuracy", "final_greedy_accuracy", "step_auroc", "base_accuracy"):
+        assert sa[k] == pytest.approx(sb[k], abs=1e-6), k
+
+
+def _kill_when(run_dir, iteration, pid_fn, killed: list):
+    """Background killer: waits until `iteration` is logged, then SIGKILLs the process."""
+    def loop():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            path = run_dir / "metrics.jsonl"
+            if path.is_file() and any(r.get("iteration", 0) >= iteration and "rollout/accuracy" in r for r in _records(run_dir)):
+                pid = pid_fn()
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.05)
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    return t
+
+
+def test_killed_rollout_worker_is_replaced(ray_session, world_cache, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = _cfg(world_cache, iterations=5, **{"rollout.num_workers": 2, "checkpoint.every": 0, "eval.every": 0})
+    trainer = Trainer(cfg, run_dir, log_fn=lambda *_: None)
+    killed = []
+    try:
+        victim = trainer.rollout.workers[0]
+        victim_pid = ray.get(victim.ping.remote())
+        killer = _kill_when(run_dir, 2, lambda: victim_pid, killed)
+        summary = trainer.train()
+        killer.join(timeout=5)
+        replacement_pid = ray.get(trainer.rollout.workers[0].ping.remote())
+    finally:
+        trainer.shutdown()
+    assert killed == [victim_pid] and replacement_pid != victim_pid
+    # No iteration lost, none twice.
+    assert [r["iteration"] for r in _train_records(run_dir)] == [1, 2, 3, 4, 5]
+    assert summary["iterations"] == 5
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["rollout_worker_replaced"]
+    assert events[0]["worker"] == 0
+    # The batch after the kill still has all prompts x K samples.
+    for r in _train_records(run_dir):
+        assert r["rollout/kept"] == cfg.data.prompts_per_iteration  # filter off: every prompt kept
+
+
+def test_killed_learner_stops_the_run_with_its_checkpoint_intact(ray_session, world_cache, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = _cfg(world_cache, iterations=8, **{"checkpoint.every": 1, "eval.every": 0})
+    trainer = Trainer(cfg, run_dir, log_fn=lambda *_: None)
+    killed = []
+    try:
+        pid = ray.get(trainer.policy.ping.remote())
+        killer = _kill_when(run_dir, 2, lambda: pid, killed)
+        with pytest.raises(LearnerFailure) as err:
+            trainer.train()
+        killer.join(timeout=5)
+    finally:
+        trainer.shutdown()
+    assert killed == [pid]
+    assert "--resume" in str(err.value) and str(run_dir) in str(err.value)
+    ckpt = latest_checkpoint(run_dir)
+    assert ckpt is not None
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert 2 <= state["iteration"] < 8
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(ckpt / "policy")  # complete and loadable
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))
+
+
+def test_sigterm_writes_a_checkpoint_and_exits(tiny_world, world_cache, tmp_path):
+    run_dir = tmp_path / "run"
+    args = overrides(TINY_WORLD, TINY_RUN, **{"world.dir": str(world_cache), "run_dir": str(run_dir), "iterations": 50,
+                                             "checkpoint.every": 0, "eval.every": 0})
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    proc = subprocess.Popen([sys.executable, "-m", "repirl_ray.cli", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline and not ((run_dir / "metrics.jsonl").is_file() and len(_train_records(run_dir)) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "stopped at iteration" in out
+    ckpt = latest_checkpoint(run_dir)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    done = len(_train_records(run_dir))
+    assert state["iteration"] == done and 2 <= done < 50
+    assert not (run_dir / "summary.json").exists()

@@ -5,6 +5,8 @@
     repirl train --address auto ...               # join a running Ray cluster
     repirl train --resume runs/repirl-20261126-101500
     repirl make-world                             # build and cache the built-in world
+    repirl eval --checkpoint runs/<run>/checkpoints/iter_000100
+    repirl bon --checkpoint runs/<run>/checkpoints/iter_000100
 """
 
 from __future__ import annotations
@@ -62,6 +64,26 @@ def cmd_make_world(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from repirl_ray.assess import evaluate_checkpoint, format_eval
+
+    result = evaluate_checkpoint(args.checkpoint, samples=args.samples, split=args.split, overrides=args.overrides)
+    print(f"evaluation of {args.checkpoint} ({result['prompts']} {args.split} prompts):")
+    print(format_eval(result))
+    print(f"  written to {args.checkpoint}/eval_{args.split}.json")
+    return 0
+
+
+def cmd_bon(args) -> int:
+    from repirl_ray.assess import best_of_n_checkpoint
+
+    result = best_of_n_checkpoint(args.checkpoint, n_max=args.n, split=args.split, out_dir=args.out, overrides=args.overrides)
+    print("best-of-N accuracy (mean +- s.e. over prompts):")
+    print(result["table"])
+    print(f"plot: {result['png']}")
+    return 0
+
+
 def cmd_config(args) -> int:
     print(to_yaml(load_config(args.config, args.overrides)), end="")
     return 0
@@ -83,6 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ray-train", action="store_true", help="run the warm-up in this process instead of a Ray Train job")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_make_world)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint: greedy and sampled pass@k, PRM step AUROC")
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="runs/<run>/checkpoints/iter_NNNNNN")
+    p.add_argument("--samples", type=int, default=8, help="samples per prompt for pass@k (default 8)")
+    p.add_argument("--split", default="eval", choices=["eval", "hard"])
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bon", help="best-of-N by the PRM against majority vote and random, N = 1..32")
+    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument("--n", type=int, default=32, help="largest N (default 32)")
+    p.add_argument("--split", default="eval", choices=["eval", "hard"])
+    p.add_argument("--out", help="folder for bon.png/json/md (default: the checkpoint folder)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_bon)
 
     p = sub.add_parser("config", help="print the resolved config")
     p.add_argument("--config")

@@ -37,6 +37,7 @@ class WorldConfig:
     hard_max_ops: int = 6
     num_train: int = 20000
     num_eval: int = 256
+    num_hard_train: int = 2000  # hard_train.jsonl, with demos: the early-signal experiment trains on it
     num_hard_eval: int = 256
     # Warm-up data: a per-step chance of a +-1..max_error error carried forward, so the base
     # policy samples mistakes and RL has room.
@@ -64,13 +65,27 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     task: str = "arithmetic"  # arithmetic | math | code
-    train_path: str = ""  # JSONL or parquet with prompt, answer, demos; "" = the world's
+    train_path: str = ""  # JSONL or parquet with prompt, answer, demos; "" = the world's (see world_split)
+    world_split: str = "train"  # with train_path "": the world split that trains: train | hard_train | eval
     eval_path: str = ""  # held-out prompts; "" = the world's
     hard_eval_path: str = ""  # optional extra eval split; "" = the world's hard split (arithmetic)
     prompts_per_iteration: int = 64
     shuffle: bool = True
     chat_template: bool = False  # wrap prompts with the tokenizer's chat template
     max_prompt_tokens: int = 64
+
+
+@dataclass
+class SFTConfig:
+    """An optional supervised stage on the training problems' expert demos, run as a Ray Train job
+    before the RL loop; its result is the starting policy. steps > 0 with iterations = 0 is
+    behaviour cloning; with the rloo mode it is the paper's SFT + RLOO baseline."""
+
+    steps: int = 0  # 0 = no supervised stage
+    batch_size: int = 64
+    lr: float = 1e-4
+    num_cpus: float = 1.0
+    num_threads: int = 2
 
 
 @dataclass
@@ -189,6 +204,7 @@ class TrainConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     prm: PRMConfig = field(default_factory=PRMConfig)
@@ -203,12 +219,20 @@ class TrainConfig:
 _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "data.task": ("arithmetic", "math", "code"),
+    "data.world_split": ("train", "hard_train", "eval"),
     "prm.kind": ("head", "implicit", "none"),
     "prm.update": ("before", "after", "none"),
     "prm.loss": ("repirl", "prime"),
     "irl.weight_reward": ("sum", "mean"),
     "irl.normalise_over": ("prompt", "batch"),
 }
+
+
+def needs_demos(cfg: "TrainConfig") -> bool:
+    """Expert demos are read by the IRL step (a PRM that learns with the rePIRL loss) and by the
+    supervised stage; training data without them is fine otherwise (rloo, prime, TTT)."""
+    irl = cfg.prm.kind != "none" and cfg.prm.update != "none" and cfg.prm.loss == "repirl"
+    return irl or cfg.sft.steps > 0
 
 
 def _get(cfg: Any, dotted: str) -> Any:
@@ -223,8 +247,10 @@ def validate(cfg: TrainConfig) -> None:
         value = _get(cfg, key)
         if value not in allowed:
             raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(allowed)}")
+    if cfg.iterations < 0:
+        raise ConfigError(f"config key 'iterations': must be >= 0 (0 = evaluate only), got {cfg.iterations}")
     positive = [
-        "iterations", "data.prompts_per_iteration", "rollout.num_workers", "rollout.max_new_tokens",
+        "data.prompts_per_iteration", "rollout.num_workers", "rollout.max_new_tokens",
         "policy.mini_batch_size", "policy.micro_batch_size", "policy.epochs", "prm.micro_batch_size",
         "eval.num_prompts", "eval.samples_per_prompt",
     ]
@@ -240,6 +266,11 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.prm.kind == "none":
         if cfg.advantage.c_process != 0.0:
             raise ConfigError("config key 'advantage.c_process': must be 0 when prm.kind is none (there is no PRM to score with)")
+    if cfg.prm.update == "none" and cfg.prm.kind != "none" and not cfg.model.prm_path:
+        raise ConfigError(
+            "config key 'model.prm_path': a frozen PRM (prm.update=none) must be a trained one; give its "
+            "checkpoint, e.g. model.prm_path=runs/<run>/checkpoints/iter_000100/prm"
+        )
     if cfg.prm.loss == "prime" and cfg.prm.kind != "implicit":
         raise ConfigError("config key 'prm.loss': 'prime' trains the implicit PRM; set prm.kind=implicit")
     if cfg.policy.mini_batch_size % cfg.policy.micro_batch_size:

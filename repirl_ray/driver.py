@@ -31,7 +31,7 @@ from repirl_ray.actors.roles import (
     create_prm_learner,
 )
 from repirl_ray.batch import Rollouts, load_rollouts, save_rollouts
-from repirl_ray.config import ConfigError, TrainConfig, load_config, save_config
+from repirl_ray.config import ConfigError, TrainConfig, load_config, needs_demos, save_config
 from repirl_ray.data import PromptStream
 from repirl_ray.models.policy import check_model_path
 from repirl_ray.metrics import MemoryMonitor, MetricsLogger, format_progress
@@ -80,7 +80,7 @@ def resolve_paths(cfg: TrainConfig, log_fn=print) -> Paths:
         policy=policy,
         prm=prm,
         ref=cfg.model.ref_path or policy,
-        train=cfg.data.train_path or str(world.train),
+        train=cfg.data.train_path or str(world.split(cfg.data.world_split)),
         eval=cfg.data.eval_path or str(world.eval),
         hard_eval=cfg.data.hard_eval_path or (str(world.hard_eval) if world else ""),
     )
@@ -94,7 +94,7 @@ def check_given_paths(cfg: TrainConfig) -> None:
         path = getattr(getattr(cfg, section), name)
         if path and not (key == "model.prm_path" and cfg.prm.kind == "none"):
             check_model_path(path, key)
-    for key, require_demos in (("data.train_path", cfg.prm.kind != "none"), ("data.eval_path", False), ("data.hard_eval_path", False)):
+    for key, require_demos in (("data.train_path", needs_demos(cfg)), ("data.eval_path", False), ("data.hard_eval_path", False)):
         path = getattr(cfg.data, key.split(".")[1])
         if path:
             load_problems(path, require_demos=require_demos, split_name=key)
@@ -156,14 +156,17 @@ class Trainer:
         save_config(cfg, run_dir / "config.yaml")  # the resolved config, as this run uses it
         check_given_paths(cfg)
         self.paths = resolve_paths(cfg, log_fn)  # builds the world first when needed
-        self.started_ray = init_ray(cfg, log_fn)
-        atomic_write_json(run_dir / "paths.json", dataclasses.asdict(self.paths))
         self.group_size = cfg.rollout.samples_per_prompt
-        self.train_problems = load_problems(self.paths.train, require_demos=cfg.prm.kind != "none", split_name="train")
+        self.train_problems = load_problems(self.paths.train, require_demos=needs_demos(cfg), split_name="train")
         self.eval_problems = load_problems(self.paths.eval, require_demos=False, split_name="eval")[: cfg.eval.num_prompts]
         self.hard_problems = []
         if cfg.eval.hard and self.paths.hard_eval:
             self.hard_problems = load_problems(self.paths.hard_eval, require_demos=False, split_name="hard_eval")[: cfg.eval.num_prompts]
+        if cfg.sft.steps > 0:
+            self.paths.policy = self._supervised_stage()
+        atomic_write_json(run_dir / "paths.json", dataclasses.asdict(self.paths))
+        # Ray starts after the one-shot jobs above, which ran in a Ray of their own.
+        self.started_ray = init_ray(cfg, log_fn)
         self.stream = PromptStream(self.train_problems, cfg.data.prompts_per_iteration, seed=cfg.seed, shuffle=cfg.data.shuffle)
         self.metrics = MetricsLogger(run_dir)
         self._prm_sets: dict = {}
@@ -171,6 +174,31 @@ class Trainer:
         self._create_actors()
         if resume:
             self._restore()
+
+    def _supervised_stage(self) -> str:
+        """Behaviour cloning on the training problems' expert demos (a Ray Train job); its result
+        is the starting policy. A resumed run finds it already in the run folder."""
+        from repirl_ray.actors.supervised import run_supervised_job
+        from repirl_ray.tasks import build_task
+
+        cfg = self.cfg
+        out = self.run_dir / "sft_policy"
+        if (out / "config.json").is_file():
+            return str(out)
+        task = build_task(cfg.data.task, **task_kwargs(cfg))
+        pairs = [(task.format_prompt(p), demo) for p in self.train_problems for demo in p.demos]
+        tmp = self.run_dir / ".tmp-sft_policy"
+        job = {
+            "init_dir": self.paths.policy, "out_dir": str(tmp), "pairs": pairs, "steps": cfg.sft.steps,
+            "batch_size": cfg.sft.batch_size, "lr": cfg.sft.lr, "seed": cfg.seed, "threads": cfg.sft.num_threads,
+            "chat_template": cfg.data.chat_template, "dtype": cfg.model.dtype, "label": "sft",
+        }
+        self.log(f"supervised stage: {cfg.sft.steps} steps x {cfg.sft.batch_size} on {len(pairs)} expert demos (Ray Train job)")
+        metrics = run_supervised_job(job, self.run_dir, name="sft", num_cpus=cfg.sft.num_cpus)
+        publish_dir(tmp, out)
+        self.history["sft"] = metrics
+        self.log(f"supervised stage done: loss {metrics.get('loss', float('nan')):.3f}, {metrics.get('wall_s', 0):.0f} s -> {out}")
+        return str(out)
 
     # ------------------------------------------------------------------------------------------
     def _create_actors(self) -> None:
@@ -415,7 +443,8 @@ class Trainer:
                 self.save_checkpoint()
                 self.log(f"stopped at iteration {self.iteration}; resume with `repirl train --resume {self.run_dir}`")
                 return {"stopped_at": self.iteration}
-            final = self._evaluate_all()
+            # With no RL iteration (behaviour cloning), the final policy is the one evaluated at the start.
+            final = self._evaluate_all() if self.iteration > 0 else self.history["base"]
             self.metrics.log(self.iteration, final)
             self.save_checkpoint()
             summary = self.summary(final)

@@ -25,7 +25,7 @@ from repirl_ray.utils import atomic_write_json, default_cache_dir, publish_dir
 
 # Fields that change how the world is built (not where or with how many threads).
 _NOT_IN_KEY = ("dir", "warmup_threads")
-WORLD_FORMAT = 1
+WORLD_FORMAT = 2
 
 
 @dataclass
@@ -34,11 +34,18 @@ class WorldPaths:
     base_policy: Path
     train: Path
     eval: Path
+    hard_train: Path
     hard_eval: Path
 
     @classmethod
     def at(cls, root: Path) -> "WorldPaths":
-        return cls(root, root / "base_policy", root / "train.jsonl", root / "eval.jsonl", root / "hard_eval.jsonl")
+        return cls(
+            root, root / "base_policy", root / "train.jsonl", root / "eval.jsonl",
+            root / "hard_train.jsonl", root / "hard_eval.jsonl",
+        )
+
+    def split(self, name: str) -> Path:
+        return {"train": self.train, "eval": self.eval, "hard_train": self.hard_train}[name]
 
 
 def world_key(cfg: WorldConfig) -> str:
@@ -68,7 +75,7 @@ def ensure_world(cfg: WorldConfig, *, use_ray_train: bool = True, log=print) -> 
 
 def build_world(cfg: WorldConfig, root: Path, *, use_ray_train: bool = True, log=print) -> None:
     from repirl_ray.models.tiny import build_char_tokenizer, build_tiny_qwen2
-    from repirl_ray.tasks.arithmetic import ArithmeticSpec, make_splits, noisy_solution
+    from repirl_ray.tasks.arithmetic import ArithmeticSpec, make_split, make_splits, noisy_solution
     from repirl_ray.tasks.base import write_jsonl
 
     t0 = time.time()
@@ -81,11 +88,15 @@ def build_world(cfg: WorldConfig, root: Path, *, use_ray_train: bool = True, log
     spec = ArithmeticSpec(cfg.min_ops, cfg.max_ops, cfg.max_start, cfg.max_operand, cfg.modulus)
     hard_spec = ArithmeticSpec(cfg.hard_min_ops, cfg.hard_max_ops, cfg.max_start, cfg.max_operand, cfg.modulus)
     splits = make_splits(cfg.seed, cfg.num_train, cfg.num_eval, cfg.num_hard_eval, spec, hard_spec)
+    # Hard training problems: longer chains, none equal to a hard-eval prompt.
+    hard_train = make_split(f"{cfg.seed}/hard_train", cfg.num_hard_train, hard_spec,
+                            exclude={p.prompt for p in splits.hard}, prefix="hard-train-")
     write_jsonl(str(paths.train), splits.train)
     write_jsonl(str(paths.eval), splits.eval)
+    write_jsonl(str(paths.hard_train), hard_train)
     write_jsonl(str(paths.hard_eval), splits.hard)
-    log(f"  data: {len(splits.train)} train, {len(splits.eval)} eval, {len(splits.hard)} hard-eval problems "
-        f"(draws excluded as already in a held-out split: {splits.excluded})")
+    log(f"  data: {len(splits.train)} train, {len(splits.eval)} eval, {len(hard_train)} hard-train, "
+        f"{len(splits.hard)} hard-eval problems (draws excluded as already in a held-out split: {splits.excluded})")
 
     tokenizer = build_char_tokenizer()
     init_dir = tmp / "init_policy"
@@ -115,13 +126,18 @@ def build_world(cfg: WorldConfig, root: Path, *, use_ray_train: bool = True, log
         "lr": cfg.warmup_lr,
         "seed": cfg.seed,
         "threads": cfg.warmup_threads,
+        "label": "warm-up",
     }
     log(f"  warm-up: {cfg.warmup_steps} steps x {cfg.warmup_batch_size} noisy solutions "
         f"(step error {cfg.step_error_prob}), lr {cfg.warmup_lr}" + (" as a Ray Train job" if use_ray_train else ""))
     if use_ray_train:
-        metrics = _warmup_with_ray_train(job, tmp)
+        from repirl_ray.actors.supervised import run_supervised_job
+
+        metrics = run_supervised_job(job, tmp, name="world-warmup")
     else:
-        metrics = warmup_loop(job)
+        from repirl_ray.learners.sft import sft_job
+
+        metrics = sft_job(job)
     shutil.rmtree(init_dir)
     atomic_write_json(
         tmp / "world.json",
@@ -135,67 +151,3 @@ def build_world(cfg: WorldConfig, root: Path, *, use_ray_train: bool = True, log
     )
     publish_dir(tmp, root)
     log(f"  world ready in {time.time() - t0:.0f} s: {root}")
-
-
-def warmup_loop(job: dict) -> dict:
-    """The warm-up itself: load the initial model, SFT on the noisy pairs, save the base policy."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from repirl_ray.learners.sft import encode_pairs, sft_train
-
-    torch.set_num_threads(job["threads"])
-    tokenizer = AutoTokenizer.from_pretrained(job["init_dir"])
-    model = AutoModelForCausalLM.from_pretrained(job["init_dir"], dtype=torch.float32)
-    prompts, responses = encode_pairs(tokenizer, job["pairs"])
-
-    def report(m: dict) -> None:
-        print(f"  warm-up step {m['step']}/{m['steps']}  loss {m['loss']:.3f}  {m['elapsed_s']:.0f} s", flush=True)
-
-    metrics = sft_train(
-        model, prompts, responses, steps=job["steps"], batch_size=job["batch_size"], lr=job["lr"],
-        seed=job["seed"], pad_id=tokenizer.pad_token_id, report=report,
-    )
-    model.save_pretrained(job["out_dir"])
-    tokenizer.save_pretrained(job["out_dir"])
-    return metrics
-
-
-def _ray_train_loop(job: dict) -> None:
-    import ray.train
-
-    metrics = warmup_loop(job)
-    ray.train.report(metrics)
-
-
-def _warmup_with_ray_train(job: dict, tmp: Path) -> dict:
-    """The warm-up as a one-worker Ray Train job. Without a running Ray, it gets a private one
-    that is stopped afterwards: Ray Train's controller and cleaner actors outlive fit() and would
-    otherwise hold memory and CPU through the whole training run that follows."""
-    import ray
-
-    own_ray = not ray.is_initialized()
-    if own_ray:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
-    try:
-        return _fit(job, tmp)
-    finally:
-        if own_ray:
-            ray.shutdown()
-
-
-def _fit(job: dict, tmp: Path) -> dict:
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    trainer = TorchTrainer(
-        _ray_train_loop,
-        train_loop_config=job,
-        scaling_config=ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(name="world-warmup", storage_path=str(tmp / "ray_train")),
-    )
-    result = trainer.fit()
-    shutil.rmtree(tmp / "ray_train", ignore_errors=True)
-    return dict(result.metrics or {})

@@ -14,13 +14,42 @@ import numpy as np
 import torch
 
 from repirl_ray.batch import build_rollouts
+from repirl_ray.models.prompts import PromptEncoder
 from repirl_ray.models.sequence import model_inputs, response_logprobs
 
 
-def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]]]:
-    prompts = [tokenizer(p).input_ids for p, _ in pairs]
+def encode_pairs(tokenizer, pairs: list[tuple[str, str]], chat_template: bool = False, max_prompt_tokens: int = 10**9):
+    """(prompt text, response text) pairs -> (prompt ids, response ids + EOS), prompts encoded as
+    the rollout workers encode them."""
+    encode = PromptEncoder(tokenizer, chat_template, max_prompt_tokens)
+    prompts = [encode(p) for p, _ in pairs]
     responses = [tokenizer(r, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for _, r in pairs]
     return prompts, responses
+
+
+def sft_job(job: dict) -> dict:
+    """A whole supervised job from a plain dict (what Ray Train hands its workers): load the model
+    in job["init_dir"], train on job["pairs"], save model and tokenizer to job["out_dir"]."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from repirl_ray.models.policy import DTYPES
+
+    torch.set_num_threads(job.get("threads", 2))
+    tokenizer = AutoTokenizer.from_pretrained(job["init_dir"])
+    model = AutoModelForCausalLM.from_pretrained(job["init_dir"], dtype=DTYPES[job.get("dtype", "float32")])
+    prompts, responses = encode_pairs(tokenizer, job["pairs"], job.get("chat_template", False))
+    label = job.get("label", "sft")
+
+    def report(m: dict) -> None:
+        print(f"  {label} step {m['step']}/{m['steps']}  loss {m['loss']:.3f}  {m['elapsed_s']:.0f} s", flush=True)
+
+    metrics = sft_train(
+        model, prompts, responses, steps=job["steps"], batch_size=job["batch_size"], lr=job["lr"],
+        seed=job["seed"], pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, report=report,
+    )
+    model.save_pretrained(job["out_dir"])
+    tokenizer.save_pretrained(job["out_dir"])
+    return metrics
 
 
 def sft_train(

@@ -18,36 +18,12 @@ from transformers import AutoTokenizer
 from repirl_ray.batch import Rollouts, build_rollouts
 from repirl_ray.config import RolloutConfig
 from repirl_ray.tasks import build_task
-from repirl_ray.tasks.base import DataError, Problem
+from repirl_ray.models.prompts import PromptEncoder
+from repirl_ray.tasks.base import Problem
 
 
 def prompt_seed(iteration_seed: int, prompt_index: int) -> int:
     return (iteration_seed * 1_000_003 + prompt_index * 7919) % (2**31 - 1)
-
-
-class PromptEncoder:
-    """Prompt text -> token ids, with the chat template when asked; too long is an error."""
-
-    def __init__(self, tokenizer, chat_template: bool, max_prompt_tokens: int):
-        self.tokenizer = tokenizer
-        self.chat_template = chat_template
-        self.max_prompt_tokens = max_prompt_tokens
-
-    def __call__(self, text: str, problem_id: str = "?") -> list[int]:
-        if self.chat_template:
-            ids = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-            )
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                ids = ids["input_ids"]
-        else:
-            ids = self.tokenizer(text).input_ids
-        if len(ids) > self.max_prompt_tokens:
-            raise DataError(
-                f"problem {problem_id}: prompt is {len(ids)} tokens, over data.max_prompt_tokens="
-                f"{self.max_prompt_tokens}; raise it (and rollout.max_model_len) or shorten the prompt"
-            )
-        return list(ids)
 
 
 def token_char_ends(tokenizer, token_ids: list[int]) -> list[int]:

@@ -1,0 +1,244 @@
+"""The paper's claims, measured on the built-in world: every mode of ALGORITHM.md section 6 and
+the demo-using baselines, 3 seeds each at the same iteration budget, plus the early-signal
+experiment on hard problems and best-of-N with a trained PRM.
+
+    .venv/bin/python benchmarks/claims.py                 # everything, about 50 min on 2 cores
+    .venv/bin/python benchmarks/claims.py --seeds 0 --iterations 10 --modes repirl rloo   # a quick look
+
+Each run is a `repirl train` subprocess (exactly what a user runs) with its own run folder under
+--out. Writes --out/claims.md (tables: mean +- std over seeds, every number from this run),
+learning_curves.png, hard_curves.png, bon.png, claims.json (every per-run number) and prints
+the tables. Nothing is cherry-picked: every seed that ran is in the table; a failed run is
+reported as failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from repirl_ray import evaluation  # noqa: E402
+
+MODES = ["repirl", "repirl_head", "rloo", "prime", "prm_only", "ttt", "bc", "sft_rloo"]
+HARD_MODES = ["repirl", "rloo"]
+# The early-signal experiment: train on the hard split (longer chains) with no prompt filter
+# (the filter would drop every prompt the policy never solves), evaluate on held-out hard ones.
+HARD_OVERRIDES = ["data.world_split=hard_train", "filter.enabled=false", "eval.hard=true"]
+
+COLUMNS = {
+    "final_accuracy": "held-out accuracy (sampled)",
+    "final_greedy_accuracy": "greedy",
+    "step_auroc": "PRM step AUROC",
+    "ess": "ESS",
+    "entropy": "policy entropy",
+    "wall_s": "wall s",
+}
+
+
+def run_one(name: str, config: str, overrides: list[str], out: Path, log) -> dict:
+    run_dir = out / "runs" / name
+    summary = run_dir / "summary.json"
+    if summary.is_file():  # a finished run is not run again (rerunning the benchmark resumes it)
+        log(f"  {name}: done before, reused")
+        return json.loads(summary.read_text())
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    cmd = [str(Path(sys.executable)), "-m", "repirl_ray.cli", "train", "--config", str(ROOT / config),
+           f"run_dir={run_dir}", *overrides]
+    t0 = time.time()
+    with open(out / "logs" / f"{name}.log", "w") as logfile:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        for line in proc.stdout:
+            logfile.write(line)
+            # A line every 10 iterations, so that long work shows progress.
+            if line.startswith("iter ") and int(line.split()[1].split("/")[0]) % 10 == 0:
+                log(f"    {name}: {line.strip()[:150]}")
+        proc.wait()
+    if proc.returncode != 0 or not summary.is_file():
+        log(f"  {name}: FAILED (exit {proc.returncode}); see {out / 'logs' / (name + '.log')}")
+        return {"failed": True}
+    result = json.loads(summary.read_text())
+    log(f"  {name}: final accuracy {result['final_accuracy']:.3f} (base {result['base_accuracy']:.3f}), "
+        f"step AUROC {result.get('step_auroc')}, {time.time() - t0:.0f} s")
+    return result
+
+
+def training_means(run_dir: Path, last: int = 10) -> dict:
+    """Mean ESS and entropy over the last `last` iterations; the training-batch accuracy curve."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    train = [r for r in records if "rollout/accuracy" in r]
+    out = {}
+    for key, name in (("prm/ess", "ess"), ("policy/entropy", "entropy")):
+        values = [r[key] for r in train[-last:] if r.get(key) is not None]
+        out[name] = float(np.mean(values)) if values else None
+    out["curve_train"] = [(r["iteration"], r["rollout/accuracy"]) for r in train]
+    return out
+
+
+def mean_std_curves(curves_by_seed: list[list[tuple[int, float]]]) -> list[tuple[int, float, float]]:
+    by_x: dict[int, list[float]] = {}
+    for curve in curves_by_seed:
+        for x, y in curve:
+            by_x.setdefault(x, []).append(y)
+    return [(x, float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0) for x, v in sorted(by_x.items())]
+
+
+def smooth(curve: list[tuple[int, float]], window: int = 5) -> list[tuple[int, float]]:
+    ys = np.array([y for _, y in curve], dtype=float)
+    if len(ys) < window:
+        return curve
+    kernel = np.ones(window) / window
+    sm = np.convolve(ys, kernel, mode="valid")
+    xs = [x for x, _ in curve][window - 1:]
+    return list(zip(xs, sm.tolist()))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
+    parser.add_argument("--hard-modes", nargs="*", default=HARD_MODES, choices=HARD_MODES)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "claims"))
+    parser.add_argument("--no-bon", action="store_true")
+    parser.add_argument("extra", nargs="*", metavar="key=value", help="overrides for every run")
+    args = parser.parse_args(argv)
+
+    out = Path(args.out)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    # Held-out evaluation at the start and the end only (128 prompts x 4 samples): the learning
+    # curves are the training batches' accuracy, logged every iteration anyway.
+    common = [f"iterations={args.iterations}", "eval.every=0", "eval.num_prompts=128", "checkpoint.every=0", *args.extra]
+    plan = [(m, s, False) for s in args.seeds for m in args.modes] + [(m, s, True) for s in args.seeds for m in args.hard_modes]
+    log(f"claims benchmark: {len(plan)} runs ({args.modes} + early-signal {args.hard_modes}) x seeds {args.seeds}, "
+        f"{args.iterations} iterations each; machine: {platform.platform()}, {os.cpu_count()} CPUs")
+    results: dict[str, dict] = {}
+    for i, (mode, seed, hard) in enumerate(plan, 1):
+        name = f"{'hard_' if hard else ''}{mode}-s{seed}"
+        log(f"[{i}/{len(plan)}] {name} ({time.time() - t_start:.0f} s so far)")
+        overrides = [*common, f"seed={seed}", f"name={name}"]
+        if hard:
+            overrides += HARD_OVERRIDES
+        if mode == "ttt":
+            # Test-time training needs a trained PRM: the repirl run of the same seed.
+            repirl_dir = out / "runs" / f"repirl-s{seed}"
+            prm = sorted((repirl_dir / "checkpoints").glob("iter_*/prm"))
+            if not prm:
+                log(f"  {name}: skipped, needs the repirl run of seed {seed} first")
+                results[name] = {"failed": True, "reason": "no trained PRM"}
+                continue
+            overrides.append(f"model.prm_path={prm[-1]}")
+        result = run_one(name, f"configs/modes/{mode}.yaml", overrides, out, log)
+        result.update(training_means(out / "runs" / name))
+        results[name] = result
+
+    # ---- tables ----
+    def table(modes, prefix, columns):
+        rows = {}
+        for mode in modes:
+            rows[mode] = {c: [results.get(f"{prefix}{mode}-s{s}", {}).get(c) for s in args.seeds] for c in columns}
+            rows[mode]["base_accuracy"] = [results.get(f"{prefix}{mode}-s{s}", {}).get("base_accuracy") for s in args.seeds]
+        return evaluation.format_mean_std_table(rows, ["base_accuracy", *columns], row_header="mode")
+
+    main_table = table(args.modes, "", list(COLUMNS))
+    hard_table = table(args.hard_modes, "hard_", ["final_hard_accuracy", "final_hard_greedy_accuracy", "final_accuracy", "ess"]) if args.hard_modes else ""
+
+    # ---- plots: training-batch accuracy per iteration (moving average of 5), mean +- std over seeds ----
+    def plot(prefix, modes, path, title):
+        curves = {}
+        for mode in modes:
+            per_seed = [smooth(results.get(f"{prefix}{mode}-s{s}", {}).get("curve_train") or []) for s in args.seeds]
+            per_seed = [c for c in per_seed if c]
+            if per_seed:
+                curves[mode] = mean_std_curves(per_seed)
+        if curves:
+            evaluation.plot_learning_curves(curves, path, title, "training-batch accuracy")
+
+    plot("", [m for m in args.modes if m != "bc"], out / "learning_curves.png",
+         f"training-batch accuracy (moving avg 5), mean +- std, {len(args.seeds)} seeds")
+    plot("hard_", args.hard_modes, out / "hard_curves.png",
+         "hard problems (5-6 ops): training-batch accuracy")
+
+    # ---- best-of-N with the trained PRM of the first repirl run ----
+    bon_table = ""
+    if not args.no_bon and "repirl" in args.modes:
+        ckpts = sorted((out / "runs" / f"repirl-s{args.seeds[0]}" / "checkpoints").glob("iter_*"))
+        if ckpts:
+            log(f"best-of-N with {ckpts[-1]}")
+            proc = subprocess.run([sys.executable, "-m", "repirl_ray.cli", "bon", "--checkpoint", str(ckpts[-1]), "--out", str(out)],
+                                  capture_output=True, text=True, cwd=ROOT)
+            if proc.returncode == 0 and (out / "bon.md").is_file():
+                bon_table = (out / "bon.md").read_text()
+            else:
+                log(f"best-of-N failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+
+    wall = time.time() - t_start
+    machine = f"{platform.platform()}, {os.cpu_count()} CPUs, no GPU" if not _has_gpu() else platform.platform()
+    report = [
+        "# Claims on the built-in world",
+        "",
+        f"Command: `python benchmarks/claims.py --seeds {' '.join(map(str, args.seeds))} --iterations {args.iterations}"
+        + (f" {' '.join(args.extra)}" if args.extra else "") + "`",
+        f"Machine: {machine}. Wall time: {wall / 60:.1f} min for {len(plan)} runs.",
+        "",
+        f"## Modes ({args.iterations} iterations of 64 prompts x 4 samples; mean +- std over seeds)",
+        "",
+        "Accuracy: 128 held-out prompts, mean correctness of 4 samples at T = 1.0 (greedy beside it).",
+        "Step AUROC: the PRM on the base policy's samples of the held-out prompts. ESS and entropy:",
+        "mean of the last 10 iterations. `bc` has no RL iterations; `ttt` trains on the held-out",
+        "prompts themselves without their labels, with the repirl run's PRM frozen.",
+        "",
+        main_table,
+        "",
+    ]
+    if hard_table:
+        report += [
+            "## Early signal on hard problems",
+            "",
+            "Trained on 5-6 operation chains (the base policy was warmed up on 2-4), no prompt filter;",
+            "`final_hard_*`: held-out hard prompts.",
+            "",
+            hard_table,
+            "",
+        ]
+    if bon_table:
+        report += ["## Best-of-N with the PRM of repirl seed " + str(args.seeds[0]), "", bon_table, ""]
+    (out / "claims.md").write_text("\n".join(report))
+    (out / "claims.json").write_text(json.dumps(results, indent=1, default=float))
+    print("\n".join(report))
+    print(f"written: {out / 'claims.md'}, plots in {out}")
+    return 0
+
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""Evaluation summaries for a trained PRM and for learning curves (ALGORITHM.md sections 5, 7).
+
+- pass@k: the unbiased estimator of Chen et al. (2021) from n samples of which c are correct.
+- best-of-N curves: accuracy as N grows when one answer is picked per prompt by the PRM
+  (highest score), by majority vote, at random, and by an oracle (any correct answer).
+- markdown tables and PNG plots of those curves and of learning curves over seeds.
+
+Pure: numpy, torch (through repirl_ray.algo) and matplotlib only; no Ray, no vLLM.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import random
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from repirl_ray.algo.metrics import best_of_n, majority_vote
+from repirl_ray.utils import atomic_write_bytes
+
+SELECTORS = ("prm", "majority", "random", "oracle")
+
+
+# --------------------------------------------------------------------------------------------
+# pass@k
+# --------------------------------------------------------------------------------------------
+
+
+def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
+    """Unbiased pass@k = 1 - C(n - c, k) / C(n, k): the chance that k samples drawn without
+    replacement from the n (c of them correct) hold at least one correct one.
+
+    Computed as 1 - prod_{i = n - c + 1}^{n} (1 - k / i), which never forms a large binomial.
+    """
+    n, c, k = int(num_samples), int(num_correct), int(k)
+    if n < 1:
+        raise ValueError(f"pass_at_k: need at least one sample, got n={n}")
+    if not 0 <= c <= n:
+        raise ValueError(f"pass_at_k: num_correct={c} must lie in [0, n={n}]")
+    if not 1 <= k <= n:
+        raise ValueError(f"pass_at_k: k={k} must lie in [1, n={n}]")
+    if n - c < k:  # every k-subset holds a correct sample
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def mean_pass_at_k(correct, ks: Iterable[int]) -> Dict[int, float]:
+    """Mean pass@k over prompts. correct: [P, n] of 0/1 (row p = the n samples of prompt p).
+    Returns {k: mean over the P prompts}; a k > n (or < 1) is an error."""
+    c = _as_01_matrix(correct, "mean_pass_at_k", "correct")
+    num_prompts, n = c.shape
+    per_prompt = c.sum(axis=1).astype(int)
+    out: Dict[int, float] = {}
+    for k in ks:
+        k = int(k)
+        if not 1 <= k <= n:
+            raise ValueError(f"mean_pass_at_k: k={k} must lie in [1, n={n}]")
+        out[k] = float(np.mean([pass_at_k(n, int(cp), k) for cp in per_prompt]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# best-of-N
+# --------------------------------------------------------------------------------------------
+
+
+def _as_01_matrix(values, fn: str, name: str) -> np.ndarray:
+    arr = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values)
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"{fn}: {name} must be a non-empty [P, N] array, got shape {arr.shape}")
+    arr = arr.astype(np.float64)
+    if not np.all((arr == 0) | (arr == 1)):
+        raise ValueError(f"{fn}: {name} must hold only 0 and 1")
+    return arr
+
+
+def _subsets(num_total: int, n: int, num_subsets: int, rng: np.random.Generator) -> np.ndarray:
+    """[S, n] sorted sample indices. n == N: the single full set. When C(N, n) <= num_subsets,
+    every n-subset once (the exact expectation over a uniform random subset); otherwise
+    num_subsets independent uniform subsets, each drawn without replacement."""
+    if n == num_total:
+        return np.arange(num_total)[None, :]
+    if math.comb(num_total, n) <= num_subsets:
+        return np.array(list(itertools.combinations(range(num_total), n)), dtype=np.int64)
+    picks = np.argsort(rng.random((num_subsets, num_total)), axis=1)[:, :n]
+    return np.sort(picks, axis=1)
+
+
+def _mean_se(per_prompt: Sequence[float]) -> Tuple[float, float]:
+    x = np.asarray(per_prompt, dtype=np.float64)
+    mean = float(x.mean())
+    se = float(x.std(ddof=1) / math.sqrt(x.size)) if x.size >= 2 else math.nan
+    return mean, se
+
+
+def best_of_n_curves(
+    scores,
+    correct,
+    answers: Sequence[Sequence[Optional[str]]],
+    ns: Iterable[int] = (1, 2, 4, 8, 16, 32),
+    num_subsets: int = 16,
+    seed: int = 0,
+) -> dict:
+    """Accuracy of four ways to pick one of n samples per prompt, for each n in ns (n <= N).
+
+    scores: [P, N] PRM scores (e.g. mean token reward; NaN never wins); correct: [P, N] 0/1;
+    answers: P lists of N extracted final answers (None = none found).
+
+    For each n, each prompt gets the same subsets of its N samples for every selector (see
+    `_subsets`: the full set when n == N, all C(N, n) subsets when there are at most
+    `num_subsets`, else `num_subsets` random ones). On each subset:
+      prm      - the sample with the highest score, the first on ties (algo.best_of_n);
+      majority - algo.majority_vote, ties broken by a seeded random.Random;
+      random   - a uniform random pick, taken as its exact expectation: the subset's mean
+                 correctness (no sampling noise);
+      oracle   - 1 when any sample in the subset is correct (pass@n-like upper bound).
+    A prompt's value is the mean over its subsets; the curve point is the mean over prompts,
+    with the standard error over prompts (std ddof=1 / sqrt(P); NaN when P = 1).
+
+    Each n uses its own random streams seeded from (seed, n), so the value at one n does not
+    depend on which other ns were asked for. ns larger than N are left out.
+
+    Returns {"n": [...], "prm": [...], "prm_se": [...], "majority": ..., "majority_se": ...,
+    "random": ..., "random_se": ..., "oracle": ..., "oracle_se": ..., "num_prompts": P,
+    "num_samples": N}.
+    """
+    s = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores, dtype=np.float64)
+    c = _as_01_matrix(correct, "best_of_n_curves", "correct")
+    if s.shape != c.shape:
+        raise ValueError(f"best_of_n_curves: scores {s.shape} and correct {c.shape} differ")
+    num_prompts, num_total = c.shape
+    if len(answers) != num_prompts or any(len(a) != num_total for a in answers):
+        raise ValueError(f"best_of_n_curves: answers must be {num_prompts} lists of {num_total}")
+    if num_subsets < 1:
+        raise ValueError(f"best_of_n_curves: num_subsets={num_subsets} must be >= 1")
+    ns = [int(n) for n in ns]
+    if any(n < 1 for n in ns):
+        raise ValueError(f"best_of_n_curves: every n must be >= 1, got {ns}")
+    ns_kept = sorted({n for n in ns if n <= num_total})
+
+    out: dict = {"n": ns_kept, "num_prompts": num_prompts, "num_samples": num_total}
+    for key in SELECTORS:
+        out[key], out[key + "_se"] = [], []
+    for n in ns_kept:
+        subset_rng = np.random.default_rng([int(seed), n])
+        vote_rng = random.Random(int(seed) * 1_000_003 + n)
+        per_prompt = {key: [] for key in SELECTORS}
+        for p in range(num_prompts):
+            subsets = _subsets(num_total, n, num_subsets, subset_rng)
+            picked_prm, picked_maj = [], []
+            for idx in subsets:
+                picked_prm.append(c[p, idx[best_of_n(s[p, idx])]])
+                sub_answers = [answers[p][i] for i in idx]
+                picked_maj.append(c[p, idx[majority_vote(sub_answers, vote_rng)]])
+            sub_correct = c[p][subsets]  # [S, n]
+            per_prompt["prm"].append(float(np.mean(picked_prm)))
+            per_prompt["majority"].append(float(np.mean(picked_maj)))
+            per_prompt["random"].append(float(sub_correct.mean()))
+            per_prompt["oracle"].append(float(sub_correct.max(axis=1).mean()))
+        for key in SELECTORS:
+            mean, se = _mean_se(per_prompt[key])
+            out[key].append(mean)
+            out[key + "_se"].append(se)
+    return out
+
+
+def _fmt_mean_pm(mean: float, spread: float, decimals: int) -> str:
+    if spread is None or not math.isfinite(spread):
+        return f"{mean:.{decimals}f}"
+    return f"{mean:.{decimals}f} +- {spread:.{decimals}f}"
+
+
+def format_bon_table(curves: Mapping, decimals: int = 3) -> str:
+    """Markdown table of `best_of_n_curves` output: one row per n, columns prm / majority /
+    random / oracle as "mean +- se" (the +- part left out where se is NaN)."""
+    lines = ["| N | " + " | ".join(SELECTORS) + " |", "|---" * (len(SELECTORS) + 1) + "|"]
+    for i, n in enumerate(curves["n"]):
+        cells = [_fmt_mean_pm(curves[k][i], curves[k + "_se"][i], decimals) for k in SELECTORS]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# plots (Agg canvas, no pyplot global state; written atomically)
+# --------------------------------------------------------------------------------------------
+
+
+def _new_figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.4), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _save_png(fig, path) -> None:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def plot_bon(curves: Mapping, path, title: str = "best-of-N") -> None:
+    """PNG line plot of `best_of_n_curves` output: x = N on a log2 axis, one line per selector
+    with a +- se band; written to a temporary file and renamed into place."""
+    fig, ax = _new_figure()
+    x = np.asarray(curves["n"], dtype=np.float64)
+    styles = {"prm": "o-", "majority": "s-", "random": "^--", "oracle": "v:"}
+    for key in SELECTORS:
+        y = np.asarray(curves[key], dtype=np.float64)
+        se = np.asarray(curves[key + "_se"], dtype=np.float64)
+        (line,) = ax.plot(x, y, styles[key], label=key)
+        ax.fill_between(x, y - se, y + se, color=line.get_color(), alpha=0.2, linewidth=0)
+    if x.size:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(x)
+        ax.set_xticklabels([str(int(v)) for v in x])
+    ax.set_xlabel("N (samples per prompt)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    _save_png(fig, path)
+
+
+def plot_learning_curves(
+    curves: Mapping[str, Sequence[Tuple[float, float, float]]],
+    path,
+    title: str,
+    ylabel: str,
+    xlabel: str = "iteration",
+) -> None:
+    """PNG with one line per label and a shaded mean +- std band. curves[label] = list of
+    (x, mean, std) points (sorted by x here; a None/NaN std draws no band at that point)."""
+    fig, ax = _new_figure()
+    for label, points in curves.items():
+        pts = sorted(points, key=lambda t: t[0])
+        if not pts:
+            continue
+        x = np.array([float(t[0]) for t in pts])
+        y = np.array([math.nan if t[1] is None else float(t[1]) for t in pts])
+        sd = np.array([math.nan if t[2] is None else float(t[2]) for t in pts])
+        (line,) = ax.plot(x, y, "-", marker="." if len(pts) < 50 else None, label=str(label))
+        ax.fill_between(x, y - sd, y + sd, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if curves:
+        ax.legend()
+    _save_png(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# mean +- std over seeds
+# --------------------------------------------------------------------------------------------
+
+
+def _is_missing(v) -> bool:
+    if v is None:
+        return True
+    try:
+        return math.isnan(float(v))
+    except (TypeError, ValueError):
+        return True
+
+
+def format_mean_std_cell(values: Optional[Sequence], decimals: int = 3) -> str:
+    """"mean +- std (n=k)" over the non-missing values (std ddof=1); "mean (n=1)" for one
+    value; "- (n=0)" for none; ", m skipped" is added inside the brackets when m values were
+    None/NaN."""
+    values = list(values or [])
+    kept = [float(v) for v in values if not _is_missing(v)]
+    skipped = len(values) - len(kept)
+    tail = f"n={len(kept)}" + (f", {skipped} skipped" if skipped else "")
+    if not kept:
+        return f"- ({tail})"
+    mean = float(np.mean(kept))
+    if len(kept) == 1:
+        return f"{mean:.{decimals}f} ({tail})"
+    std = float(np.std(kept, ddof=1))
+    return f"{mean:.{decimals}f} +- {std:.{decimals}f} ({tail})"
+
+
+def format_mean_std_table(
+    rows: Mapping[str, Mapping[str, Sequence[float]]],
+    columns: List[str],
+    decimals: int = 3,
+    row_header: str = "",
+) -> str:
+    """Markdown table: one row per key of `rows` (e.g. a mode), one column per name in
+    `columns` (e.g. a metric); rows[r][col] = the values over seeds, shown by
+    `format_mean_std_cell`. A column a row lacks shows "- (n=0)"."""
+    lines = [
+        f"| {row_header} | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    for label, by_col in rows.items():
+        cells = [format_mean_std_cell(by_col.get(col), decimals) for col in columns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

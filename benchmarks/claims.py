@@ -43,6 +43,7 @@ COLUMNS = {
     "ess": "ESS",
     "entropy": "policy entropy",
     "wall_s": "wall s",
+    "time_vs_rloo": "wall time / rloo's",
 }
 
 
@@ -152,6 +153,13 @@ def main(argv=None) -> int:
         result = run_one(name, f"configs/modes/{mode}.yaml", overrides, out, log)
         result.update(training_means(out / "runs" / name))
         results[name] = result
+
+    # Speed against the baseline of the same seed, measured in this same benchmark run.
+    for (mode, seed, hard) in plan:
+        name = f"{'hard_' if hard else ''}{mode}-s{seed}"
+        base = results.get(f"{'hard_' if hard else ''}rloo-s{seed}", {})
+        if results.get(name, {}).get("wall_s") and base.get("wall_s"):
+            results[name]["time_vs_rloo"] = results[name]["wall_s"] / base["wall_s"]
 
     # ---- tables ----
     def table(modes, prefix, columns):

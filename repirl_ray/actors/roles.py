@@ -44,7 +44,21 @@ def _env(extra: dict[str, str] | None = None) -> dict:
     return {"env_vars": env}
 
 
+def warn_missing_resources(role: str, resources: dict) -> None:
+    """An actor that asks for a custom resource no node offers waits silently; say so."""
+    if not resources:
+        return
+    available = ray.cluster_resources()
+    missing = [k for k in resources if k not in available]
+    if missing:
+        log.warning(
+            "%s asks for resources %s that no node of this cluster offers yet: it will wait until an "
+            "autoscaler adds such a node (remove %s.resources.* on a cluster without them)", role, missing, role
+        )
+
+
 def create_policy_learner(cfg: PolicyConfig, model_path: str, **kwargs):
+    warn_missing_resources("policy", cfg.resources)
     actor = ray.remote(PolicyLearner).options(
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus,
@@ -55,6 +69,7 @@ def create_policy_learner(cfg: PolicyConfig, model_path: str, **kwargs):
 
 
 def create_prm_learner(cfg: PRMConfig, irl: IRLConfig, model_path: str, **kwargs):
+    warn_missing_resources("prm", cfg.resources)
     actor = ray.remote(PRMLearner).options(
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus,
@@ -86,6 +101,7 @@ class RolloutGroup:
         self.weights_ref = None  # the last pushed weights, for replacements
         self.version = 0
         self.replacements = 0
+        warn_missing_resources("rollout", cfg.resources)
         self.workers = [self._start(i) for i in range(cfg.num_workers)]
         ray.get([w.ping.remote() for w in self.workers])
 

@@ -139,11 +139,11 @@ class PRMLearner:
     def _update_prime(self, rollouts: Rollouts) -> dict[str, float]:
         """PRIME: BCE(sigmoid(beta * sum_t log pi_phi/pi_ref), o) on the rollouts (ALGORITHM.md s6)."""
         cfg = self.cfg
-        stats = MetricSum()
         self.optimizer.zero_grad(set_to_none=True)
         order = self.rng.permutation(len(rollouts))
         outcome = torch.from_numpy(rollouts.outcome)
         total = 0.0
+        sums: dict[str, float] = {}
         for micro in chunks(order, cfg.micro_batch_size):
             inputs = model_inputs(rollouts, micro, self.device)
             logp_phi, logp_ref = self.prm.log_probs(inputs)
@@ -153,10 +153,12 @@ class PRMLearner:
             )
             loss.backward()
             total += float(loss.detach())
-            stats.add(micro_stats, len(micro))
+            # The stats share the batch's denominator: their sum over micro-batches is the batch mean.
+            for k, v in micro_stats.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.prm.parameters(), cfg.grad_clip)
         self.optimizer.step()
-        metrics = stats.means("prm/")
+        metrics = {f"prm/{k}": v for k, v in sums.items()}
         metrics.update({"prm/loss": total, "prm/grad_norm": float(grad_norm)})
         return metrics
 

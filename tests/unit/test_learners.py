@@ -100,8 +100,12 @@ def test_prm_update_changes_every_trainable_parameter(tiny_dir, kind, loss):
     learner = PRMLearner(cfg, IRLConfig(reward_l2=0.1), tiny_dir)
     before = learner.parameters_numpy()
     rollouts, demos = make_rollouts(seed=1), make_rollouts(seed=2, is_demo=True)
-    for _ in range(3):
+    for step in range(3):
         metrics = learner.update(None, rollouts, demos)
+        if step == 0 and loss == "prime":
+            # pi_phi starts equal to pi_ref: every predicted probability is sigmoid(0) = 0.5, and the
+            # batch mean comes out as 0.5 however the batch is split into micro-batches.
+            assert metrics["prm/prob"] == pytest.approx(0.5)
     after = learner.parameters_numpy()
     assert not [k for k in before if k not in changed(before, after)], "some PRM parameters never changed"
     assert np.isfinite(metrics["prm/loss"])

@@ -1,0 +1,106 @@
+"""Every mode of ALGORITHM.md section 6 (configs/modes/*.yaml) runs two iterations through real
+actors on the tiny world, and does what its config says; `repirl eval` and `repirl bon` work on
+the checkpoint of a finished run."""
+
+import json
+
+import numpy as np
+import pytest
+import ray
+
+from repirl_ray.config import load_config
+from repirl_ray.driver import Trainer, latest_checkpoint
+from tests.conftest import TINY_RUN, TINY_WORLD, overrides
+
+pytestmark = pytest.mark.integration
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+QUIET = dict(log_fn=lambda *_: None)
+
+
+def run_mode(mode, world_cache, run_dir, **extra):
+    cfg = load_config(str(ROOT / "configs" / "modes" / f"{mode}.yaml"),
+                      overrides(TINY_WORLD, TINY_RUN, **{"world.dir": str(world_cache), "rollout.num_workers": 1,
+                                                         "sft.steps": 10, "sft.batch_size": 8, **extra}))
+    run_dir.mkdir(parents=True)
+    trainer = Trainer(cfg, run_dir, **QUIET)
+    try:
+        before = ray.get(trainer.policy.parameters_numpy.remote())
+        summary = trainer.train()
+        after = ray.get(trainer.policy.parameters_numpy.remote())
+        prm_kind = cfg.prm.kind if trainer.prm is not None else None
+    finally:
+        trainer.shutdown()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "rollout/accuracy" in r]
+    changed = any(not np.array_equal(before[k], after[k]) for k in before)
+    return summary, train, changed, prm_kind
+
+
+@pytest.fixture(scope="module")
+def repirl_run(ray_session, world_cache, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("modes") / "repirl"
+    return run_dir, run_mode("repirl", world_cache, run_dir)
+
+
+def test_repirl(repirl_run):
+    _, (summary, train, changed, kind) = repirl_run
+    assert kind == "implicit" and changed and len(train) == 2
+    assert all("prm/ess" in r and "prm/step_auroc" in r for r in train)
+
+
+@pytest.mark.parametrize("mode", ["repirl_head", "rloo", "prime", "prm_only", "sft_rloo"])
+def test_mode_runs_two_iterations(mode, ray_session, world_cache, tmp_path):
+    summary, train, changed, kind = run_mode(mode, world_cache, tmp_path / mode)
+    assert summary["iterations"] == 2 and [r["iteration"] for r in train] == [1, 2]
+    assert changed, "the policy did not change"
+    if mode == "rloo" or mode == "sft_rloo":
+        assert kind is None and not any(k.startswith("prm/") for k in train[0])
+    if mode == "repirl_head":
+        assert kind == "head" and "prm/ess" in train[0]
+    if mode == "prime":
+        # The implicit PRM fitted to outcomes by cross-entropy: its predicted probability is logged.
+        assert kind == "implicit" and "prm/prob" in train[0] and "prm/ess" not in train[0]
+    if mode == "prm_only":
+        assert "rollout/format_ok" in train[0]
+    if mode == "sft_rloo":
+        assert (tmp_path / mode / "sft_policy" / "config.json").is_file()
+
+
+def test_behaviour_cloning_is_supervised_only(ray_session, world_cache, tmp_path):
+    summary, train, changed, _ = run_mode("bc", world_cache, tmp_path / "bc")
+    assert summary["iterations"] == 0 and train == [] and not changed
+    assert summary["final_accuracy"] == summary["base_accuracy"]  # evaluated once: no RL
+    paths = json.loads((tmp_path / "bc" / "paths.json").read_text())
+    assert paths["policy"].endswith("sft_policy")
+
+
+def test_test_time_training_with_a_frozen_prm(repirl_run, world_cache, tmp_path):
+    run_dir, _ = repirl_run
+    prm = latest_checkpoint(run_dir) / "prm"
+    summary, train, changed, kind = run_mode("ttt", world_cache, tmp_path / "ttt", **{"model.prm_path": str(prm)})
+    assert changed and len(train) == 2
+    assert not any(k in train[0] for k in ("prm/loss", "prm/ess"))  # the PRM is frozen: no IRL step
+    assert "prm/step_auroc" in train[0]  # ... but it scores every rollout
+
+
+def test_eval_and_bon_on_a_checkpoint(repirl_run, tmp_path):
+    from repirl_ray.assess import best_of_n_checkpoint, evaluate_checkpoint
+
+    run_dir, _ = repirl_run
+    ckpt = latest_checkpoint(run_dir)
+    result = evaluate_checkpoint(str(ckpt), samples=4, overrides=["eval.num_prompts=6"], **{"log": lambda *_: None})
+    assert result["prompts"] == 6
+    assert 0 <= result["greedy_pass@1"] <= 1
+    assert result["pass@1"] <= result["pass@2"] <= result["pass@4"]
+    assert "prm_step_auroc_fixed_set" in result
+    assert (ckpt / "eval_eval.json").is_file()
+
+    out = tmp_path / "bon"
+    bon = best_of_n_checkpoint(str(ckpt), n_max=4, out_dir=str(out), overrides=["eval.num_prompts=6"], log=lambda *_: None)
+    curves = bon["curves"]
+    assert curves["n"] == [1, 2, 4]
+    for selector in ("prm", "majority", "random"):
+        assert all(s <= o + 1e-9 for s, o in zip(curves[selector], curves["oracle"]))
+    assert (out / "bon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "bon.md").read_text().count("\n") >= 5

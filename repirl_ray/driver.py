@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import ray
+import torch
 from ray.exceptions import RayActorError
 
 from repirl_ray import algo
@@ -252,7 +253,7 @@ class Trainer:
         cfg, K = self.cfg, self.group_size
         timer = PhaseTimer()
         t_start = time.perf_counter()
-        problems, rows = self.stream.next_batch()
+        problems, _ = self.stream.next_batch()
         seed = cfg.seed * 100_003 + self.iteration
 
         # 1. Sample K responses per prompt with the current policy (vLLM), verified by the task.
@@ -268,12 +269,11 @@ class Trainer:
         }
 
         # 2. Prompt filter (PRIME): keep prompts whose K-sample accuracy lies in [low, high].
-        group_acc = outcome.reshape(-1, K).mean(1)
         slots = prompt_index.reshape(-1, K)[:, 0]
+        keep = slots
         if cfg.filter.enabled:
-            keep = slots[(group_acc >= cfg.filter.low) & (group_acc <= cfg.filter.high)]
-        else:
-            keep = slots
+            kept = algo.filter_prompts(torch.from_numpy(outcome), K, cfg.filter.low, cfg.filter.high)
+            keep = slots[kept.numpy()]
         metrics["rollout/kept"] = float(len(keep))
         metrics["rollout/kept_frac"] = len(keep) / len(slots)
         if len(keep) == 0:

@@ -257,6 +257,11 @@ def validate(cfg: TrainConfig) -> None:
     for key in positive:
         if _get(cfg, key) <= 0:
             raise ConfigError(f"config key '{key}': must be > 0, got {_get(cfg, key)}")
+    if cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens > cfg.rollout.max_model_len:
+        raise ConfigError(
+            f"config key 'rollout.max_model_len': {cfg.rollout.max_model_len} is less than data.max_prompt_tokens "
+            f"({cfg.data.max_prompt_tokens}) + rollout.max_new_tokens ({cfg.rollout.max_new_tokens}); raise it"
+        )
     if cfg.rollout.samples_per_prompt < 2:
         raise ConfigError("config key 'rollout.samples_per_prompt': RLOO needs at least 2 samples per prompt")
     if cfg.rollout.temperature <= 0:

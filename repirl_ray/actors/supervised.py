@@ -5,11 +5,12 @@ instead: a fit() costs about 20 s to start.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
-from repirl_ray.learners.sft import sft_job
+from repirl_ray.learners.sft import SFT_METRICS, sft_job
 
 
 def _train_loop(job: dict) -> None:
@@ -44,8 +45,9 @@ def run_supervised_job(job: dict, storage: Path, *, name: str, num_cpus: float =
             ),
             run_config=RunConfig(name=name, storage_path=str(Path(storage).resolve() / "ray_train")),
         )
-        result = trainer.fit()
-        return dict(result.metrics or {})
+        trainer.fit()
+        with open(Path(job["out_dir"]) / SFT_METRICS) as f:
+            return json.load(f)
     finally:
         shutil.rmtree(Path(storage) / "ray_train", ignore_errors=True)
         if own_ray:

@@ -7,6 +7,7 @@ Loss: mean negative log-likelihood of the response tokens (prompt tokens are con
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Callable
 
@@ -14,8 +15,12 @@ import numpy as np
 import torch
 
 from repirl_ray.batch import build_rollouts
+from repirl_ray.utils import atomic_write_json
 from repirl_ray.models.prompts import PromptEncoder
 from repirl_ray.models.sequence import model_inputs, response_logprobs
+
+
+SFT_METRICS = "sft_metrics.json"
 
 
 def encode_pairs(tokenizer, pairs: list[tuple[str, str]], chat_template: bool = False, max_prompt_tokens: int = 10**9):
@@ -49,6 +54,8 @@ def sft_job(job: dict) -> dict:
     )
     model.save_pretrained(job["out_dir"])
     tokenizer.save_pretrained(job["out_dir"])
+    # Beside the weights: Ray Train returns reported metrics only together with a checkpoint.
+    atomic_write_json(os.path.join(job["out_dir"], SFT_METRICS), metrics)
     return metrics
 
 

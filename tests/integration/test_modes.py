@@ -19,9 +19,11 @@ QUIET = dict(log_fn=lambda *_: None)
 
 
 def run_mode(mode, world_cache, run_dir, **extra):
+    # The mode's own iteration count where it sets one (bc: 0), else the tiny run's 2.
+    run = {k: v for k, v in TINY_RUN.items() if not (mode == "bc" and k == "iterations")}
     cfg = load_config(str(ROOT / "configs" / "modes" / f"{mode}.yaml"),
-                      overrides(TINY_WORLD, TINY_RUN, **{"world.dir": str(world_cache), "rollout.num_workers": 1,
-                                                         "sft.steps": 10, "sft.batch_size": 8, **extra}))
+                      overrides(TINY_WORLD, run, **{"world.dir": str(world_cache), "rollout.num_workers": 1,
+                                                    "sft.steps": 10, "sft.batch_size": 8, **extra}))
     run_dir.mkdir(parents=True)
     trainer = Trainer(cfg, run_dir, **QUIET)
     try:

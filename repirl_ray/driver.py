@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import signal
 import sys
 import threading
@@ -372,7 +373,12 @@ class Trainer:
         refs = [self.policy.save.remote(str(tmp / "policy"))]
         if self.prm is not None:
             refs.append(self.prm.save.remote(str(tmp / "prm")))
-        self._call_learners(refs)
+        try:
+            self._call_learners(refs)
+        except BaseException:
+            # A half-written checkpoint is never published; remove it so only complete ones remain.
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         state = {
             "iteration": self.iteration,
             "data": self.stream.state(),
@@ -385,8 +391,6 @@ class Trainer:
         atomic_write_text(ckpt_root / LATEST, name + "\n")
         kept = sorted(p for p in ckpt_root.glob("iter_*") if p.is_dir())
         for old in kept[: max(0, len(kept) - self.cfg.checkpoint.keep_last)]:
-            import shutil
-
             shutil.rmtree(old, ignore_errors=True)
         self.log(f"checkpoint: {ckpt_root / name}")
         return ckpt_root / name

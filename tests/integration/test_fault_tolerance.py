@@ -57,13 +57,17 @@ def test_resume_equals_uninterrupted_run(ray_session, world_cache, tmp_path):
         assert sa[k] == pytest.approx(sb[k], abs=1e-6), k
 
 
-def _kill_when(run_dir, iteration, pid_fn, killed: list):
-    """Background killer: waits until `iteration` is logged, then SIGKILLs the process."""
+def _logged(run_dir, iteration):
+    path = run_dir / "metrics.jsonl"
+    return path.is_file() and any(r.get("iteration", 0) >= iteration and "rollout/accuracy" in r for r in _records(run_dir))
+
+
+def _kill_when(ready, pid_fn, killed: list):
+    """Background killer: waits until `ready()` is true, then SIGKILLs the process."""
     def loop():
         deadline = time.time() + 300
         while time.time() < deadline:
-            path = run_dir / "metrics.jsonl"
-            if path.is_file() and any(r.get("iteration", 0) >= iteration and "rollout/accuracy" in r for r in _records(run_dir)):
+            if ready():
                 pid = pid_fn()
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
@@ -83,7 +87,7 @@ def test_killed_rollout_worker_is_replaced(ray_session, world_cache, tmp_path):
     try:
         victim = trainer.rollout.workers[0]
         victim_pid = ray.get(victim.ping.remote())
-        killer = _kill_when(run_dir, 2, lambda: victim_pid, killed)
+        killer = _kill_when(lambda: _logged(run_dir, 2), lambda: victim_pid, killed)
         summary = trainer.train()
         killer.join(timeout=5)
         replacement_pid = ray.get(trainer.rollout.workers[0].ping.remote())
@@ -109,7 +113,10 @@ def test_killed_learner_stops_the_run_with_its_checkpoint_intact(ray_session, wo
     killed = []
     try:
         pid = ray.get(trainer.policy.ping.remote())
-        killer = _kill_when(run_dir, 2, lambda: pid, killed)
+        # Kill once checkpoint 2 is complete: the learner then dies during iteration 3 or during
+        # the save of checkpoint 3, and the last complete checkpoint must survive either way.
+        ckpt2 = run_dir / "checkpoints" / "iter_000002" / "trainer_state.json"
+        killer = _kill_when(ckpt2.is_file, lambda: pid, killed)
         with pytest.raises(LearnerFailure) as err:
             trainer.train()
         killer.join(timeout=5)

@@ -34,8 +34,10 @@ MODES = ["repirl", "repirl_head", "rloo", "prime", "prm_only", "ttt", "bc", "sft
 HARD_MODES = ["repirl", "rloo"]
 # The early-signal experiment: train on the hard split (longer chains) with no prompt filter
 # (the filter would drop every prompt the policy never solves), evaluate on held-out hard ones.
-# A 6-operation solution is up to 52 tokens: room for it.
-HARD_OVERRIDES = ["data.world_split=hard_train", "filter.enabled=false", "eval.hard=true", "rollout.max_new_tokens=64"]
+# A 6-operation solution is up to 52 tokens: room for it. 32 prompts per iteration, unfiltered,
+# is about the batch the main runs train on after their filter (about 40 of 64 prompts kept).
+HARD_OVERRIDES = ["data.world_split=hard_train", "filter.enabled=false", "eval.hard=true", "rollout.max_new_tokens=64",
+                  "data.prompts_per_iteration=32"]
 
 COLUMNS = {
     "final_accuracy": "held-out accuracy (sampled)",
@@ -152,6 +154,13 @@ def main(argv=None) -> int:
                 results[name] = {"failed": True, "reason": "no trained PRM"}
                 continue
             overrides.append(f"model.prm_path={prm[-1]}")
+        if mode == "sft_rloo":
+            # The supervised stage is the bc run's job of the same seed (same demos, steps, seed):
+            # start RLOO from its result instead of training the same model a second time.
+            sft_policy = out / "runs" / f"bc-s{seed}" / "sft_policy"
+            if (sft_policy / "config.json").is_file():
+                log(f"  {name}: starts from bc-s{seed}'s supervised stage ({sft_policy})")
+                overrides += [f"model.policy_path={sft_policy}", "sft.steps=0"]
         result = run_one(name, f"configs/modes/{mode}.yaml", overrides, out, log)
         result.update(training_means(out / "runs" / name))
         results[name] = result
@@ -217,7 +226,8 @@ def main(argv=None) -> int:
         "Accuracy: 128 held-out prompts, mean correctness of 4 samples at T = 1.0 (greedy beside it).",
         "Step AUROC: the PRM on the base policy's samples of the held-out prompts. ESS and entropy:",
         "mean of the last 10 iterations. `bc` has no RL iterations; `ttt` trains on the held-out",
-        "prompts themselves without their labels, with the repirl run's PRM frozen.",
+        "prompts themselves without their labels, with the repirl run's PRM frozen. For `bc` and",
+        "`sft_rloo`, `base_accuracy` is the policy after the supervised stage (where RL starts).",
         "",
         main_table,
         "",

@@ -20,7 +20,8 @@ def _as_1d(values) -> torch.Tensor:
     """Lists, numpy arrays and tensors (any device, with or without grad) -> float64 CPU [n]."""
     if isinstance(values, torch.Tensor):
         return values.detach().to("cpu", torch.float64).reshape(-1)
-    return torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    # A copy: numpy arrays that come out of the Ray object store are read-only.
+    return torch.tensor(values, dtype=torch.float64).reshape(-1)
 
 
 def auroc(scores, labels) -> float:

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit install world clean
+.PHONY: demo test test-unit install install-gpu world clean
 
 $(STAMP): pyproject.toml requirements/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,14 @@ $(STAMP): pyproject.toml requirements/cpu.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# NVIDIA GPUs: CUDA vLLM and the CUDA torch it requires (requirements/gpu.txt), in the same venv
+# path. Use it instead of `make install` on a GPU machine (not both in one venv).
+install-gpu: pyproject.toml requirements/gpu.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -r requirements/gpu.txt -e .
+	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/repirl train

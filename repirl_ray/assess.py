@@ -15,10 +15,11 @@ import numpy as np
 import ray
 
 from repirl_ray import evaluation
-from repirl_ray.actors.roles import RolloutGroup, create_prm_learner
+from repirl_ray.actors.learner_group import PRMLearnerGroup
+from repirl_ray.actors.roles import RolloutGroup
 from repirl_ray.batch import Rollouts, load_rollouts
 from repirl_ray.config import ConfigError, load_config
-from repirl_ray.driver import init_ray, resolve_paths, task_kwargs
+from repirl_ray.run_setup import init_ray, resolve_paths, task_kwargs
 from repirl_ray.learners.prm import step_quality
 from repirl_ray.models.prm import read_prm_meta
 from repirl_ray.tasks.base import load_problems
@@ -54,23 +55,23 @@ class CheckpointSession:
         self.prm = None
         meta = read_prm_meta(str(self.ckpt / "prm")) if (self.ckpt / "prm").is_dir() else None
         if meta is not None:
-            prm_cfg = dataclasses.replace(cfg.prm, kind=meta["kind"])  # the checkpoint's own kind
-            self.prm = create_prm_learner(prm_cfg, cfg.irl, str(self.ckpt / "prm"), dtype=cfg.model.dtype,
-                                          trust_remote_code=cfg.model.trust_remote_code)
-            ray.get(self.prm.ping.remote())
+            # The checkpoint's own kind; scoring needs one rank (a checkpoint holds whole weights).
+            prm_cfg = dataclasses.replace(cfg.prm, kind=meta["kind"], num_workers=1)
+            self.prm = PRMLearnerGroup(prm_cfg, cfg.irl, str(self.ckpt / "prm"), dtype=cfg.model.dtype,
+                                       compute_dtype=cfg.model.compute_dtype, trust_remote_code=cfg.model.trust_remote_code)
 
     def sample(self, n: int, temperature: float, seed: int = 20_011):
-        refs, _, summaries = self.rollout.generate(self.problems, n=n, temperature=temperature, seed=seed, with_demos=False)
-        return refs, summaries
+        sampled = self.rollout.generate(self.problems, n=n, temperature=temperature, seed=seed, with_demos=False)
+        return sampled.rollouts, sampled.summaries
 
     def score(self, refs) -> tuple[np.ndarray, dict]:
-        rewards, stats = self.prm.score.options(num_returns=2).remote(None, *refs)
-        return ray.get(rewards), ray.get(stats)
+        rewards, stats = self.prm.score(None, refs)
+        return ray.get(rewards), stats
 
     def close(self) -> None:
         self.rollout.shutdown()
         if self.prm is not None:
-            ray.kill(self.prm)
+            self.prm.shutdown()
         if self.started_ray:
             ray.shutdown()
 

@@ -2,8 +2,10 @@
 
     repirl train                                  # the built-in world, defaults
     repirl train --config configs/tiny.yaml policy.lr=5e-5 iterations=50
+    repirl train --config configs/qwen2.5-3b-math.yaml --config configs/modes/rloo.yaml   # files compose in order
     repirl train --address auto ...               # join a running Ray cluster
     repirl train --resume runs/repirl-20261126-101500
+    repirl train --resume runs/repirl-20261126-101500/checkpoints/iter_000050   # an older checkpoint
     repirl make-world                             # build and cache the built-in world
     repirl eval --checkpoint runs/<run>/checkpoints/iter_000100
     repirl bon --checkpoint runs/<run>/checkpoints/iter_000100
@@ -47,7 +49,7 @@ def cmd_train(args) -> int:
     if args.address:
         overrides.append(f"ray.address={args.address}")
     if args.resume:
-        summary = train(resume_dir=args.resume, overrides=overrides)
+        summary = train(resume=args.resume, overrides=overrides)
     else:
         cfg = load_config(args.config, overrides)
         summary = train(cfg)
@@ -94,14 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="run (or resume) a training run")
-    p.add_argument("--config", help="YAML run config (defaults: the built-in CPU world)")
+    p.add_argument("--config", action="append", metavar="YAML",
+                   help="YAML run config (defaults: the built-in CPU world); repeat to compose, later files win")
     p.add_argument("--address", help="Ray address to join, e.g. auto (default: a private local Ray)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a run from its last checkpoint, or from the checkpoint folder given (RUN_DIR/checkpoints/iter_N)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("make-world", help="build and cache the built-in world (data, tokenizer, base policy)")
-    p.add_argument("--config")
+    p.add_argument("--config", action="append", metavar="YAML")
     p.add_argument("--no-ray-train", action="store_true", help="run the warm-up in this process instead of a Ray Train job")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_make_world)
@@ -122,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bon)
 
     p = sub.add_parser("config", help="print the resolved config")
-    p.add_argument("--config")
+    p.add_argument("--config", action="append", metavar="YAML")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_config)
     return parser

@@ -58,7 +58,9 @@ class ModelConfig:
     policy_path: str = ""  # HF folder or hub name of the base policy; "" = the built-in world's
     prm_path: str = ""  # base model of the PRM, or a trained PRM checkpoint; "" = policy_path
     ref_path: str = ""  # frozen pi_ref of the implicit PRM; "" = prm base model
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    dtype: str = "float32"  # float32 | bfloat16 | float16: the vLLM engines' and the saved HF folders'
+    # The learners' compute dtype; their master weights and optimizer moments are always fp32.
+    compute_dtype: str = "float32"  # float32 | bfloat16 | float16
     trust_remote_code: bool = False
 
 
@@ -118,10 +120,12 @@ class PolicyConfig:
     mini_batch_size: int = 256  # rollouts per optimizer step
     micro_batch_size: int = 64  # rollouts per forward/backward (gradient accumulation)
     gradient_checkpointing: bool = False
+    num_workers: int = 1  # ranks of the learner group (FSDP2 over them); num_cpus/num_gpus are per rank
+    placement: str = "pack"  # pack: all ranks on one node (STRICT_PACK) | spread: across nodes (SPREAD)
     num_cpus: float = 0.5
     num_gpus: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {learner: 1}
-    num_threads: int = 2  # torch threads of the learner process
+    num_threads: int = 2  # torch threads of each rank
 
 
 @dataclass
@@ -141,10 +145,12 @@ class PRMConfig:
     prompts_per_mini_batch: int = 0  # 0 = the whole iteration's prompts in one optimizer step
     micro_batch_size: int = 64
     gradient_checkpointing: bool = False
+    num_workers: int = 1  # ranks of the learner group (FSDP2 over them); num_cpus/num_gpus are per rank
+    placement: str = "pack"  # pack (STRICT_PACK, one node) | spread (SPREAD)
     num_cpus: float = 0.5
     num_gpus: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {learner: 1}
-    num_threads: int = 2
+    num_threads: int = 2  # torch threads of each rank
 
 
 @dataclass
@@ -170,6 +176,14 @@ class FilterConfig:
     enabled: bool = True
     low: float = 0.2
     high: float = 0.8
+
+
+@dataclass
+class PipelineConfig:
+    # 0: the serial loop (sample, then learn). 1: the rollout workers sample the next batch while
+    # the learners update on this one; an update's samples then come from the policy one version
+    # behind (rollout/staleness), corrected by the sampler's log-probs in PPO and the IRL weights.
+    off_policy_steps: int = 0
 
 
 @dataclass
@@ -211,6 +225,7 @@ class TrainConfig:
     irl: IRLConfig = field(default_factory=IRLConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -218,6 +233,10 @@ class TrainConfig:
 
 _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.compute_dtype": ("float32", "bfloat16", "float16"),
+    "policy.placement": ("pack", "spread"),
+    "prm.placement": ("pack", "spread"),
+    "pipeline.off_policy_steps": (0, 1),
     "data.task": ("arithmetic", "math", "code"),
     "data.world_split": ("train", "hard_train", "eval"),
     "prm.kind": ("head", "implicit", "none"),
@@ -250,7 +269,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.iterations < 0:
         raise ConfigError(f"config key 'iterations': must be >= 0 (0 = evaluate only), got {cfg.iterations}")
     positive = [
-        "data.prompts_per_iteration", "rollout.num_workers", "rollout.max_new_tokens",
+        "data.prompts_per_iteration", "rollout.num_workers", "rollout.max_new_tokens", "policy.num_workers", "prm.num_workers",
         "policy.mini_batch_size", "policy.micro_batch_size", "policy.epochs", "prm.micro_batch_size",
         "eval.num_prompts", "eval.samples_per_prompt",
     ]
@@ -312,10 +331,14 @@ def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
     return ConfigError(f"config error (from {source}): {str(err).splitlines()[0]}")
 
 
-def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Defaults <- YAML file <- key=value overrides; returns a validated TrainConfig object."""
+def load_config(paths: str | list[str] | tuple[str, ...] | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Defaults <- each YAML file in order (a later file wins) <- key=value overrides; returns a
+    validated TrainConfig object. Several files compose, e.g. a GPU config, then a mode:
+    `--config configs/qwen2.5-3b-math.yaml --config configs/modes/rloo.yaml`."""
     cfg = _schema()
-    if path:
+    if isinstance(paths, str):
+        paths = [paths]
+    for path in paths or ():
         if not os.path.isfile(path):
             raise ConfigError(f"config file not found: {path}")
         try:

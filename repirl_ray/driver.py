@@ -1,9 +1,15 @@
 """The driver: the interleaved dual loop of rePIRL (ALGORITHM.md section 5), one iteration at a
 time, each phase numbered and timed.
 
-The driver holds the prompt stream, the actors and the run folder. Trajectories, token rewards,
-advantages and weights move between actors as ObjectRefs; the driver itself only reads small
-summaries (outcomes per row, metrics).
+The driver holds the prompt stream, the three groups (rollout workers, policy learner, PRM
+learner) and the run folder. Trajectories, token rewards, advantages and weights move between
+actors as ObjectRefs; the driver itself only reads small summaries (outcomes per row, metrics).
+Everything done before the loop starts (paths, checks, Ray, the run folder) is in run_setup.py.
+
+`pipeline.off_policy_steps: 1` overlaps sampling with learning: the rollout workers sample the
+next batch while the learners update on the current one, so an update's samples come from the
+policy one version behind. PPO's ratio and the PRM's importance weights use the sampler's
+log-probs (the behaviour policy), so both stay correct; the staleness is logged.
 """
 
 from __future__ import annotations
@@ -12,10 +18,8 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import shutil
 import signal
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -23,117 +27,42 @@ from pathlib import Path
 
 import numpy as np
 import ray
-import torch
-from ray.exceptions import RayActorError
 
 from repirl_ray import algo
-from repirl_ray.actors.roles import (
-    RolloutGroup,
-    create_policy_learner,
-    create_prm_learner,
-)
+from repirl_ray.actors.learner_group import LearnerDied, PolicyLearnerGroup, PRMLearnerGroup
+from repirl_ray.actors.roles import RolloutGroup, Sampled
 from repirl_ray.batch import Rollouts, load_rollouts, save_rollouts
-from repirl_ray.config import ConfigError, TrainConfig, load_config, needs_demos, save_config
+from repirl_ray.config import TrainConfig, load_config, needs_demos, save_config
 from repirl_ray.data import PromptStream
-from repirl_ray.models.policy import check_model_path
 from repirl_ray.metrics import MemoryMonitor, MetricsLogger, format_progress
+from repirl_ray.run_setup import (
+    CHECKPOINTS,
+    LATEST,
+    TRAINER_STATE,
+    CheckpointError,
+    check_checkpoint,
+    check_cluster_fits,
+    check_fits,
+    check_given_paths,
+    init_ray,
+    latest_checkpoint,
+    machine_info,
+    new_run_dir,
+    resolve_paths,
+    resume_target,
+    role_demands,
+    task_kwargs,
+)
 from repirl_ray.tasks.base import load_problems
 from repirl_ray.utils import atomic_write_json, atomic_write_text, publish_dir
 
 log = logging.getLogger("repirl")
 
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
+PENDING = "pending"  # a checkpoint's batch sampled ahead by the pipelined loop
 
 
 class LearnerFailure(RuntimeError):
     pass
-
-
-@dataclasses.dataclass
-class Paths:
-    """Where the models and data of a run come from, after the built-in world's defaults."""
-
-    policy: str
-    prm: str
-    ref: str
-    train: str
-    eval: str
-    hard_eval: str
-
-
-def resolve_paths(cfg: TrainConfig, log_fn=print) -> Paths:
-    """Empty paths mean the built-in world's (built on first use). The config itself is not
-    changed: the run folder records these beside it in paths.json."""
-    needs_world = not cfg.model.policy_path or not cfg.data.train_path or not cfg.data.eval_path
-    world = None
-    if needs_world:
-        if cfg.data.task != "arithmetic":
-            raise ConfigError(
-                f"config key 'data.task' is {cfg.data.task!r}: give model.policy_path, data.train_path and "
-                "data.eval_path (the built-in world only provides the arithmetic task)"
-            )
-        from repirl_ray.world import ensure_world
-
-        world = ensure_world(cfg.world, log=log_fn)
-    policy = cfg.model.policy_path or str(world.base_policy)
-    prm = cfg.model.prm_path or policy
-    return Paths(
-        policy=policy,
-        prm=prm,
-        ref=cfg.model.ref_path or policy,
-        train=cfg.data.train_path or str(world.split(cfg.data.world_split)),
-        eval=cfg.data.eval_path or str(world.eval),
-        hard_eval=cfg.data.hard_eval_path or (str(world.hard_eval) if world else ""),
-    )
-
-
-def check_given_paths(cfg: TrainConfig) -> None:
-    """Paths the user gave are checked before anything starts (Ray, the world, actors), so a
-    typo costs a second, not a minute: missing model folders and data files, and bad rows."""
-    for key in ("model.policy_path", "model.prm_path", "model.ref_path"):
-        section, name = key.split(".")
-        path = getattr(getattr(cfg, section), name)
-        if path and not (key == "model.prm_path" and cfg.prm.kind == "none"):
-            check_model_path(path, key)
-    for key, require_demos in (("data.train_path", needs_demos(cfg)), ("data.eval_path", False), ("data.hard_eval_path", False)):
-        path = getattr(cfg.data, key.split(".")[1])
-        if path:
-            load_problems(path, require_demos=require_demos, split_name=key)
-
-
-def task_kwargs(cfg: TrainConfig) -> dict:
-    """The task's own settings: the arithmetic verifier needs the world's modulus."""
-    if cfg.data.task == "arithmetic":
-        from repirl_ray.tasks.arithmetic import ArithmeticSpec
-
-        w = cfg.world
-        return {"spec": ArithmeticSpec(w.min_ops, w.max_ops, w.max_start, w.max_operand, w.modulus)}
-    return {}
-
-
-def init_ray(cfg, log_fn=print) -> bool:
-    """Join a cluster (ray.address, or the RAY_ADDRESS a `ray job submit` sets), or start a
-    private local Ray. Returns True when this process started Ray (and must stop it)."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():
-        return False
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        log_fn(f"joined the Ray cluster at {address}: {ray.cluster_resources().get('CPU', 0):.0f} CPUs, "
-               f"{ray.cluster_resources().get('GPU', 0):.0f} GPUs")
-        return False
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(
-        address="local",
-        num_cpus=cfg.ray.num_cpus or None,
-        object_store_memory=int(cfg.ray.object_store_gib * 2**30),
-        include_dashboard=cfg.ray.include_dashboard,
-        log_to_driver=True,
-    )
-    log_fn(f"started a local Ray: {ray.cluster_resources().get('CPU', 0):.0f} CPUs")
-    return True
 
 
 class PhaseTimer:
@@ -148,131 +77,190 @@ class PhaseTimer:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, log_fn=print):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume_from: Path | None = None, log_fn=print):
         self.cfg = cfg
-        self.run_dir = run_dir
+        self.run_dir = Path(run_dir)
         self.log = log_fn
         self.stop_requested = False
         self.iteration = 0
         self.history: dict = {}  # base-eval numbers and the like, kept in the checkpoint
-        save_config(cfg, run_dir / "config.yaml")  # the resolved config, as this run uses it
+        self.learner_version = 0  # updates applied to the policy (the version the workers get next)
+        self._pending: object = None  # pipelined loop: the next batch, submitted or sampled
+        self._saved_at = -1
+        self._wall_offset = 0.0
+        self._t0 = time.time()
+        self._prm_sets: dict = {}
+        try:
+            state = self._setup_checks(resume_from)
+            self._setup_data()
+            self._setup_run_folder()
+            self._setup_supervised_stage()
+            self._setup_ray()
+            self._setup_actors()
+            if resume_from is not None:
+                self._restore(resume_from, state)
+        except BaseException:
+            self.shutdown()  # whatever started: actors, and a Ray this process started
+            raise
+
+    # ------------------------------------------------------------------------------------------
+    # Set-up, in order: nothing starts before every check has passed.
+    def _setup_checks(self, resume_from: Path | None) -> dict | None:
+        """Paths the user gave, the checkpoint to resume from, and whether the roles fit on the
+        cluster: each a one-line error before any actor (or the world's warm-up) starts."""
+        cfg = self.cfg
         check_given_paths(cfg)
-        self.paths = resolve_paths(cfg, log_fn)  # builds the world first when needed
-        self.group_size = cfg.rollout.samples_per_prompt
+        state = check_checkpoint(resume_from, cfg) if resume_from is not None else None
+        self.joined_ray = bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+        if self.joined_ray:
+            init_ray(cfg, self.log)  # joining is cheap, and the cluster's nodes are what must fit
+            check_cluster_fits(cfg)
+        else:
+            import torch
+
+            node = {"CPU": float(cfg.ray.num_cpus or os.cpu_count() or 1)}
+            if torch.cuda.is_available():
+                node["GPU"] = float(torch.cuda.device_count())
+            check_fits(role_demands(cfg), [node], {"policy": cfg.policy.placement == "pack", "prm": cfg.prm.placement == "pack"})
+        return state
+
+    def _setup_data(self) -> None:
+        cfg = self.cfg
+        self.paths = resolve_paths(cfg, self.log)  # builds the world first when needed
         self.train_problems = load_problems(self.paths.train, require_demos=needs_demos(cfg), split_name="train")
         self.eval_problems = load_problems(self.paths.eval, require_demos=False, split_name="eval")[: cfg.eval.num_prompts]
         self.hard_problems = []
         if cfg.eval.hard and self.paths.hard_eval:
             self.hard_problems = load_problems(self.paths.hard_eval, require_demos=False, split_name="hard_eval")[: cfg.eval.num_prompts]
-        if cfg.sft.steps > 0:
-            self.paths.policy = self._supervised_stage()
-        atomic_write_json(run_dir / "paths.json", dataclasses.asdict(self.paths))
-        # Ray starts after the one-shot jobs above, which ran in a Ray of their own.
-        self.started_ray = init_ray(cfg, log_fn)
         self.stream = PromptStream(self.train_problems, cfg.data.prompts_per_iteration, seed=cfg.seed, shuffle=cfg.data.shuffle)
-        self.metrics = MetricsLogger(run_dir)
-        self._prm_sets: dict = {}
-        self.memory = MemoryMonitor(whole_node=not self.started_ray)
-        self._create_actors()
-        if resume:
-            self._restore()
 
-    def _supervised_stage(self) -> str:
+    def _setup_run_folder(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.run_dir / "config.yaml")  # the resolved config, as this run uses it
+        self.metrics = MetricsLogger(self.run_dir)
+
+    def _setup_supervised_stage(self) -> None:
         """Behaviour cloning on the training problems' expert demos (a Ray Train job); its result
         is the starting policy. A resumed run finds it already in the run folder."""
-        from repirl_ray.actors.supervised import run_supervised_job
-        from repirl_ray.tasks import build_task
-
         cfg = self.cfg
-        out = self.run_dir / "sft_policy"
-        if (out / "config.json").is_file():
-            return str(out)
-        task = build_task(cfg.data.task, **task_kwargs(cfg))
-        pairs = [(task.format_prompt(p), demo) for p in self.train_problems for demo in p.demos]
-        tmp = self.run_dir / ".tmp-sft_policy"
-        job = {
-            "init_dir": self.paths.policy, "out_dir": str(tmp), "pairs": pairs, "steps": cfg.sft.steps,
-            "batch_size": cfg.sft.batch_size, "lr": cfg.sft.lr, "seed": cfg.seed, "threads": cfg.sft.num_threads,
-            "chat_template": cfg.data.chat_template, "dtype": cfg.model.dtype, "label": "sft",
-        }
-        self.log(f"supervised stage: {cfg.sft.steps} steps x {cfg.sft.batch_size} on {len(pairs)} expert demos (Ray Train job)")
-        metrics = run_supervised_job(job, self.run_dir, name="sft", num_cpus=cfg.sft.num_cpus)
-        publish_dir(tmp, out)
-        self.history["sft"] = metrics
-        self.log(f"supervised stage done: loss {metrics.get('loss', float('nan')):.3f}, {metrics.get('wall_s', 0):.0f} s -> {out}")
-        return str(out)
+        if cfg.sft.steps > 0:
+            from repirl_ray.actors.supervised import run_supervised_job
+            from repirl_ray.learners.sft import SupervisedJob
+            from repirl_ray.tasks import build_task
 
-    # ------------------------------------------------------------------------------------------
-    def _create_actors(self) -> None:
+            out = self.run_dir / "sft_policy"
+            if not (out / "config.json").is_file():
+                task = build_task(cfg.data.task, **task_kwargs(cfg))
+                pairs = [(task.format_prompt(p), demo) for p in self.train_problems for demo in p.demos]
+                tmp = self.run_dir / ".tmp-sft_policy"
+                job = SupervisedJob(
+                    init_dir=self.paths.policy, out_dir=str(tmp), pairs=pairs, steps=cfg.sft.steps,
+                    batch_size=cfg.sft.batch_size, lr=cfg.sft.lr, seed=cfg.seed, threads=cfg.sft.num_threads,
+                    chat_template=cfg.data.chat_template, dtype=cfg.model.dtype, label="sft",
+                )
+                self.log(f"supervised stage: {cfg.sft.steps} steps x {cfg.sft.batch_size} on {len(pairs)} expert demos (Ray Train job)")
+                # On the policy learner's ranks and GPUs, when the config gives them.
+                metrics = run_supervised_job(job, self.run_dir, name="sft", num_workers=cfg.policy.num_workers,
+                                             num_cpus=cfg.sft.num_cpus, num_gpus=cfg.policy.num_gpus)
+                publish_dir(tmp, out)
+                self.history["sft"] = metrics
+                self.log(f"supervised stage done: loss {metrics['loss']:.3f}, {metrics['wall_s']:.0f} s -> {out}")
+            self.paths.policy = str(out)
+        atomic_write_json(self.run_dir / "paths.json", dataclasses.asdict(self.paths))
+
+    def _setup_ray(self) -> None:
+        # A private Ray starts after the one-shot jobs above, which ran in a Ray of their own.
+        self.started_ray = init_ray(self.cfg, self.log)
+        self.memory = MemoryMonitor(whole_node=not self.started_ray)
+
+    def _setup_actors(self) -> None:
+        """The rollout workers first (the base evaluation needs them); the learners start while
+        it runs, and the first call to a learner group waits for it."""
         cfg, paths = self.cfg, self.paths
         t0 = time.time()
         common = dict(dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
+        learner_common = dict(common, compute_dtype=cfg.model.compute_dtype, seed=cfg.seed)
         self.rollout = RolloutGroup(
-            cfg.rollout, paths.policy, cfg.data.task,
-            on_event=self._event, seed=cfg.seed, chat_template=cfg.data.chat_template,
-            max_prompt_tokens=cfg.data.max_prompt_tokens, task_kwargs=task_kwargs(cfg), **common,
+            cfg.rollout, paths.policy, cfg.data.task, on_event=self._event, wait=False, seed=cfg.seed,
+            chat_template=cfg.data.chat_template, max_prompt_tokens=cfg.data.max_prompt_tokens,
+            task_kwargs=task_kwargs(cfg), **common,
         )
-        self.policy = create_policy_learner(
-            cfg.policy, paths.policy, advantage=cfg.advantage, group_size=self.group_size,
-            temperature=cfg.rollout.temperature, seed=cfg.seed, ref_path=paths.ref, **common,
+        self.policy = PolicyLearnerGroup(
+            cfg.policy, paths.policy, advantage=cfg.advantage, group_size=cfg.rollout.samples_per_prompt,
+            temperature=cfg.rollout.temperature, ref_path=paths.ref, **learner_common,
         )
         self.prm = None
         if cfg.prm.kind != "none":
-            self.prm = create_prm_learner(cfg.prm, cfg.irl, paths.prm, ref_path=paths.ref, seed=cfg.seed, **common)
-        self._call_learners([a.ping.remote() for a in self._learners()])
-        self.log(f"actors ready in {time.time() - t0:.1f} s: {cfg.rollout.num_workers} rollout workers (vLLM), "
-                 f"policy learner" + (f", PRM learner ({cfg.prm.kind})" if self.prm else ""))
+            self.prm = PRMLearnerGroup(cfg.prm, cfg.irl, paths.prm, ref_path=paths.ref, **learner_common)
+        self.rollout.wait_ready()
+        self.log(f"rollout workers ready in {time.time() - t0:.1f} s: {cfg.rollout.num_workers} x vLLM; learners "
+                 f"starting: policy x {cfg.policy.num_workers}" + (f", PRM ({cfg.prm.kind}) x {cfg.prm.num_workers}" if self.prm else ""))
 
     def _learners(self) -> list:
-        return [a for a in (self.policy, self.prm) if a is not None]
-
-    def _call_learners(self, refs):
-        """ray.get for learner calls: a dead learner stops the run with a clear message."""
-        try:
-            return ray.get(refs)
-        except RayActorError as err:
-            raise LearnerFailure(
-                f"a learner actor died ({type(err).__name__}); the run stops here. The last checkpoint in "
-                f"{self.run_dir / CHECKPOINTS} is intact: continue with `repirl train --resume {self.run_dir}`"
-            ) from err
+        return [g for g in (self.policy, self.prm) if g is not None]
 
     def _event(self, kind: str, info: dict) -> None:
         self.log(f"event: {kind} {info}")
         self.metrics.event(self.iteration, kind, info)
 
+    # ------------------------------------------------------------------------------------------
+    # Sampling: serial, or one batch ahead (pipeline.off_policy_steps = 1)
+    def _submit(self, index: int):
+        """Hand the batch of iteration `index` (0-based) to the rollout workers."""
+        problems, _ = self.stream.next_batch()
+        return self.rollout.submit(
+            problems, n=self.cfg.rollout.samples_per_prompt, temperature=self.cfg.rollout.temperature,
+            seed=self.cfg.seed * 100_003 + index, with_demos=self.prm is not None,
+        )
+
+    def _next_batch(self) -> Sampled:
+        """This iteration's batch. Pipelined: the one sampled during the last update, and the next
+        one is handed to the workers now, before the learners start on this one."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            pending = self._submit(self.iteration)
+        batch = pending if isinstance(pending, Sampled) else self.rollout.collect(pending)
+        if self.cfg.pipeline.off_policy_steps:
+            # Also after the last iteration: the final checkpoint keeps it, so a run extended with
+            # --resume continues exactly as one that had run longer in the first place.
+            self._pending = self._submit(self.iteration + 1)
+        return batch
+
     def _push_weights(self) -> None:
         """Policy weights to every rollout worker: one object in the store, the same ref for all.
         The version is read first, so a dead policy learner stops the run here instead of
-        looking like a failure of the rollout workers that wait for its weights."""
-        blob, version = self.policy.weights.options(num_returns=2).remote()
-        version = self._call_learners(version)
-        self.rollout.load_weights(blob, int(version))
+        looking like a failure of the rollout workers that wait for its weights. Pipelined, the
+        push queues behind the batch the workers are sampling."""
+        weights, version = self.policy.weights()
+        self.learner_version = int(version)
+        self.rollout.load_weights(weights, self.learner_version, wait=not self.cfg.pipeline.off_policy_steps)
 
     # ------------------------------------------------------------------------------------------
     def run_iteration(self) -> dict:
         """One iteration of ALGORITHM.md section 5."""
-        cfg, K = self.cfg, self.group_size
+        cfg, K = self.cfg, self.cfg.rollout.samples_per_prompt
         timer = PhaseTimer()
         t_start = time.perf_counter()
-        problems, _ = self.stream.next_batch()
-        seed = cfg.seed * 100_003 + self.iteration
 
         # 1. Sample K responses per prompt with the current policy (vLLM), verified by the task.
         with timer("rollout"):
-            rollouts, demos, summaries = self.rollout.generate(problems, n=K, temperature=cfg.rollout.temperature, seed=seed, with_demos=self.prm is not None)
-        outcome = np.concatenate([s["outcome"] for s in summaries])
-        prompt_index = np.concatenate([s["prompt_index"] for s in summaries])
+            batch = self._next_batch()
+        outcome = batch.field("outcome")
         metrics = {
             "rollout/accuracy": float(outcome.mean()),
-            "rollout/format_ok": float(np.concatenate([s["format_ok"] for s in summaries]).mean()),
-            "rollout/response_len": float(np.concatenate([s["response_len"] for s in summaries]).mean()),
-            "rollout/policy_version": float(summaries[0]["policy_version"]),
+            "rollout/format_ok": float(batch.field("format_ok").mean()),
+            "rollout/response_len": float(batch.field("response_len").mean()),
+            "rollout/policy_version": float(batch.version),
+            # Versions between the policy being updated and the one that sampled its batch.
+            "rollout/staleness": float(self.learner_version - batch.version),
         }
 
         # 2. Prompt filter (PRIME): keep prompts whose K-sample accuracy lies in [low, high].
-        slots = prompt_index.reshape(-1, K)[:, 0]
+        slots = batch.field("prompt_index").reshape(-1, K)[:, 0]
         keep = slots
         if cfg.filter.enabled:
+            import torch
+
             kept = algo.filter_prompts(torch.from_numpy(outcome), K, cfg.filter.low, cfg.filter.high)
             keep = slots[kept.numpy()]
         metrics["rollout/kept"] = float(len(keep))
@@ -287,24 +275,24 @@ class Trainer:
         # 3. IRL step: the PRM learns from P = demos + correct rollouts against N = failed ones.
         if self.prm is not None and cfg.prm.update == "before":
             with timer("prm"):
-                metrics.update(self._call_learners(self.prm.update.remote(keep, *rollouts, *demos)))
+                metrics.update(self.prm.update(keep, batch.rollouts, batch.demos))
 
         # 4. Rescore every kept rollout with the updated PRM (token rewards stay in the object store).
         token_rewards = None
         if self.prm is not None and cfg.advantage.c_process != 0:
             with timer("score"):
-                token_rewards, score_stats = self.prm.score.options(num_returns=2).remote(keep, *rollouts)
-                metrics.update(self._call_learners(score_stats))
+                token_rewards, score_stats = self.prm.score(keep, batch.rollouts)
+                metrics.update(score_stats)
 
         # 5. Policy update: two-channel RLOO advantages, then PPO-clip with the entropy bonus.
         with timer("policy"):
-            metrics.update(self._call_learners(self.policy.update.remote(keep, token_rewards, *rollouts)))
+            metrics.update(self.policy.update(keep, token_rewards, batch.rollouts))
 
         if self.prm is not None and cfg.prm.update == "after":
             with timer("prm"):
-                metrics.update(self._call_learners(self.prm.update.remote(keep, *rollouts, *demos)))
+                metrics.update(self.prm.update(keep, batch.rollouts, batch.demos))
 
-        # 6. New policy weights to the rollout workers (object store), before the next sampling.
+        # 6. New policy weights to the rollout workers (object store), before their next batch.
         with timer("sync"):
             self._push_weights()
 
@@ -325,18 +313,17 @@ class Trainer:
         cfg = self.cfg
         out = {}
         t0 = time.perf_counter()
-        rollouts, _, summaries = self.rollout.generate(
+        sampled = self.rollout.generate(
             problems, n=cfg.eval.samples_per_prompt, temperature=cfg.rollout.temperature, seed=10_007 + cfg.seed, with_demos=False
         )
-        out[f"{tag}/accuracy"] = float(np.concatenate([s["outcome"] for s in summaries]).mean())
+        out[f"{tag}/accuracy"] = float(sampled.field("outcome").mean())
         if cfg.eval.greedy:
-            _, _, greedy = self.rollout.generate(problems, n=1, temperature=0.0, seed=0, with_demos=False)
-            out[f"{tag}/greedy_accuracy"] = float(np.concatenate([s["outcome"] for s in greedy]).mean())
+            greedy = self.rollout.generate(problems, n=1, temperature=0.0, seed=0, with_demos=False)
+            out[f"{tag}/greedy_accuracy"] = float(greedy.field("outcome").mean())
         if self.prm is not None:
-            fixed = self._prm_eval_set(tag, rollouts)
-            for suffix, parts in (("", [fixed]), ("_onpolicy", rollouts)):
-                _, stats = self.prm.score.options(num_returns=2).remote(None, *parts)
-                stats = self._call_learners(stats)
+            fixed = self._prm_eval_set(tag, sampled.rollouts)
+            for suffix, parts in (("", [fixed]), ("_onpolicy", sampled.rollouts)):
+                _, stats = self.prm.score(None, parts)
                 for key in ("step_auroc", "first_error_acc"):
                     if f"prm/{key}" in stats:
                         out[f"{tag}/{key}{suffix}"] = stats[f"prm/{key}"]
@@ -364,17 +351,22 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """policy/ and prm/ in HF format with optimizer and RNG states, trainer_state.json; written
-        under a temporary name and renamed, then `latest` is switched atomically."""
+        """policy/ and prm/ in HF format with optimizer and RNG states (one optimizer shard per
+        rank), trainer_state.json, and in the pipelined loop the batch already sampled for the
+        next iteration (pending/), so a resume neither loses nor repeats it. Written under a
+        temporary name and renamed, then `latest` is switched atomically."""
         ckpt_root = self.run_dir / CHECKPOINTS
         name = f"iter_{self.iteration:06d}"
         tmp = ckpt_root / f".tmp-{name}"
         tmp.mkdir(parents=True, exist_ok=True)
-        refs = [self.policy.save.remote(str(tmp / "policy"))]
-        if self.prm is not None:
-            refs.append(self.prm.save.remote(str(tmp / "prm")))
         try:
-            self._call_learners(refs)
+            self.policy.save(str(tmp / "policy"))
+            if self.prm is not None:
+                self.prm.save(str(tmp / "prm"))
+            if self._pending is not None:
+                if not isinstance(self._pending, Sampled):
+                    self._pending = self.rollout.collect(self._pending)
+                save_sampled(self._pending, tmp / PENDING)
         except BaseException:
             # A half-written checkpoint is never published; remove it so only complete ones remain.
             shutil.rmtree(tmp, ignore_errors=True)
@@ -384,37 +376,37 @@ class Trainer:
             "data": self.stream.state(),
             "history": self.history,
             "wall_s": self.wall_s(),
-            "policy_version": self.rollout.version,
+            "policy_version": self.learner_version,
+            "ranks": {"policy": self.cfg.policy.num_workers, **({"prm": self.cfg.prm.num_workers} if self.prm else {})},
+            "pending": self._pending is not None,
         }
-        atomic_write_json(tmp / "trainer_state.json", state)
+        atomic_write_json(tmp / TRAINER_STATE, state)
         publish_dir(tmp, ckpt_root / name)
         atomic_write_text(ckpt_root / LATEST, name + "\n")
         kept = sorted(p for p in ckpt_root.glob("iter_*") if p.is_dir())
         for old in kept[: max(0, len(kept) - self.cfg.checkpoint.keep_last)]:
             shutil.rmtree(old, ignore_errors=True)
+        self._saved_at = self.iteration
         self.log(f"checkpoint: {ckpt_root / name}")
         return ckpt_root / name
 
-    def _restore(self) -> None:
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is None:
-            raise FileNotFoundError(f"--resume {self.run_dir}: no checkpoint in {self.run_dir / CHECKPOINTS}")
-        state = json.loads((ckpt / "trainer_state.json").read_text())
-        refs = [self.policy.load.remote(str(ckpt / "policy"))]
+    def _restore(self, ckpt: Path, state: dict) -> None:
+        """Weights, optimizer shards, RNGs, data position, policy version and (pipelined) the
+        batch sampled ahead, from a checkpoint that check_checkpoint has passed."""
+        self.policy.load(str(ckpt / "policy"))
         if self.prm is not None:
-            refs.append(self.prm.load.remote(str(ckpt / "prm")))
-        self._call_learners(refs)
+            self.prm.load(str(ckpt / "prm"))
         self.iteration = int(state["iteration"])
         self.stream.load_state(state["data"])
         self.history = state["history"]
         self._wall_offset = float(state["wall_s"])
         self._push_weights()
+        if state.get("pending"):
+            self._pending = load_sampled(ckpt / PENDING)
         self.metrics.truncate_after(self.iteration)
         self.log(f"resumed from {ckpt} at iteration {self.iteration}")
 
     # ------------------------------------------------------------------------------------------
-    _wall_offset = 0.0
-
     def wall_s(self) -> float:
         return self._wall_offset + time.time() - self._t0
 
@@ -424,6 +416,15 @@ class Trainer:
         self.stop_requested = True
 
     def train(self) -> dict:
+        try:
+            return self._train()
+        except LearnerDied as err:
+            raise LearnerFailure(
+                f"{err}; the run stops here. The last checkpoint in {self.run_dir / CHECKPOINTS} is intact: "
+                f"continue with `repirl train --resume {self.run_dir}`"
+            ) from err
+
+    def _train(self) -> dict:
         cfg = self.cfg
         self._t0 = time.time()
         self.memory.start()
@@ -444,7 +445,8 @@ class Trainer:
                 if cfg.checkpoint.every and self.iteration % cfg.checkpoint.every == 0 and self.iteration < cfg.iterations:
                     self.save_checkpoint()
             if self.stop_requested and self.iteration < cfg.iterations:
-                self.save_checkpoint()
+                if self._saved_at != self.iteration:
+                    self.save_checkpoint()
                 self.log(f"stopped at iteration {self.iteration}; resume with `repirl train --resume {self.run_dir}`")
                 return {"stopped_at": self.iteration}
             # With no RL iteration (behaviour cloning), the final policy is the one evaluated at the start.
@@ -478,13 +480,10 @@ class Trainer:
             "base_step_auroc": base.get("eval/step_auroc"),
             "first_error_acc": final.get("eval/first_error_acc"),
             "step_auroc_onpolicy": final.get("eval/step_auroc_onpolicy"),
-            "step_auroc_set": "the base policy's samples of the eval prompts (fixed for the run)",
             "wall_s": round(self.wall_s(), 1),
             "peak_rss_gib": round(self.memory.peak_gib, 3),
             "peak_pss_gib": round(self.memory.peak_pss_gib, 3),
             "mean_phase_s": phases,
-            "eval_prompts": len(self.eval_problems),
-            "eval_samples_per_prompt": self.cfg.eval.samples_per_prompt,
             "machine": machine_info(),
         }
         for key, value in final.items():
@@ -496,13 +495,10 @@ class Trainer:
         return out
 
     def shutdown(self) -> None:
-        self.rollout.shutdown()
-        for a in self._learners():
-            try:
-                ray.kill(a)
-            except Exception:
-                pass
-        if self.started_ray:
+        for group in (getattr(self, "rollout", None), getattr(self, "policy", None), getattr(self, "prm", None)):
+            if group is not None:
+                group.shutdown()
+        if getattr(self, "started_ray", False) or (getattr(self, "joined_ray", False) and ray.is_initialized()):
             ray.shutdown()
 
 
@@ -515,60 +511,55 @@ def format_base(m: dict) -> str:
     return ", ".join(parts)
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = run_dir / CHECKPOINTS / LATEST
-    if not pointer.is_file():
-        return None
-    path = run_dir / CHECKPOINTS / pointer.read_text().strip()
-    return path if path.is_dir() else None
+def save_sampled(batch: Sampled, out_dir: Path) -> None:
+    """A sampled batch as files: its rollout and demo shards merged, and its summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rollouts, demos = Rollouts.gather(None, ray.get(batch.rollouts) + ray.get(batch.demos))
+    save_rollouts(rollouts, out_dir / "rollouts.npz")
+    if demos is not None:
+        save_rollouts(demos, out_dir / "demos.npz")
+    summary = {k: (np.concatenate([s[k] for s in batch.summaries]).tolist() if k in ARRAY_FIELDS else
+                   [a for s in batch.summaries for a in s[k]] if k == "answers" else batch.summaries[0][k])
+               for k in batch.summaries[0]}
+    atomic_write_json(out_dir / "summary.json", summary)
 
 
-def machine_info() -> dict:
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
+# Per-row fields of a rollout worker's summary, with their dtypes.
+ARRAY_FIELDS = {"outcome": np.float32, "format_ok": np.float32, "prompt_index": np.int64, "response_len": np.int32}
 
 
-def new_run_dir(cfg: TrainConfig) -> Path:
-    if cfg.run_dir:
-        path = Path(cfg.run_dir)
-        if (path / CHECKPOINTS).exists():
-            raise FileExistsError(
-                f"run_dir {path} already holds a run; continue it with `repirl train --resume {path}` "
-                "or choose another run_dir"
-            )
-    else:
-        path = Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def load_sampled(in_dir: Path) -> Sampled:
+    summary = json.loads((in_dir / "summary.json").read_text())
+    for k, dtype in ARRAY_FIELDS.items():
+        summary[k] = np.asarray(summary[k], dtype)
+    demos = [ray.put(load_rollouts(in_dir / "demos.npz"))] if (in_dir / "demos.npz").is_file() else [None]
+    return Sampled([ray.put(load_rollouts(in_dir / "rollouts.npz"))], demos, [summary])
 
 
-def train(cfg: TrainConfig | None = None, *, resume_dir: str | None = None, overrides=(), log_fn=print) -> dict:
-    """Run (or resume) a training run and return its summary."""
-    if resume_dir:
-        run_dir = Path(resume_dir)
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there; is it a run folder?")
-        cfg = load_config(str(run_dir / "config.yaml"), overrides)
+def train(cfg: TrainConfig | None = None, *, resume: str | None = None, overrides=(), log_fn=print) -> dict:
+    """Run a training run, or resume one (`resume`: its run folder, or one of its checkpoints),
+    and return its summary."""
+    resume_from = None
+    if resume:
+        run_dir, resume_from = resume_target(resume)
+        cfg = load_config([str(run_dir / "config.yaml")], overrides)
+        resume_from = resume_from or latest_checkpoint(run_dir)
+        if resume_from is None:
+            raise CheckpointError(f"--resume {resume}: no checkpoint in {run_dir / CHECKPOINTS} (the run stopped before its first)")
     else:
         cfg = cfg or load_config(None, overrides)
         run_dir = new_run_dir(cfg)
     log_fn(f"run folder: {run_dir}")
-    trainer = Trainer(cfg, run_dir, resume=bool(resume_dir), log_fn=log_fn)
+    trainer = None
     previous = {}
-    in_main = threading.current_thread() is threading.main_thread()
-    if in_main:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, trainer.request_stop)
     try:
-        summary = trainer.train()
+        trainer = Trainer(cfg, run_dir, resume_from=resume_from, log_fn=log_fn)
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, trainer.request_stop)
+        return trainer.train()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        trainer.shutdown()
-    return summary
+        if trainer is not None:
+            trainer.shutdown()

@@ -1,10 +1,9 @@
-"""Small shared helpers: atomic file writes and seeding. No Ray, no vLLM."""
+"""Small shared helpers: atomic file writes, the cache folder. No Ray, no vLLM."""
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -50,15 +49,6 @@ def publish_dir(tmp_dir: str | Path, final_dir: str | Path) -> None:
     os.replace(tmp_dir, final_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def default_cache_dir() -> Path:

@@ -117,17 +117,12 @@ def build_world(cfg: WorldConfig, root: Path, *, use_ray_train: bool = True, log
         for _ in range(passes)
         for p in splits.train
     ]
-    job = {
-        "init_dir": str(init_dir),
-        "out_dir": str(paths.base_policy),
-        "pairs": pairs,
-        "steps": cfg.warmup_steps,
-        "batch_size": cfg.warmup_batch_size,
-        "lr": cfg.warmup_lr,
-        "seed": cfg.seed,
-        "threads": cfg.warmup_threads,
-        "label": "warm-up",
-    }
+    from repirl_ray.learners.sft import SupervisedJob
+
+    job = SupervisedJob(
+        init_dir=str(init_dir), out_dir=str(paths.base_policy), pairs=pairs, steps=cfg.warmup_steps,
+        batch_size=cfg.warmup_batch_size, lr=cfg.warmup_lr, seed=cfg.seed, threads=cfg.warmup_threads, label="warm-up",
+    )
     log(f"  warm-up: {cfg.warmup_steps} steps x {cfg.warmup_batch_size} noisy solutions "
         f"(step error {cfg.step_error_prob}), lr {cfg.warmup_lr}" + (" as a Ray Train job" if use_ray_train else ""))
     if use_ray_train:

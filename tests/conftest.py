@@ -5,6 +5,7 @@ built-in world built once per session into a temporary cache."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -63,7 +64,10 @@ def overrides(*dicts: dict, **extra) -> list[str]:
 
 @pytest.fixture(scope="session")
 def world_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("world_cache")
+    # REPIRL_TEST_WORLD_CACHE: a folder kept between sessions while developing (the world is
+    # keyed by its config, so a stale one is never reused); CI leaves it unset.
+    kept = os.environ.get("REPIRL_TEST_WORLD_CACHE")
+    return Path(kept) if kept else tmp_path_factory.mktemp("world_cache")
 
 
 @pytest.fixture(scope="session")

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import time
+from dataclasses import dataclass
 
 import numpy as np
 import ray
 from ray.exceptions import RayActorError
 
-from repirl_ray.config import IRLConfig, PolicyConfig, PRMConfig, RolloutConfig
-from repirl_ray.learners.policy import PolicyLearner
-from repirl_ray.learners.prm import PRMLearner
+from repirl_ray.config import RolloutConfig
 from repirl_ray.rollout.worker import RolloutWorker
 from repirl_ray.tasks.base import Problem
 
@@ -35,7 +33,7 @@ QUIET_ENV = {
 }
 
 
-def _env(extra: dict[str, str] | None = None) -> dict:
+def actor_env(extra: dict[str, str] | None = None) -> dict:
     env = dict(QUIET_ENV)
     for key in ("HF_HUB_OFFLINE", "HF_HOME", "REPIRL_CACHE"):
         if key in os.environ:
@@ -57,28 +55,6 @@ def warn_missing_resources(role: str, resources: dict) -> None:
         )
 
 
-def create_policy_learner(cfg: PolicyConfig, model_path: str, **kwargs):
-    warn_missing_resources("policy", cfg.resources)
-    actor = ray.remote(PolicyLearner).options(
-        num_cpus=cfg.num_cpus,
-        num_gpus=cfg.num_gpus,
-        resources=dict(cfg.resources) or None,
-        runtime_env=_env({"OMP_NUM_THREADS": str(cfg.num_threads)}),
-    )
-    return actor.remote(cfg, model_path, **kwargs)
-
-
-def create_prm_learner(cfg: PRMConfig, irl: IRLConfig, model_path: str, **kwargs):
-    warn_missing_resources("prm", cfg.resources)
-    actor = ray.remote(PRMLearner).options(
-        num_cpus=cfg.num_cpus,
-        num_gpus=cfg.num_gpus,
-        resources=dict(cfg.resources) or None,
-        runtime_env=_env({"OMP_NUM_THREADS": str(cfg.num_threads)}),
-    )
-    return actor.remote(cfg, irl, model_path, **kwargs)
-
-
 def _core_lists(num_workers: int) -> list[str]:
     """CPU cores of each rollout worker's vLLM threads: disjoint while there are enough cores."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
@@ -88,21 +64,64 @@ def _core_lists(num_workers: int) -> list[str]:
     return [",".join(str(c) for c in cores[i * per : (i + 1) * per]) for i in range(num_workers)]
 
 
+@dataclass
+class Sampled:
+    """One batch sampled across the rollout workers: ObjectRefs of each worker's rollout shard and
+    demo shard (they go to the learners unopened), and the small per-shard summaries the driver
+    reads (outcomes per row, the policy version that sampled them)."""
+
+    rollouts: list
+    demos: list
+    summaries: list[dict]
+
+    def field(self, name: str) -> np.ndarray:
+        return np.concatenate([s[name] for s in self.summaries])
+
+    @property
+    def version(self) -> int:
+        return int(self.summaries[0]["policy_version"])
+
+
+@dataclass
+class _Pending:
+    """A batch submitted to the workers and not yet collected."""
+
+    problems: list
+    kwargs: dict
+    version: int  # the weights the workers hold when they reach this batch
+    shards: list[tuple[int, int]]
+    refs: dict[int, tuple]  # shard -> (rollouts, demos, summary) refs
+
+
 class RolloutGroup:
     """The rollout workers: shards prompts across them, pushes weights to all of them, and
-    replaces a worker that dies (its shard is generated again with the same seeds)."""
+    replaces a worker that dies (its shard is generated again with the same seeds and the same
+    weights version, so no sample changes).
 
-    def __init__(self, cfg: RolloutConfig, model_path: str, task_name: str, *, on_event=None, **worker_kwargs):
+    `submit` hands a batch to the workers and returns at once; `collect` waits for it. The serial
+    loop calls both back to back (`generate`); the pipelined loop collects a batch, submits the
+    next one and updates the learners while the workers sample it. A worker runs its calls in
+    order, so a weight push made while it samples takes effect from its next batch on."""
+
+    def __init__(self, cfg: RolloutConfig, model_path: str, task_name: str, *, on_event=None, wait: bool = True,
+                 **worker_kwargs):
         self.cfg = cfg
         self.model_path = model_path
         self.task_name = task_name
         self.worker_kwargs = worker_kwargs
         self.on_event = on_event or (lambda kind, info: log.warning("%s: %s", kind, info))
-        self.weights_ref = None  # the last pushed weights, for replacements
+        # Pushed weights by version, for replacements: the newest, and the one an in-flight batch
+        # was submitted with. None = the model folder's own weights.
+        self.weights: dict[int, object] = {0: None}
         self.version = 0
         self.replacements = 0
+        self._loading: list = []  # weight pushes not waited for (pipelined loop)
         warn_missing_resources("rollout", cfg.resources)
         self.workers = [self._start(i) for i in range(cfg.num_workers)]
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
         ray.get([w.ping.remote() for w in self.workers])
 
     def _start(self, index: int):
@@ -113,11 +132,12 @@ class RolloutGroup:
             num_cpus=self.cfg.num_cpus,
             num_gpus=self.cfg.num_gpus,
             resources=dict(self.cfg.resources) or None,
-            runtime_env=_env(env),
+            runtime_env=actor_env(env),
         )
         return actor.remote(self.cfg, self.model_path, self.task_name, **self.worker_kwargs)
 
-    def _replace(self, index: int, reason: str) -> None:
+    def _replace(self, index: int, reason: str, version: int) -> None:
+        """A new worker in place of a dead one, holding the weights of `version`."""
         self.replacements += 1
         self.on_event("rollout_worker_replaced", {"worker": index, "reason": reason})
         try:
@@ -126,65 +146,84 @@ class RolloutGroup:
             pass
         self.workers[index] = self._start(index)
         ray.get(self.workers[index].ping.remote())
-        if self.weights_ref is not None:
-            ray.get(self.workers[index].load_weights.remote(self.weights_ref, self.version))
+        if self.weights.get(version) is not None:
+            ray.get(self.workers[index].load_weights.remote(self.weights[version], version))
 
     def shards(self, n: int) -> list[tuple[int, int]]:
         bounds = np.linspace(0, n, len(self.workers) + 1).round().astype(int)
         return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def generate(
-        self,
-        problems: list[Problem],
-        *,
-        n: int,
-        temperature: float,
-        seed: int,
-        with_demos: bool,
-        max_attempts: int = 3,
-    ) -> tuple[list, list, list[dict]]:
-        """Sample n responses per problem across the workers. Prompt slot i of this batch is
-        prompt_index i in the rollouts. Returns (rollout refs, demo refs, summaries)."""
-        shards = [s for s in self.shards(len(problems))]
-        results: list = [None] * len(shards)
-        pending = list(range(len(shards)))
-        attempts = 0
-        while pending:
-            attempts += 1
-            submitted = {}
-            for j in pending:
-                a, b = shards[j]
-                if a == b:
-                    results[j] = (None, None, None)
-                    continue
-                refs = self.workers[j].generate.options(num_returns=3).remote(
-                    problems[a:b], list(range(a, b)), n=n, temperature=temperature, seed=seed, with_demos=with_demos
-                )
-                submitted[j] = refs
-            pending = []
-            for j, refs in submitted.items():
-                try:
-                    summary = ray.get(refs[2])
-                    results[j] = (refs[0], refs[1], summary)
-                except RayActorError as err:
-                    if attempts >= max_attempts:
-                        raise
-                    self._replace(j, f"died while generating shard {shards[j]}: {type(err).__name__}")
-                    pending.append(j)
-        rollouts = [r[0] for r in results if r[2] is not None]
-        demos = [r[1] for r in results if r[2] is not None]
-        summaries = [r[2] for r in results if r[2] is not None]
-        return rollouts, demos, summaries
+    def _submit_shard(self, pending: _Pending, j: int) -> None:
+        a, b = pending.shards[j]
+        pending.refs[j] = tuple(self.workers[j].generate.options(num_returns=3).remote(
+            pending.problems[a:b], list(range(a, b)), **pending.kwargs
+        ))
 
-    def load_weights(self, weights_ref, version: int) -> None:
-        self.weights_ref = weights_ref
+    def submit(self, problems: list[Problem], *, n: int, temperature: float, seed: int, with_demos: bool) -> _Pending:
+        """Hand n samples per problem to the workers; returns at once. Prompt slot i of this batch
+        is prompt_index i in the rollouts."""
+        pending = _Pending(problems, dict(n=n, temperature=temperature, seed=seed, with_demos=with_demos),
+                           self.version, self.shards(len(problems)), {})
+        for j, (a, b) in enumerate(pending.shards):
+            if a < b:
+                self._submit_shard(pending, j)
+        return pending
+
+    def collect(self, pending: _Pending, max_attempts: int = 3) -> Sampled:
+        """Wait for a submitted batch. A worker that died is replaced with the weights the batch
+        was submitted with, its shard generated again, and then it gets the newest weights."""
+        self._finish_loads()
+        results: dict[int, tuple] = {}
+        attempts = {j: 1 for j in pending.refs}
+        todo = sorted(pending.refs)
+        while todo:
+            retry = []
+            for j in todo:
+                refs = pending.refs[j]
+                try:
+                    results[j] = (refs[0], refs[1], ray.get(refs[2]))
+                except RayActorError as err:
+                    if attempts[j] >= max_attempts:
+                        raise
+                    attempts[j] += 1
+                    self._replace(j, f"died while generating shard {pending.shards[j]}: {type(err).__name__}", pending.version)
+                    self._submit_shard(pending, j)
+                    if self.version != pending.version and self.weights.get(self.version) is not None:
+                        self.workers[j].load_weights.remote(self.weights[self.version], self.version)
+                    retry.append(j)
+            todo = retry
+        done = [results[j] for j in sorted(results)]
+        return Sampled([r[0] for r in done], [r[1] for r in done], [r[2] for r in done])
+
+    def generate(self, problems: list[Problem], *, n: int, temperature: float, seed: int, with_demos: bool) -> Sampled:
+        """Sample n responses per problem across the workers and wait for them."""
+        return self.collect(self.submit(problems, n=n, temperature=temperature, seed=seed, with_demos=with_demos))
+
+    def load_weights(self, weights_ref, version: int, *, wait: bool = True) -> None:
+        """Push new weights to every worker (one object in the store, the same ref for all). With
+        wait=False the push queues behind the batch a worker is sampling (pipelined loop)."""
+        self.weights = {v: w for v, w in self.weights.items() if v >= self.version or v == 0}
+        self.weights[version] = weights_ref
         self.version = version
         refs = [w.load_weights.remote(weights_ref, version) for w in self.workers]
+        if not wait:
+            self._loading = list(enumerate(refs))
+            return
         for i, ref in enumerate(refs):
             try:
                 ray.get(ref)
             except RayActorError as err:
-                self._replace(i, f"died while loading weights: {type(err).__name__}")
+                self._replace(i, f"died while loading weights: {type(err).__name__}", version)
+
+    def _finish_loads(self) -> None:
+        """Pushes made without waiting: read their results (a worker that died while loading is
+        found again by the batch it was to sample next, and replaced there)."""
+        loading, self._loading = self._loading, []
+        for _, ref in loading:
+            try:
+                ray.get(ref)
+            except RayActorError:
+                pass
 
     def shutdown(self) -> None:
         for w in self.workers:
@@ -192,9 +231,3 @@ class RolloutGroup:
                 ray.kill(w)
             except Exception:
                 pass
-
-
-def wait_ready(*actors, timeout_s: float = 600) -> None:
-    t0 = time.time()
-    ray.get([a.ping.remote() for a in actors], timeout=timeout_s)
-    log.info("actors ready in %.1f s", time.time() - t0)

@@ -10,17 +10,19 @@ import os
 import shutil
 from pathlib import Path
 
-from repirl_ray.learners.sft import SFT_METRICS, sft_job
+from repirl_ray.learners.sft import SFT_METRICS, SupervisedJob, sft_job
 
 
-def _train_loop(job: dict) -> None:
+def _train_loop(config: dict) -> None:
     import ray.train
 
-    ray.train.report(sft_job(job))
+    ray.train.report(sft_job(config["job"]))
 
 
-def run_supervised_job(job: dict, storage: Path, *, name: str, num_cpus: float = 1.0, num_gpus: float = 0.0) -> dict:
-    """Run sft_job(job) on one Ray Train worker; returns its final metrics.
+def run_supervised_job(job: SupervisedJob, storage: Path, *, name: str, num_workers: int = 1, num_cpus: float = 1.0,
+                       num_gpus: float = 0.0) -> dict:
+    """Run sft_job(job) on `num_workers` Ray Train workers (DDP over them: Ray Train sets up the
+    process group, gloo on CPU, nccl on GPU); returns the final metrics.
 
     Without a running Ray, the job gets a private one that is stopped afterwards: Ray Train's
     controller and cleaner actors outlive fit() and would otherwise hold memory and CPU through
@@ -39,14 +41,15 @@ def run_supervised_job(job: dict, storage: Path, *, name: str, num_cpus: float =
     try:
         trainer = TorchTrainer(
             _train_loop,
-            train_loop_config=job,
+            train_loop_config={"job": job},
             scaling_config=ScalingConfig(
-                num_workers=1, use_gpu=num_gpus > 0, resources_per_worker={"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
+                num_workers=num_workers, use_gpu=num_gpus > 0,
+                resources_per_worker={"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})},
             ),
             run_config=RunConfig(name=name, storage_path=str(Path(storage).resolve() / "ray_train")),
         )
         trainer.fit()
-        with open(Path(job["out_dir"]) / SFT_METRICS) as f:
+        with open(Path(job.out_dir) / SFT_METRICS) as f:
             return json.load(f)
     finally:
         shutil.rmtree(Path(storage) / "ray_train", ignore_errors=True)

@@ -56,3 +56,8 @@ class MetricSum:
 
     def means(self, prefix: str) -> dict[str, float]:
         return {f"{prefix}{k}": self.sums[k] / max(self.weights[k], 1e-12) for k in self.sums}
+
+
+def checkpoint_files(world_size: int) -> list[str]:
+    """Files a complete role folder of a checkpoint holds (relative paths)."""
+    return ["config.json", "model.safetensors", STATE_FILE]

@@ -36,7 +36,13 @@ class PolicyLearner:
         seed: int = 0,
         ref_path: str = "",
         trust_remote_code: bool = False,
+        compute_dtype: str = "float32",
+        rank: int = 0,
+        world_size: int = 1,
+        dist_url: str = "",
     ):
+        if world_size > 1 or compute_dtype != "float32":
+            raise NotImplementedError("sharded / mixed-precision learners: not on this branch yet")
         torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(seed)
         self.cfg = cfg

@@ -37,7 +37,13 @@ class PRMLearner:
         dtype: str = "float32",
         seed: int = 0,
         trust_remote_code: bool = False,
+        compute_dtype: str = "float32",
+        rank: int = 0,
+        world_size: int = 1,
+        dist_url: str = "",
     ):
+        if world_size > 1 or compute_dtype != "float32":
+            raise NotImplementedError("sharded / mixed-precision learners: not on this branch yet")
         torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(seed)
         self.cfg = cfg

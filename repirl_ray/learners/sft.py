@@ -2,6 +2,9 @@
 behaviour-cloning / SFT baselines. A plain loop; Ray Train runs it as a one-shot job (world.py).
 
 Loss: mean negative log-likelihood of the response tokens (prompt tokens are context only).
+With N ranks (Ray Train sets up torch.distributed) the model is wrapped in DDP and each rank
+takes every N-th row of the step's batch; the loss is scaled so the averaged gradient equals the
+1-rank gradient of the whole batch.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -32,30 +36,49 @@ def encode_pairs(tokenizer, pairs: list[tuple[str, str]], chat_template: bool = 
     return prompts, responses
 
 
-def sft_job(job: dict) -> dict:
-    """A whole supervised job from a plain dict (what Ray Train hands its workers): load the model
-    in job["init_dir"], train on job["pairs"], save model and tokenizer to job["out_dir"]."""
+@dataclass
+class SupervisedJob:
+    """One supervised job, as Ray Train hands it to each of its workers."""
+
+    init_dir: str  # HF folder the model starts from
+    out_dir: str  # where the trained model and tokenizer are written (by rank 0)
+    pairs: list  # (prompt text, response text)
+    steps: int
+    batch_size: int  # rows per step, over all ranks
+    lr: float
+    seed: int
+    threads: int = 2  # torch threads per rank
+    chat_template: bool = False
+    dtype: str = "float32"
+    label: str = "sft"
+
+
+def sft_job(job: SupervisedJob) -> dict:
+    """A whole supervised job: load the model in job.init_dir, train on job.pairs, save model and
+    tokenizer to job.out_dir (rank 0)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from repirl_ray.models.policy import DTYPES
 
-    torch.set_num_threads(job.get("threads", 2))
-    tokenizer = AutoTokenizer.from_pretrained(job["init_dir"])
-    model = AutoModelForCausalLM.from_pretrained(job["init_dir"], dtype=DTYPES[job.get("dtype", "float32")])
-    prompts, responses = encode_pairs(tokenizer, job["pairs"], job.get("chat_template", False))
-    label = job.get("label", "sft")
+    torch.set_num_threads(job.threads)
+    tokenizer = AutoTokenizer.from_pretrained(job.init_dir)
+    model = AutoModelForCausalLM.from_pretrained(job.init_dir, dtype=DTYPES[job.dtype])
+    prompts, responses = encode_pairs(tokenizer, job.pairs, job.chat_template)
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
     def report(m: dict) -> None:
-        print(f"  {label} step {m['step']}/{m['steps']}  loss {m['loss']:.3f}  {m['elapsed_s']:.0f} s", flush=True)
+        if rank == 0:
+            print(f"  {job.label} step {m['step']}/{m['steps']}  loss {m['loss']:.3f}  {m['elapsed_s']:.0f} s", flush=True)
 
     metrics = sft_train(
-        model, prompts, responses, steps=job["steps"], batch_size=job["batch_size"], lr=job["lr"],
-        seed=job["seed"], pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, report=report,
+        model, prompts, responses, steps=job.steps, batch_size=job.batch_size, lr=job.lr,
+        seed=job.seed, pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, report=report,
     )
-    model.save_pretrained(job["out_dir"])
-    tokenizer.save_pretrained(job["out_dir"])
-    # Beside the weights: Ray Train returns reported metrics only together with a checkpoint.
-    atomic_write_json(os.path.join(job["out_dir"], SFT_METRICS), metrics)
+    if rank == 0:
+        model.save_pretrained(job.out_dir)
+        tokenizer.save_pretrained(job.out_dir)
+        # Beside the weights: Ray Train returns reported metrics only together with a checkpoint.
+        atomic_write_json(os.path.join(job.out_dir, SFT_METRICS), metrics)
     return metrics
 
 
@@ -74,11 +97,19 @@ def sft_train(
     log_every: int = 32,
     report: Callable[[dict], None] | None = None,
 ) -> dict:
-    """AdamW with linear warm-up then cosine decay to 10 % of lr; one batch drawn per step."""
+    """AdamW with linear warm-up then cosine decay to 10 % of lr; one batch drawn per step (the
+    same draw on every rank; rank r trains on rows r, r + N, ...)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
+    dist = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
+    if batch_size < world:
+        raise ValueError(f"sft batch_size {batch_size} is smaller than the {world} ranks; raise sft.batch_size")
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    trained = model
+    if dist:
+        trained = torch.nn.parallel.DistributedDataParallel(model)
     warmup = max(1, int(warmup_frac * steps))
 
     def lr_at(step: int) -> float:
@@ -90,22 +121,30 @@ def sft_train(
     t0 = time.perf_counter()
     loss_ema = None
     for step in range(steps):
-        rows = rng.integers(0, len(prompts), size=batch_size)
+        drawn = rng.integers(0, len(prompts), size=batch_size)
+        # Token-mean over the whole batch: every rank divides by the same count.
+        num_tokens = float(sum(len(responses[i]) for i in drawn))
+        rows = drawn[rank::world]
+        n = len(rows)
         batch = build_rollouts(
             [prompts[i] for i in rows], [responses[i] for i in rows], None,
-            prompt_index=list(range(batch_size)), sample_index=[0] * batch_size, outcome=[1.0] * batch_size,
-            format_ok=[1.0] * batch_size, is_demo=True, policy_version=-1, step_ids=None,
-            first_wrong=[-2] * batch_size, pad_id=pad_id,
+            prompt_index=list(range(n)), sample_index=[0] * n, outcome=[1.0] * n,
+            format_ok=[1.0] * n, is_demo=True, policy_version=-1, step_ids=None,
+            first_wrong=[-2] * n, pad_id=pad_id,
         )
         inputs = model_inputs(batch)
-        logp, _ = response_logprobs(model, inputs)
-        loss = -(logp * inputs.response_mask).sum() / inputs.response_mask.sum()
+        logp, _ = response_logprobs(trained, inputs)
+        loss = -(logp * inputs.response_mask).sum() / num_tokens
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # DDP averages gradients over ranks; the sum of the ranks' shares is the batch's gradient.
+        (loss * world).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        loss = loss.detach()
+        if dist:
+            torch.distributed.all_reduce(loss)
         loss_ema = float(loss) if loss_ema is None else 0.9 * loss_ema + 0.1 * float(loss)
         if report is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
             report({"step": step + 1, "steps": steps, "loss": loss_ema, "elapsed_s": time.perf_counter() - t0})

@@ -9,7 +9,8 @@ import pytest
 import ray
 
 from repirl_ray.config import load_config
-from repirl_ray.driver import Trainer, latest_checkpoint
+from repirl_ray.driver import Trainer
+from repirl_ray.run_setup import latest_checkpoint
 from tests.conftest import TINY_RUN, TINY_WORLD, overrides
 
 pytestmark = pytest.mark.integration
@@ -29,11 +30,11 @@ def test_two_iterations_change_every_parameter(ray_session, world_cache, tmp_pat
     trainer = Trainer(cfg, run_dir)
     try:
         assert len(trainer.rollout.workers) == 2
-        policy_before = ray.get(trainer.policy.parameters_numpy.remote())
-        prm_before = ray.get(trainer.prm.parameters_numpy.remote())
+        policy_before = trainer.policy.parameters()
+        prm_before = trainer.prm.parameters()
         summary = trainer.train()
-        policy_after = ray.get(trainer.policy.parameters_numpy.remote())
-        prm_after = ray.get(trainer.prm.parameters_numpy.remote())
+        policy_after = trainer.policy.parameters()
+        prm_after = trainer.prm.parameters()
     finally:
         trainer.shutdown()
 

@@ -16,7 +16,8 @@ import pytest
 import ray
 
 from repirl_ray.config import load_config
-from repirl_ray.driver import LearnerFailure, Trainer, latest_checkpoint, train
+from repirl_ray.driver import LearnerFailure, Trainer, train
+from repirl_ray.run_setup import latest_checkpoint
 from tests.conftest import TINY_RUN, TINY_WORLD, overrides
 
 pytestmark = pytest.mark.integration
@@ -43,7 +44,7 @@ def test_resume_equals_uninterrupted_run(ray_session, world_cache, tmp_path):
     split = tmp_path / "split"
     train(_cfg(world_cache, run_dir=str(split), **{**common, "iterations": 2}), log_fn=lambda *_: None)
     assert latest_checkpoint(split).name == "iter_000002"
-    train(resume_dir=str(split), overrides=["iterations=4"], log_fn=lambda *_: None)
+    train(resume=str(split), overrides=["iterations=4"], log_fn=lambda *_: None)
 
     a, b = _train_records(whole), _train_records(split)
     assert [r["iteration"] for r in a] == [1, 2, 3, 4] == [r["iteration"] for r in b]
@@ -112,7 +113,7 @@ def test_killed_learner_stops_the_run_with_its_checkpoint_intact(ray_session, wo
     trainer = Trainer(cfg, run_dir, log_fn=lambda *_: None)
     killed = []
     try:
-        pid = ray.get(trainer.policy.ping.remote())
+        pid = trainer.policy.pids()[0]
         # Kill once checkpoint 2 is complete: the learner then dies during iteration 3 or during
         # the save of checkpoint 3, and the last complete checkpoint must survive either way.
         ckpt2 = run_dir / "checkpoints" / "iter_000002" / "trainer_state.json"

@@ -9,7 +9,8 @@ import pytest
 import ray
 
 from repirl_ray.config import load_config
-from repirl_ray.driver import Trainer, latest_checkpoint
+from repirl_ray.driver import Trainer
+from repirl_ray.run_setup import latest_checkpoint
 from tests.conftest import TINY_RUN, TINY_WORLD, overrides
 
 pytestmark = pytest.mark.integration
@@ -27,9 +28,9 @@ def run_mode(mode, world_cache, run_dir, **extra):
     run_dir.mkdir(parents=True)
     trainer = Trainer(cfg, run_dir, **QUIET)
     try:
-        before = ray.get(trainer.policy.parameters_numpy.remote())
+        before = trainer.policy.parameters()
         summary = trainer.train()
-        after = ray.get(trainer.policy.parameters_numpy.remote())
+        after = trainer.policy.parameters()
         prm_kind = cfg.prm.kind if trainer.prm is not None else None
     finally:
         trainer.shutdown()

@@ -1,0 +1,324 @@
+"""Run set-up, apart from the loop: where models and data come from, the checks made before
+anything starts, Ray, the run folder, and which checkpoint a resume starts from.
+
+Everything here runs before the first actor exists, so a typo, a damaged checkpoint or a request
+the cluster cannot place costs a second and one line, not a minute and a traceback. `driver.py`
+(training) and `assess.py` (eval, best-of-N) share it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from repirl_ray.config import ConfigError, TrainConfig, needs_demos
+from repirl_ray.models.policy import check_model_path
+from repirl_ray.tasks.base import load_problems
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+TRAINER_STATE = "trainer_state.json"
+
+
+class CheckpointError(FileNotFoundError):
+    """A checkpoint that cannot be resumed from: the message names the file and what to do."""
+
+
+@dataclasses.dataclass
+class Paths:
+    """Where the models and data of a run come from, after the built-in world's defaults."""
+
+    policy: str
+    prm: str
+    ref: str
+    train: str
+    eval: str
+    hard_eval: str
+
+
+def resolve_paths(cfg: TrainConfig, log_fn=print) -> Paths:
+    """Empty paths mean the built-in world's (built on first use). The config itself is not
+    changed: the run folder records these beside it in paths.json."""
+    needs_world = not cfg.model.policy_path or not cfg.data.train_path or not cfg.data.eval_path
+    world = None
+    if needs_world:
+        if cfg.data.task != "arithmetic":
+            raise ConfigError(
+                f"config key 'data.task' is {cfg.data.task!r}: give model.policy_path, data.train_path and "
+                "data.eval_path (the built-in world only provides the arithmetic task)"
+            )
+        from repirl_ray.world import ensure_world
+
+        world = ensure_world(cfg.world, log=log_fn)
+    policy = cfg.model.policy_path or str(world.base_policy)
+    prm = cfg.model.prm_path or policy
+    return Paths(
+        policy=policy,
+        prm=prm,
+        ref=cfg.model.ref_path or policy,
+        train=cfg.data.train_path or str(world.split(cfg.data.world_split)),
+        eval=cfg.data.eval_path or str(world.eval),
+        hard_eval=cfg.data.hard_eval_path or (str(world.hard_eval) if world else ""),
+    )
+
+
+def check_given_paths(cfg: TrainConfig) -> None:
+    """Paths the user gave are checked before anything starts (Ray, the world, actors), so a
+    typo costs a second, not a minute: missing model folders and data files, and bad rows."""
+    for key in ("model.policy_path", "model.prm_path", "model.ref_path"):
+        section, name = key.split(".")
+        path = getattr(getattr(cfg, section), name)
+        if path and not (key == "model.prm_path" and cfg.prm.kind == "none"):
+            check_model_path(path, key)
+    for key, require_demos in (("data.train_path", needs_demos(cfg)), ("data.eval_path", False), ("data.hard_eval_path", False)):
+        path = getattr(cfg.data, key.split(".")[1])
+        if path:
+            load_problems(path, require_demos=require_demos, split_name=key)
+
+
+def task_kwargs(cfg: TrainConfig) -> dict:
+    """The task's own settings: the arithmetic verifier needs the world's modulus."""
+    if cfg.data.task == "arithmetic":
+        from repirl_ray.tasks.arithmetic import ArithmeticSpec
+
+        w = cfg.world
+        return {"spec": ArithmeticSpec(w.min_ops, w.max_ops, w.max_start, w.max_operand, w.modulus)}
+    return {}
+
+
+# ----------------------------------------------------------------------------------------------
+# Ray, and whether the roles fit on it
+
+
+def init_ray(cfg: TrainConfig, log_fn=print) -> bool:
+    """Join a cluster (ray.address, or the RAY_ADDRESS a `ray job submit` sets), or start a
+    private local Ray. Returns True when this process started Ray (and must stop it)."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return False
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        log_fn(f"joined the Ray cluster at {address}: {ray.cluster_resources().get('CPU', 0):.0f} CPUs, "
+               f"{ray.cluster_resources().get('GPU', 0):.0f} GPUs")
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(
+        address="local",
+        num_cpus=cfg.ray.num_cpus or None,
+        object_store_memory=int(cfg.ray.object_store_gib * 2**30),
+        include_dashboard=cfg.ray.include_dashboard,
+        log_to_driver=True,
+    )
+    log_fn(f"started a local Ray: {ray.cluster_resources().get('CPU', 0):.0f} CPUs")
+    return True
+
+
+def role_demands(cfg: TrainConfig) -> dict[str, list[dict[str, float]]]:
+    """What each role asks of the cluster: one resource bundle per actor (a learner group's
+    ranks are bundles of one placement group)."""
+
+    def bundle(section) -> dict[str, float]:
+        out = {"CPU": float(section.num_cpus), **{k: float(v) for k, v in section.resources.items()}}
+        if section.num_gpus:
+            out["GPU"] = float(section.num_gpus)
+        return out
+
+    demands = {"rollout": [bundle(cfg.rollout)] * cfg.rollout.num_workers,
+               "policy": [bundle(cfg.policy)] * cfg.policy.num_workers}
+    if cfg.prm.kind != "none":
+        demands["prm"] = [bundle(cfg.prm)] * cfg.prm.num_workers
+    return demands
+
+
+def check_fits(demands: dict[str, list[dict[str, float]]], nodes: list[dict[str, float]], packed: dict[str, bool]) -> None:
+    """Raise ConfigError when the roles cannot all be placed on these nodes (their total
+    resources): every role's bundles together, and each packed learner group on one node.
+
+    Greedy first-fit of whole roles, largest first: a request this rejects would wait forever
+    for resources in Ray, silently. Custom resources that no node offers are left to
+    `warn_missing_resources` (an autoscaler may add such nodes)."""
+    offered = {k for n in nodes for k in n}
+    free = [dict(n) for n in nodes]
+
+    def fits(b: dict, node: dict) -> bool:
+        return all(node.get(k, 0.0) + 1e-9 >= v for k, v in b.items() if k in offered)
+
+    def take(b: dict, node: dict) -> None:
+        for k, v in b.items():
+            if k in offered:
+                node[k] = node.get(k, 0.0) - v
+
+    def key_of(role: str) -> str:
+        return "rollout.num_workers" if role == "rollout" else f"{role}.num_workers"
+
+    def describe(b: dict, n: int) -> str:
+        return f"{n} x {{" + ", ".join(f"{k}: {v:g}" for k, v in b.items()) + "}"
+
+    total = {}
+    for n in nodes:
+        for k, v in n.items():
+            total[k] = total.get(k, 0.0) + v
+    asked = {}
+    for bundles in demands.values():
+        for b in bundles:
+            for k, v in b.items():
+                asked[k] = asked.get(k, 0.0) + v
+    order = sorted(demands, key=lambda r: -sum(sum(b.values()) for b in demands[r]))
+    over = [k for k in asked if k in offered and asked[k] > total.get(k, 0.0) + 1e-9]
+    if over:
+        # More than the whole cluster: name the role that asks most (most likely the one raised).
+        biggest = order[0]
+        roles = ", ".join(f"{r} {describe(demands[r][0], len(demands[r]))}" for r in order if demands[r])
+        raise ConfigError(
+            f"config key '{key_of(biggest)}': the roles ask for " + ", ".join(f"{k} {asked[k]:g}" for k in over)
+            + f" in all ({roles}) but the cluster has " + ", ".join(f"{k} {total.get(k, 0.0):g}" for k in over)
+            + f"; lower {key_of(biggest)} or the per-actor num_cpus/num_gpus, or add nodes "
+            "(on an autoscaling cluster, bring them up first: min_workers in the cluster YAML)"
+        )
+    for role in order:
+        bundles = demands[role]
+        if not bundles:
+            continue
+        if packed.get(role, False):
+            # All ranks on one node (STRICT_PACK): the node must hold the whole group.
+            group = {}
+            for b in bundles:
+                for k, v in b.items():
+                    group[k] = group.get(k, 0.0) + v
+            for node in free:
+                if fits(group, node):
+                    take(group, node)
+                    break
+            else:
+                biggest = max(nodes, key=lambda n: n.get("CPU", 0.0)) if nodes else {}
+                raise ConfigError(
+                    f"config key '{key_of(role)}': {len(bundles)} ranks packed on one node ask for "
+                    f"{describe(bundles[0], len(bundles))}, but no node has that free (largest node: "
+                    + ", ".join(f"{k} {v:g}" for k, v in sorted(biggest.items()) if not k.startswith("node:")) +
+                    f"); lower {key_of(role)} or {role}.num_cpus/num_gpus, or set {role}.placement=spread"
+                )
+            continue
+        for i, b in enumerate(bundles):
+            for node in free:
+                if fits(b, node):
+                    take(b, node)
+                    break
+            else:
+                asked = {}
+                for bb in bundles:
+                    for k, v in bb.items():
+                        asked[k] = asked.get(k, 0.0) + v
+                raise ConfigError(
+                    f"config key '{key_of(role)}': {role} asks for {describe(b, len(bundles))} (with the other "
+                    f"roles placed first, actor {i + 1} does not fit); the cluster has "
+                    + ", ".join(f"{k} {total.get(k, 0):g}" for k in sorted(asked) if k in offered)
+                    + f" in all. Lower {key_of(role)} or the per-actor num_cpus/num_gpus, or add nodes "
+                    "(on an autoscaling cluster, bring them up first: min_workers in the cluster YAML)"
+                )
+
+
+def check_cluster_fits(cfg: TrainConfig) -> None:
+    """check_fits against the nodes of the running Ray (their total resources)."""
+    import ray
+
+    nodes = [
+        {k: float(v) for k, v in n["Resources"].items() if not k.startswith("node:") and k not in ("memory", "object_store_memory")}
+        for n in ray.nodes() if n.get("Alive")
+    ]
+    packed = {"policy": cfg.policy.placement == "pack", "prm": cfg.prm.placement == "pack"}
+    check_fits(role_demands(cfg), nodes, packed)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run folder and its checkpoints
+
+
+def new_run_dir(cfg: TrainConfig) -> Path:
+    """The run folder's path; not created here (Trainer creates it once the checks pass, so a run
+    that fails them leaves no empty folder behind)."""
+    if cfg.run_dir:
+        path = Path(cfg.run_dir)
+        if (path / CHECKPOINTS).exists():
+            raise FileExistsError(
+                f"run_dir {path} already holds a run; continue it with `repirl train --resume {path}` "
+                "or choose another run_dir"
+            )
+        return path
+    return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = Path(run_dir) / CHECKPOINTS / LATEST
+    if not pointer.is_file():
+        return None
+    path = Path(run_dir) / CHECKPOINTS / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def resume_target(path: str) -> tuple[Path, Path | None]:
+    """`--resume` takes a run folder (its newest checkpoint) or one checkpoint folder in it
+    (runs/<run>/checkpoints/iter_NNNNNN: resume from that one, e.g. when the newest is damaged).
+    Returns (run folder, the named checkpoint or None)."""
+    p = Path(path)
+    if p.parent.name == CHECKPOINTS and (p.parent.parent / "config.yaml").is_file():
+        if not p.is_dir():
+            raise CheckpointError(f"--resume {path}: no such checkpoint folder; the run's checkpoints: "
+                                  + ", ".join(sorted(c.name for c in p.parent.glob("iter_*"))))
+        return p.parent.parent, p
+    if not (p / "config.yaml").is_file():
+        raise FileNotFoundError(f"--resume {path}: no config.yaml there; give a run folder (runs/<run>) or one of its "
+                                "checkpoints (runs/<run>/checkpoints/iter_NNNNNN)")
+    return p, None
+
+
+def check_checkpoint(ckpt: Path, cfg: TrainConfig) -> dict:
+    """Check a checkpoint before any actor starts and return its trainer state. Every problem is a
+    CheckpointError naming the file, and how to resume from an older complete checkpoint."""
+    from repirl_ray.learners.common import checkpoint_files
+
+    older = sorted(p.name for p in ckpt.parent.glob("iter_*") if p.is_dir() and p.name < ckpt.name)
+    hint = (f"; resume from an older complete checkpoint with `repirl train --resume {ckpt.parent / older[-1]}`"
+            if older else "; no older checkpoint is left in this run")
+    state_path = ckpt / TRAINER_STATE
+    try:
+        state = json.loads(state_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {ckpt} is incomplete: {state_path} is missing{hint}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"checkpoint {ckpt} is damaged: {state_path} is not valid JSON ({err}){hint}") from None
+    for key in ("iteration", "data", "history"):
+        if key not in state:
+            raise CheckpointError(f"checkpoint {ckpt} is damaged: {state_path} has no '{key}'{hint}")
+    roles = {"policy": cfg.policy.num_workers}
+    if cfg.prm.kind != "none":
+        roles["prm"] = cfg.prm.num_workers
+    for role, ranks in roles.items():
+        saved = int(state.get("ranks", {}).get(role, 1))
+        if saved != ranks:
+            raise CheckpointError(
+                f"checkpoint {ckpt}: {state_path} says the {role} learner was saved by {saved} rank(s), but "
+                f"{role}.num_workers is {ranks}; resume with {role}.num_workers={saved}"
+            )
+        for rel in checkpoint_files(ranks):
+            f = ckpt / role / rel
+            if not f.is_file() or f.stat().st_size == 0:
+                raise CheckpointError(f"checkpoint {ckpt} is incomplete: {f} is missing or empty{hint}")
+    return state
+
+
+def machine_info() -> dict:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }

@@ -105,6 +105,7 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.4
     enforce_eager: bool = True
     bind_cores: bool = True  # CPU: pin each worker's threads to its own cores
+    cores: str = ""  # CPU: the cores the workers are bound to (split among them), e.g. "0" or "0-3"; "" = all
 
 
 @dataclass
@@ -126,6 +127,7 @@ class PolicyConfig:
     num_gpus: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {learner: 1}
     num_threads: int = 2  # torch threads of each rank
+    cores: str = ""  # CPU: pin every rank to these cores, e.g. "1" or "2-3" (Linux affinity); "" = no pinning
 
 
 @dataclass
@@ -151,6 +153,7 @@ class PRMConfig:
     num_gpus: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {learner: 1}
     num_threads: int = 2  # torch threads of each rank
+    cores: str = ""  # CPU: pin every rank to these cores, e.g. "1" or "2-3" (Linux affinity); "" = no pinning
 
 
 @dataclass
@@ -303,11 +306,26 @@ def validate(cfg: TrainConfig) -> None:
             f"policy.mini_batch_size {cfg.policy.mini_batch_size}"
         )
     for role in ("rollout", "policy", "prm"):
+        parse_cores(_get(cfg, f"{role}.cores"), f"{role}.cores")
         if _get(cfg, f"{role}.num_cpus") <= 0:
             raise ConfigError(
                 f"config key '{role}.num_cpus': must be > 0 (an actor with 0 CPUs would be scheduled anywhere, "
                 "one asking for more than is free waits forever)"
             )
+
+
+def parse_cores(spec: str, key: str = "cores") -> list[int]:
+    """ "0,2-3" -> [0, 2, 3]; a ConfigError naming the key when it does not parse."""
+    cores: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            a, _, b = part.partition("-")
+            cores.extend(range(int(a), int(b or a) + 1))
+    except ValueError:
+        raise ConfigError(f"config key '{key}': {spec!r} is not a core list such as 0,2-3") from None
+    if spec.strip() and not cores:
+        raise ConfigError(f"config key '{key}': {spec!r} names no core")
+    return cores
 
 
 def _schema() -> Any:

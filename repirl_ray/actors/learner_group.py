@@ -26,7 +26,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from repirl_ray.actors.roles import actor_env, warn_missing_resources
-from repirl_ray.config import IRLConfig, PolicyConfig, PRMConfig
+from repirl_ray.config import IRLConfig, PolicyConfig, PRMConfig, parse_cores
 from repirl_ray.learners.policy import PolicyLearner
 from repirl_ray.learners.prm import PRMLearner
 
@@ -45,6 +45,15 @@ def _rank0_address(loopback: bool) -> tuple[str, int]:
         s.bind((host, 0))
         port = s.getsockname()[1]
     return host, port
+
+
+def _pin(cores: list[int]) -> None:
+    """Bind every thread of this process (torch's and OpenMP's pools exist already) to `cores`."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except OSError:
+            pass  # a thread that ended meanwhile
 
 
 def _resolve(parts):
@@ -101,6 +110,11 @@ class LearnerGroup:
             ).remote(*args, **kwargs, rank=r, world_size=self.world_size, dist_url=dist_url)
             for r in range(self.world_size)
         ]
+        if cfg.cores:
+            # Pinned like separate devices would be (e.g. samplers on one core, learners on another).
+            cores = parse_cores(cfg.cores, f"{role}.cores")
+            for a in self.ranks:
+                a.__ray_call__.remote(lambda self, c=cores: _pin(c))
 
     # ------------------------------------------------------------------------------------------
     def _wait(self, refs: list) -> list:

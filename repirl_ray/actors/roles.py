@@ -16,7 +16,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError
 
-from repirl_ray.config import RolloutConfig
+from repirl_ray.config import RolloutConfig, parse_cores
 from repirl_ray.rollout.worker import RolloutWorker
 from repirl_ray.tasks.base import Problem
 
@@ -55,9 +55,13 @@ def warn_missing_resources(role: str, resources: dict) -> None:
         )
 
 
-def _core_lists(num_workers: int) -> list[str]:
-    """CPU cores of each rollout worker's vLLM threads: disjoint while there are enough cores."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+def _core_lists(num_workers: int, spec: str = "") -> list[str]:
+    """CPU cores of each rollout worker's vLLM threads (from `spec`, else all of this machine's):
+    disjoint while there are enough cores."""
+    if spec:
+        cores = parse_cores(spec)
+    else:
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     if num_workers >= len(cores):
         return [str(cores[i % len(cores)]) for i in range(num_workers)]
     per = len(cores) // num_workers
@@ -127,7 +131,7 @@ class RolloutGroup:
     def _start(self, index: int):
         env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
         if self.cfg.num_gpus == 0:
-            env["VLLM_CPU_OMP_THREADS_BIND"] = _core_lists(self.cfg.num_workers)[index] if self.cfg.bind_cores else "nobind"
+            env["VLLM_CPU_OMP_THREADS_BIND"] = _core_lists(self.cfg.num_workers, self.cfg.cores)[index] if self.cfg.bind_cores else "nobind"
         actor = ray.remote(RolloutWorker).options(
             num_cpus=self.cfg.num_cpus,
             num_gpus=self.cfg.num_gpus,

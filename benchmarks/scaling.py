@@ -1,0 +1,192 @@
+"""How an iteration's cost grows with the model and the batch, serial against pipelined, on two
+layouts of the cores.
+
+    .venv/bin/python benchmarks/scaling.py --iterations 3          # all variants (long: see below)
+    .venv/bin/python benchmarks/scaling.py --sizes 1m --prompts 8  # a quick look
+
+For each model size (random Qwen2 models of about 1M, 25M and 125M parameters with the built-in
+world's 20-token vocabulary, built from a config; no download) and each batch size (prompts per
+iteration, K = 4 samples each), a `repirl train` subprocess runs --iterations iterations on the
+built-in world's prompts (the prompt filter off, so every iteration trains on the whole batch)
+and reports seconds per phase (iteration 1 left out: start-up effects), rollout tokens/s through
+the rollout workers, learner tokens/s (policy update), and peak memory. Beside it, the raw vLLM
+engine on the same prompts in this process (rollout tokens/s of the engine alone: the ratio is
+what the workers' verification, batching and Ray cost).
+
+Each size and batch runs serial and pipelined (pipeline.off_policy_steps=1) in two layouts:
+- shared: the default (2 rollout workers, the learners unpinned): every phase competes for the
+  same cores, as on a laptop;
+- split: 1 rollout worker bound to core 0, the learners pinned to core 1 (one torch thread each),
+  as separate devices would be on a cluster: the layout in which overlapping can pay.
+Results go to --out (one JSON per variant: a rerun skips what is done) and a table to
+--out/scaling.md, printed at the end with the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SIZES = {  # name: (hidden, layers, heads, intermediate)
+    "1m": (128, 3, 4, 512),
+    "25m": (512, 8, 8, 1536),
+    "125m": (768, 13, 12, 3072),
+}
+LAYOUTS = {
+    "shared": [],
+    "split": ["rollout.num_workers=1", "rollout.cores=0", "policy.cores=1", "prm.cores=1",
+              "policy.num_threads=1", "prm.num_threads=1"],
+}
+K = 4
+MAX_NEW = 40
+
+
+def build_model(name: str, root: Path) -> tuple[Path, int]:
+    from repirl_ray.models.tiny import build_char_tokenizer, build_tiny_qwen2
+
+    out = root / f"model-{name}"
+    hidden, layers, heads, inter = SIZES[name]
+    tok = build_char_tokenizer()
+    model = build_tiny_qwen2(len(tok), hidden, layers, heads, inter, seed=0)
+    if not (out / "config.json").is_file():
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+    return out, sum(p.numel() for p in model.parameters())
+
+
+def raw_engine_tokens_per_s(model_dir: Path, prompts: list[list[int]]) -> float:
+    """The vLLM engine alone, in this process, on the same prompts and sampling settings."""
+    from repirl_ray.rollout.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(str(model_dir), max_model_len=128, kv_cache_gib=0.5)
+    engine.generate(prompts[:2], n=K, temperature=1.0, top_p=1.0, max_tokens=MAX_NEW, seeds=None)  # warm-up
+    t0 = time.perf_counter()
+    out = engine.generate(prompts, n=K, temperature=1.0, top_p=1.0, max_tokens=MAX_NEW, seeds=list(range(len(prompts))))
+    dt = time.perf_counter() - t0
+    del engine
+    return sum(len(s.token_ids) for group in out for s in group) / dt
+
+
+def run_variant(model_dir: Path, prompts: int, mode: str, layout: str, iterations: int, work: Path, world) -> dict:
+    run_dir = work / "runs" / f"{model_dir.name}-p{prompts}-{mode}-{layout}"
+    cmd = [sys.executable, "-m", "repirl_ray.cli", "train", f"run_dir={run_dir}", f"iterations={iterations}",
+           f"model.policy_path={model_dir}", f"data.train_path={world.train}", f"data.eval_path={world.eval}",
+           f"data.prompts_per_iteration={prompts}", "filter.enabled=false", f"rollout.max_new_tokens={MAX_NEW}",
+           "eval.every=0", "eval.num_prompts=8", "eval.samples_per_prompt=1", "eval.greedy=false",
+           "checkpoint.every=0", f"pipeline.off_policy_steps={1 if mode == 'pipelined' else 0}", *LAYOUTS[layout]]
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        return {"failed": (proc.stdout + proc.stderr)[-1500:]}
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "rollout/accuracy" in r][1:]
+    phase = {p: float(np.mean([r.get(f"timing/{p}", 0.0) for r in train]))
+             for p in ("rollout", "prm", "score", "policy", "sync", "iteration")}
+    tokens = float(np.mean([r["rollout/response_len"] for r in train])) * prompts * K
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {
+        **{f"s_{k}": v for k, v in phase.items()},
+        "rollout_tok_s": tokens / phase["rollout"] if phase["rollout"] else None,
+        "learner_tok_s": tokens / phase["policy"] if phase["policy"] else None,
+        "peak_rss_gib": summary["peak_rss_gib"],
+        "wall_s": time.time() - t0,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--prompts", type=int, nargs="+", default=[8, 16], help="prompts per iteration (x K = 4)")
+    parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scaling"))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    (out / "variants").mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+    from repirl_ray.config import WorldConfig
+    from repirl_ray.models.tiny import build_char_tokenizer
+    from repirl_ray.tasks.arithmetic import ArithmeticTask
+    from repirl_ray.tasks.base import load_problems
+    from repirl_ray.world import ensure_world
+
+    world = ensure_world(WorldConfig())
+    tok = build_char_tokenizer()
+    task = ArithmeticTask()
+    problems = load_problems(str(world.train), require_demos=False)
+    work = Path(tempfile.mkdtemp(prefix="repirl-scaling-"))
+    rows = []
+    t_start = time.time()
+    plan = [(s, p, layout, mode) for s in args.sizes for p in args.prompts for layout in args.layouts
+            for mode in ("serial", "pipelined")]
+    print(f"scaling: {len(plan)} runs of {args.iterations} iterations; machine: {platform.platform()}, "
+          f"{os.cpu_count()} CPUs", flush=True)
+    raw_cache: dict = {}
+    for i, (size, prompts, layout, mode) in enumerate(plan):
+        key = f"{size}-p{prompts}-{layout}-{mode}"
+        path = out / "variants" / f"{key}.json"
+        model_dir, n_params = build_model(size, work)
+        if path.is_file():
+            result = json.loads(path.read_text())
+        else:
+            result = run_variant(model_dir, prompts, mode, layout, args.iterations, work, world)
+            if (size, prompts) not in raw_cache:
+                ids = [tok(task.format_prompt(p)).input_ids for p in problems[:prompts]]
+                raw_cache[(size, prompts)] = raw_engine_tokens_per_s(model_dir, ids)
+            result.update({"size": size, "params": n_params, "prompts": prompts, "layout": layout, "mode": mode,
+                           "raw_engine_tok_s": raw_cache[(size, prompts)]})
+            path.write_text(json.dumps(result, indent=1))
+        rows.append(result)
+        status = "FAILED" if "failed" in result else f"{result['s_iteration']:.2f} s/iteration"
+        print(f"[{i + 1}/{len(plan)}] {key}: {status} ({time.time() - t_start:.0f} s so far)", flush=True)
+    table = format_table(rows)
+    report = [f"# Scaling: seconds per iteration by model size, batch, layout and loop", "",
+              f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, torch CPU; {args.iterations} iterations per run "
+              "(the first left out), K = 4, 40 new tokens at most, implicit PRM. One invocation: ratios compare runs "
+              "made minutes apart on the same machine.", "", table, ""]
+    (out / "scaling.md").write_text("\n".join(report))
+    print("\n".join(report))
+    return 0
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ("| size | prompts x K | layout | loop | rollout s | PRM s | score s | policy s | sync s | iteration s | "
+            "pipelined / serial | rollout tok/s | raw vLLM tok/s | workers / raw | learner tok/s | peak GiB |")
+    lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    serial = {(r.get("size"), r.get("prompts"), r.get("layout")): r for r in rows if r.get("mode") == "serial" and "failed" not in r}
+    for r in rows:
+        if "failed" in r:
+            lines.append(f"| {r.get('size')} | {r.get('prompts')} x {K} | {r.get('layout')} | {r.get('mode')} | FAILED |")
+            continue
+        base = serial.get((r["size"], r["prompts"], r["layout"]))
+        ratio = r["s_iteration"] / base["s_iteration"] if base else float("nan")
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        lines.append(
+            f"| {r['size']} ({r['params'] / 1e6:.1f} M) | {r['prompts']} x {K} | {r['layout']} | {r['mode']} | "
+            f"{fmt(r['s_rollout'])} | {fmt(r['s_prm'])} | {fmt(r['s_score'])} | {fmt(r['s_policy'])} | {fmt(r['s_sync'])} | "
+            f"{fmt(r['s_iteration'])} | {ratio:.2f} | {r['rollout_tok_s']:.0f} | {r['raw_engine_tok_s']:.0f} | "
+            f"{r['rollout_tok_s'] / r['raw_engine_tok_s']:.2f} | {r['learner_tok_s']:.0f} | {r['peak_rss_gib']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

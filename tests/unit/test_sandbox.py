@@ -265,7 +265,22 @@ def f(x):
     return scan("self") or scan(1)
 """
 HIDDEN_TESTS = "def check(candidate):\n    assert candidate(2) == 7919\n"
-HOSTILE_TESTS = {"read the tests from memory (own, and the judge's /proc/1/mem)": (SCAN, HIDDEN_TESTS)}
+GARBAGE = """
+import os, struct
+def f(x):
+    deep = b"[" * 100000 + b"]" * 100000
+    for fd in range(3, 64):
+        try:
+            os.write(fd, struct.pack(">I", len(deep)) + deep)
+        except OSError:
+            pass
+    os._exit(0)
+"""
+SWALLOWING_TESTS = "def check(candidate):\n    try:\n        candidate(2)\n    except Exception:\n        pass\n"
+HOSTILE_TESTS = {
+    "read the tests from memory (own, and the judge's /proc/1/mem)": (SCAN, HIDDEN_TESTS),
+    "garbage on every fd, in tests that catch Exception": (GARBAGE, SWALLOWING_TESTS),
+}
 
 
 @pytest.fixture(scope="module")
@@ -341,10 +356,12 @@ def test_inside_the_sandbox():
     the limits, and (under root) a uid of its own."""
     # Under root a uid of the run's own; otherwise the caller's uid (mapped in a user namespace).
     expected_uids = range(sandbox_uid_range().start, sandbox_uid_range().stop) if os.geteuid() == 0 else [os.getuid()]
+    # The work folder is empty, but for the way to the interpreter when it lives under /tmp.
+    in_tmp = {p.split("/")[2] for p in sandbox_module._interpreter_paths() if p.startswith("/tmp/")}
     probe = f"""
 import os, resource, socket, sys
 def f(x):
-    assert os.getcwd() == "/tmp" and os.listdir(".") == []
+    assert os.getcwd() == "/tmp" and set(os.listdir(".")) == {in_tmp!r}, os.listdir(".")
     assert set(os.environ) <= {{"PATH", "LANG", "PYTHONDONTWRITEBYTECODE", "HOME", "PWD", "LC_CTYPE"}}, os.environ
     assert os.getppid() == 1 and sorted(int(p) for p in os.listdir("/proc") if p.isdigit()) == [1, os.getpid()]
     assert not os.listdir({str(PROJECT)!r})

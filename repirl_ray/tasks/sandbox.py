@@ -302,7 +302,8 @@ def main():
             raise Forfeit("the function returned a value that is not plain data")
         if reply[0] == "raise" and len(reply) == 3 and type(reply[1]) is str and type(reply[2]) is str:
             cls = getattr(builtins, reply[1], None)
-            if isinstance(cls, type) and issubclass(cls, Exception):
+            # StopIteration would end a test's map() early, as if every case had been checked.
+            if isinstance(cls, type) and issubclass(cls, Exception) and not issubclass(cls, (StopIteration, StopAsyncIteration)):
                 try:
                     exc = cls(reply[2])
                 except Exception:
@@ -535,6 +536,10 @@ class Sandbox:
                 cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env=env, cwd=cwd, pass_fds=pass_fds, start_new_session=True,  # its own process group
             )
+        except BaseException:
+            if sandboxed:
+                os.close(info_r)
+            raise
         finally:
             if sandboxed:
                 os.close(info_w)
@@ -577,7 +582,10 @@ def check_sandbox(kind: str) -> None:
     if kind not in SANDBOXES:
         raise ConfigError(f"config key 'code.sandbox': {kind!r} is not one of {', '.join(SANDBOXES)}")
     sandbox = Sandbox(kind, timeout_s=30.0, memory_mb=1024)
-    result = sandbox.run("def f(x):\n    return [x, 'ok']\n", "def check(c):\n    assert c(1) == [1, 'ok']\n", "f")
+    try:
+        result = sandbox.run("def f(x):\n    return [x, 'ok']\n", "def check(c):\n    assert c(1) == [1, 'ok']\n", "f")
+    except OSError as exc:  # the binary or the interpreter could not be started at all
+        result = SandboxResult(False, f"{type(exc).__name__}: {exc}", 0.0)
     if not result.passed:
         hint = (
             " (bwrap needs unprivileged user namespaces, or root with CAP_SYS_ADMIN; some container runtimes forbid both)"

@@ -277,7 +277,9 @@ def f(x):
     os._exit(0)
 """
 SWALLOWING_TESTS = "def check(candidate):\n    try:\n        candidate(2)\n    except Exception:\n        pass\n"
+MAP_TESTS = "def check(candidate):\n    assert all(map(lambda x: candidate(x) == x + 1, [1, 2, 3]))\n"
 HOSTILE_TESTS = {
+    "StopIteration to end the tests' map() early": ("def f(x):\n    raise StopIteration\n", MAP_TESTS),
     "read the tests from memory (own, and the judge's /proc/1/mem)": (SCAN, HIDDEN_TESTS),
     "garbage on every fd, in tests that catch Exception": (GARBAGE, SWALLOWING_TESTS),
 }

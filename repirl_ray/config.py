@@ -78,6 +78,18 @@ class DataConfig:
 
 
 @dataclass
+class CodeConfig:
+    """The code task's sandbox (repirl_ray/tasks/sandbox.py): where a policy's program runs."""
+
+    # bwrap: Linux namespaces (no network, own PIDs, read-only system, private work folder) |
+    # process: a plain child with rlimits only, unsafe (for machines without user namespaces)
+    sandbox: str = "bwrap"
+    timeout_s: float = 5.0  # wall clock per program, its tests included
+    memory_mb: int = 1024  # address space per process of the program
+    workers: int = 2  # programs verified at once per rollout worker
+
+
+@dataclass
 class SFTConfig:
     """An optional supervised stage on the training problems' expert demos, run as a Ray Train job
     before the RL loop; its result is the starting policy. steps > 0 with iterations = 0 is
@@ -221,6 +233,7 @@ class TrainConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    code: CodeConfig = field(default_factory=CodeConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -242,6 +255,7 @@ _CHOICES = {
     "pipeline.off_policy_steps": (0, 1),
     "data.task": ("arithmetic", "math", "code"),
     "data.world_split": ("train", "hard_train", "eval"),
+    "code.sandbox": ("bwrap", "process"),
     "prm.kind": ("head", "implicit", "none"),
     "prm.update": ("before", "after", "none"),
     "prm.loss": ("repirl", "prime"),
@@ -274,7 +288,7 @@ def validate(cfg: TrainConfig) -> None:
     positive = [
         "data.prompts_per_iteration", "rollout.num_workers", "rollout.max_new_tokens", "policy.num_workers", "prm.num_workers",
         "policy.mini_batch_size", "policy.micro_batch_size", "policy.epochs", "prm.micro_batch_size",
-        "eval.num_prompts", "eval.samples_per_prompt",
+        "eval.num_prompts", "eval.samples_per_prompt", "code.timeout_s", "code.memory_mb", "code.workers",
     ]
     for key in positive:
         if _get(cfg, key) <= 0:

@@ -78,15 +78,24 @@ def check_given_paths(cfg: TrainConfig) -> None:
         path = getattr(cfg.data, key.split(".")[1])
         if path:
             load_problems(path, require_demos=require_demos, split_name=key)
+    if cfg.data.task == "code":
+        from repirl_ray.tasks.sandbox import check_sandbox
+
+        check_sandbox(cfg.code.sandbox)  # a machine without user namespaces stops here, in one line
 
 
 def task_kwargs(cfg: TrainConfig) -> dict:
-    """The task's own settings: the arithmetic verifier needs the world's modulus."""
+    """The task's own settings: the arithmetic verifier needs the world's modulus, the code
+    task its sandbox (the `code` section)."""
     if cfg.data.task == "arithmetic":
         from repirl_ray.tasks.arithmetic import ArithmeticSpec
 
         w = cfg.world
         return {"spec": ArithmeticSpec(w.min_ops, w.max_ops, w.max_start, w.max_operand, w.modulus)}
+    if cfg.data.task == "code":
+        from repirl_ray.tasks.code import code_task_kwargs
+
+        return code_task_kwargs(cfg.code)
     return {}
 
 

@@ -115,17 +115,23 @@ class RolloutWorker:
         t_sample = time.perf_counter() - t0
         rows = dict(prompt=[], response=[], logps=[], pidx=[], sidx=[], outcome=[], fmt=[], steps=[], first_wrong=[])
         answers = []
+        # One verify_batch call for the whole batch: the code task runs its sandboxes in parallel.
+        verdicts = self._verify([(p, s.token_ids) for p, group in zip(problems, samples) for s in group])
         for problem, pidx, prompt, group in zip(problems, prompt_indices, prompts, samples):
             for k, s in enumerate(group):
-                self._add_row(rows, problem, pidx, k, prompt, s.token_ids, s.logprobs, answers)
+                self._add_row(rows, problem, pidx, k, prompt, s.token_ids, s.logprobs, answers, next(verdicts))
         rollouts = self._to_batch(rows, is_demo=False, version=self.version)
         demos = None
         if with_demos:
             drows = dict(prompt=[], response=[], logps=[], pidx=[], sidx=[], outcome=[], fmt=[], steps=[], first_wrong=[])
-            for problem, pidx, prompt in zip(problems, prompt_indices, prompts):
-                for k, demo in enumerate(problem.demos):
-                    ids = self.tokenizer(demo, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
-                    self._add_row(drows, problem, pidx, k, prompt, ids, None, [])
+            demo_ids = [
+                [self.tokenizer(demo, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id] for demo in p.demos]
+                for p in problems
+            ]
+            dverdicts = self._verify([(p, ids) for p, group in zip(problems, demo_ids) for ids in group])
+            for problem, pidx, prompt, group in zip(problems, prompt_indices, prompts, demo_ids):
+                for k, ids in enumerate(group):
+                    self._add_row(drows, problem, pidx, k, prompt, ids, None, [], next(dverdicts))
             demos = self._to_batch(drows, is_demo=True, version=-1) if drows["prompt"] else None
         summary = {
             "outcome": rollouts.outcome,
@@ -139,9 +145,13 @@ class RolloutWorker:
         }
         return rollouts, demos, summary
 
-    def _add_row(self, rows, problem, pidx, k, prompt, token_ids, logps, answers) -> None:
-        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
-        verdict = self.task.verify(problem, text)
+    def _verify(self, pairs):
+        """(text, verdict) of each (problem, token ids) pair, as an iterator; one verify_batch call."""
+        texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for _, ids in pairs]
+        return zip(texts, self.task.verify_batch([p for p, _ in pairs], texts))
+
+    def _add_row(self, rows, problem, pidx, k, prompt, token_ids, logps, answers, verified) -> None:
+        text, verdict = verified
         labels = self.task.step_labels(problem, text)
         rows["prompt"].append(prompt)
         rows["response"].append(list(token_ids))

@@ -61,6 +61,13 @@ class Task:
     def verify(self, problem: Problem, response: str) -> Verdict:
         raise NotImplementedError(f"{type(self).__name__}.verify")
 
+    def verify_batch(self, problems: list[Problem], responses: list[str]) -> list[Verdict]:
+        """verify for each (problem, response) pair, in order; a task whose verifier waits
+        (the code task's sandboxes) overrides it to verify several at once."""
+        if len(problems) != len(responses):
+            raise ValueError(f"verify_batch: {len(problems)} problems but {len(responses)} responses")
+        return [self.verify(p, r) for p, r in zip(problems, responses)]
+
     def step_labels(self, problem: Problem, response: str) -> StepLabels | None:
         """Ground-truth step labels; None when the task has none (math, code)."""
         return None

@@ -1,47 +1,34 @@
-"""Python programming problems (HumanEval style), checked by running the tests.
+"""Python programming problems (HumanEval style), checked by running the tests in a sandbox.
 
 A problem's prompt is a function signature and docstring; meta holds `entry_point` (the
 function's name) and `tests` (code defining `check(candidate)`). The response is either the
 rest of the function (HumanEval's completion style) or a ```python fenced block.
 
-The program runs in a child `python -I` in a fresh temporary directory, with an empty
-environment except PATH, stdin closed, resource limits, a wall-clock timeout that kills the
-whole process group, and output to size-limited files. That contains accidents (endless
-loops, memory blow-ups, stray files, child processes), not an attacker: there is no seccomp
-or namespace isolation here; run untrusted code at scale inside a container.
+The program (prompt + response) is hostile and runs in repirl_ray/tasks/sandbox.py: with
+code.sandbox=bwrap (the default) in Linux namespaces (no network, its own PIDs, a read-only
+system, a private work folder in memory, no home, a minimal environment, rlimits, a wall-clock
+timeout); the tests run in a separate judge process that the program cannot reach, and
+values cross from the program to the tests only as plain data, so neither exiting early nor
+an always-equal object passes. code.sandbox=process runs the same judge as a plain child with
+rlimits only (unsafe; for machines without user namespaces). That module's docstring says why
+the verdict cannot be forged.
 
-Departure from the brief: the limits are set by a short trusted prelude in the child (before
-the program runs, soft = hard so the program cannot raise them) instead of a preexec_fn:
-Python documents preexec_fn as unsafe in a process with threads (the child may deadlock
-before exec), and a Ray worker always has threads.
+verify_batch runs code.workers programs at once (threads, each waiting on its sandbox).
 """
 
 from __future__ import annotations
 
-import os
+import ast
 import re
-import secrets
-import signal
-import subprocess
-import sys
-import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
+from repirl_ray.config import CodeConfig
 from repirl_ray.tasks.base import DataError, Problem, Task, Verdict
+from repirl_ray.tasks.sandbox import Sandbox
 
 # ```python / ```py / ``` fences; an unclosed last fence runs to the end of the text, since
 # vLLM leaves the stop string (a closing ```) out of the output.
 _FENCE_RE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
-
-# Runs first in the child; the limits are filled in by _run.
-_PRELUDE = """\
-import resource, sys
-for _name, _limit in {limits!r}:
-    resource.setrlimit(getattr(resource, _name), (_limit, _limit))
-sys.argv = ["program.py"]
-with open("program.py") as _f:
-    _source = _f.read()
-exec(compile(_source, "program.py", "exec"), {{"__name__": "__main__"}})
-"""
 
 
 def extract_code(response: str, entry_point: str | None = None) -> str | None:
@@ -64,18 +51,12 @@ def extract_code(response: str, entry_point: str | None = None) -> str | None:
 class CodeTask(Task):
     name = "code"
 
-    def __init__(self, timeout_s: float = 5.0, memory_bytes: int = 1 << 30):
-        self.timeout_s = timeout_s
-        self.memory_bytes = memory_bytes
+    def __init__(self, *, timeout_s: float = 5.0, memory_mb: int = 1024, sandbox: str = "bwrap", workers: int = 2):
+        self.sandbox = Sandbox(sandbox, timeout_s=timeout_s, memory_mb=memory_mb)
+        self.workers = workers
 
     def verify(self, problem: Problem, response: str) -> Verdict:
-        entry_point = problem.meta.get("entry_point")
-        tests = problem.meta.get("tests")
-        if not isinstance(entry_point, str) or not isinstance(tests, str):
-            raise DataError(
-                f"code problem {problem.id!r}: meta needs 'entry_point' (the function name) and "
-                f"'tests' (code defining check(candidate)) as strings; add them to the data"
-            )
+        entry_point, tests = _checked_meta(problem)
         code = extract_code(response, entry_point)
         if code is None:
             return Verdict(correct=False, format_ok=False, answer=None)
@@ -84,57 +65,45 @@ class CodeTask(Task):
         # with only a docstring is a complete function).
         fenced = _FENCE_RE.search(response) is not None
         program = problem.prompt + ("\n" + code if fenced else code)
-        correct = self.run_tests(program, tests, entry_point)
-        return Verdict(correct=correct, format_ok=True, answer=code)
+        result = self.sandbox.run(program, tests, entry_point, prompt=problem.prompt)
+        return Verdict(correct=result.passed, format_ok=True, answer=code)
 
-    def run_tests(self, program: str, tests: str, entry_point: str) -> bool:
-        """True iff the program with its tests runs check(entry_point) to the end and exits 0.
+    def verify_batch(self, problems: list[Problem], responses: list[str]) -> list[Verdict]:
+        """verify over the pairs, `workers` sandboxes at a time (threads waiting on subprocesses)."""
+        if len(problems) != len(responses):
+            raise ValueError(f"verify_batch: {len(problems)} problems but {len(responses)} responses")
+        if self.workers <= 1 or len(problems) <= 1:
+            return [self.verify(p, r) for p, r in zip(problems, responses)]
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="code-verify") as pool:
+            return list(pool.map(self.verify, problems, responses))
 
-        A per-run token is printed after check(): a program that calls sys.exit(0) before or
-        inside check() exits 0 too, and must not pass.
-        """
-        token = secrets.token_hex(16)
-        source = f"{program}\n\n{tests}\n\ncheck({entry_point})\nprint({token!r})\n"
-        return self._run(source, token)
 
-    def _run(self, source: str, token: str) -> bool:
-        cpu_s = int(self.timeout_s) + 1
-        limits = [
-            ("RLIMIT_AS", self.memory_bytes),
-            ("RLIMIT_CPU", cpu_s),  # a busy loop dies even if the wall clock is not watched
-            ("RLIMIT_NOFILE", 64),
-            ("RLIMIT_FSIZE", 16 << 20),  # caps files and the stdout/stderr files below
-        ]
-        with tempfile.TemporaryDirectory(prefix="repirl-code-", ignore_cleanup_errors=True) as tmp:
-            with open(os.path.join(tmp, "program.py"), "w", encoding="utf-8") as f:
-                f.write(source)
-            stdout_path = os.path.join(tmp, "stdout.txt")
-            with open(stdout_path, "wb") as out, open(os.path.join(tmp, "stderr.txt"), "wb") as err:
-                proc = subprocess.Popen(
-                    [sys.executable, "-I", "-c", _PRELUDE.format(limits=limits)],
-                    cwd=tmp,
-                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    start_new_session=True,  # its own process group, killed as a whole below
-                )
-                try:
-                    returncode = proc.wait(timeout=self.timeout_s)
-                except subprocess.TimeoutExpired:
-                    returncode = None
-                finally:
-                    # Also after a normal exit: children the program left behind die with it.
-                    try:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    proc.wait()
-            if returncode != 0:
-                return False
-            with open(stdout_path, "rb") as f:
-                f.seek(max(0, os.path.getsize(stdout_path) - 256))
-                return f.read().rstrip().endswith(token.encode())
+def _checked_meta(problem: Problem) -> tuple[str, str]:
+    """entry_point and tests of a code problem; DataError naming the problem when they cannot
+    work (the judge runs the prompt and then the tests, which must define check)."""
+    entry_point = problem.meta.get("entry_point")
+    tests = problem.meta.get("tests")
+    if not isinstance(entry_point, str) or not isinstance(tests, str):
+        raise DataError(
+            f"code problem {problem.id!r}: meta needs 'entry_point' (the function name) and "
+            f"'tests' (code defining check(candidate)) as strings; add them to the data"
+        )
+    for what, source in (("prompt", problem.prompt), ("tests", tests)):
+        try:
+            tree = ast.parse(source)
+        except SyntaxError as exc:
+            raise DataError(
+                f"code problem {problem.id!r}: the {what} is not valid Python (line {exc.lineno}: {exc.msg}); "
+                f"the code task runs prompt + response, and the tests see the prompt's definitions"
+            ) from None
+    if not any(isinstance(node, ast.FunctionDef) and node.name == "check" for node in tree.body):
+        raise DataError(f"code problem {problem.id!r}: the tests define no top-level check(candidate)")
+    return entry_point, tests
+
+
+def code_task_kwargs(cfg: CodeConfig) -> dict:
+    """CodeTask's keyword arguments from the `code` config section."""
+    return {"timeout_s": cfg.timeout_s, "memory_mb": cfg.memory_mb, "sandbox": cfg.sandbox, "workers": cfg.workers}
 
 
 def load_humaneval() -> list[Problem]:

@@ -2,11 +2,14 @@
 the demo-using baselines, 3 seeds each at the same iteration budget, plus the early-signal
 experiment on hard problems and best-of-N with a trained PRM.
 
-    .venv/bin/python benchmarks/claims.py                 # everything, under an hour on 2 cores
+    .venv/bin/python benchmarks/claims.py                 # everything
     .venv/bin/python benchmarks/claims.py --seeds 0 --iterations 10 --modes repirl rloo   # a quick look
 
 Each run is a `repirl train` subprocess (exactly what a user runs) with its own run folder under
---out. Writes --out/claims.md (tables: mean +- std over seeds, every number from this run),
+--out; --parallel N runs N of them at once (default 2: a run leaves much of 2 cores idle while it
+starts, evaluates and waits between phases, and its results do not depend on its neighbours:
+sampling seeds come from the iteration and the prompt). A run that needs another (ttt needs the
+repirl PRM of its seed, sft_rloo the bc run's supervised stage) waits for it. Writes --out/claims.md (tables: mean +- std over seeds, every number from this run),
 learning_curves.png, hard_curves.png, bon.png, claims.json (every per-run number) and prints
 the tables. Nothing is cherry-picked: every seed that ran is in the table; a failed run is
 reported as failed.
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 import os
 import platform
 import subprocess
@@ -121,6 +126,7 @@ def main(argv=None) -> int:
     parser.add_argument("--hard-modes", nargs="*", default=HARD_MODES, choices=HARD_MODES)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "claims"))
     parser.add_argument("--no-bon", action="store_true")
+    parser.add_argument("--parallel", type=int, default=2, help="runs at once (default 2)")
     parser.add_argument("extra", nargs="*", metavar="key=value", help="overrides for every run")
     args = parser.parse_args(argv)
 
@@ -138,32 +144,54 @@ def main(argv=None) -> int:
     log(f"claims benchmark: {len(plan)} runs ({args.modes} + early-signal {args.hard_modes}) x seeds {args.seeds}, "
         f"{args.iterations} iterations each; machine: {platform.platform()}, {os.cpu_count()} CPUs")
     results: dict[str, dict] = {}
-    for i, (mode, seed, hard) in enumerate(plan, 1):
+    done = {name: threading.Event() for name in (f"{'hard_' if h else ''}{m}-s{s}" for m, s, h in plan)}
+    started = iter(range(1, len(plan) + 1))
+    lock = threading.Lock()
+
+    def wait_for(name: str) -> None:
+        if name in done:
+            done[name].wait()
+
+    def run_planned(mode: str, seed: int, hard: bool) -> None:
         name = f"{'hard_' if hard else ''}{mode}-s{seed}"
-        log(f"[{i}/{len(plan)}] {name} ({time.time() - t_start:.0f} s so far)")
-        # Behaviour cloning has no RL iterations (bc.yaml sets iterations=0).
-        overrides = [*common, f"seed={seed}", f"name={name}"] + ([] if mode == "bc" else [f"iterations={args.iterations}"])
-        if hard:
-            overrides += HARD_OVERRIDES
-        if mode == "ttt":
-            # Test-time training needs a trained PRM: the repirl run of the same seed.
-            repirl_dir = out / "runs" / f"repirl-s{seed}"
-            prm = sorted((repirl_dir / "checkpoints").glob("iter_*/prm"))
-            if not prm:
-                log(f"  {name}: skipped, needs the repirl run of seed {seed} first")
-                results[name] = {"failed": True, "reason": "no trained PRM"}
-                continue
-            overrides.append(f"model.prm_path={prm[-1]}")
-        if mode == "sft_rloo":
-            # The supervised stage is the bc run's job of the same seed (same demos, steps, seed):
-            # start RLOO from its result instead of training the same model a second time.
-            sft_policy = out / "runs" / f"bc-s{seed}" / "sft_policy"
-            if (sft_policy / "config.json").is_file():
-                log(f"  {name}: starts from bc-s{seed}'s supervised stage ({sft_policy})")
-                overrides += [f"model.policy_path={sft_policy}", "sft.steps=0"]
-        result = run_one(name, f"configs/modes/{mode}.yaml", overrides, out, log)
-        result.update(training_means(out / "runs" / name))
-        results[name] = result
+        try:
+            # Behaviour cloning has no RL iterations (bc.yaml sets iterations=0).
+            overrides = [*common, f"seed={seed}", f"name={name}"] + ([] if mode == "bc" else [f"iterations={args.iterations}"])
+            if hard:
+                overrides += HARD_OVERRIDES
+            if mode == "ttt":
+                # Test-time training needs a trained PRM: the repirl run of the same seed.
+                wait_for(f"repirl-s{seed}")
+                repirl_dir = out / "runs" / f"repirl-s{seed}"
+                prm = sorted((repirl_dir / "checkpoints").glob("iter_*/prm"))
+                if not prm:
+                    log(f"  {name}: skipped, needs the repirl run of seed {seed} first")
+                    results[name] = {"failed": True, "reason": "no trained PRM"}
+                    return
+                overrides.append(f"model.prm_path={prm[-1]}")
+            if mode == "sft_rloo":
+                # The supervised stage is the bc run's job of the same seed (same demos, steps, seed):
+                # start RLOO from its result instead of training the same model a second time.
+                wait_for(f"bc-s{seed}")
+                sft_policy = out / "runs" / f"bc-s{seed}" / "sft_policy"
+                if (sft_policy / "config.json").is_file():
+                    log(f"  {name}: starts from bc-s{seed}'s supervised stage ({sft_policy})")
+                    overrides += [f"model.policy_path={sft_policy}", "sft.steps=0"]
+            with lock:
+                i = next(started)
+            log(f"[{i}/{len(plan)}] {name} ({time.time() - t_start:.0f} s so far)")
+            result = run_one(name, f"configs/modes/{mode}.yaml", overrides, out, log)
+            result.update(training_means(out / "runs" / name))
+            results[name] = result
+        finally:
+            done[name].set()
+
+    # Runs that others wait for go first, so a waiting run never holds a slot its dependency needs.
+    first = {"repirl", "bc"}
+    ordered = sorted(plan, key=lambda p: (p[0] not in first, p[2], p[1]))
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        for future in [pool.submit(run_planned, *p) for p in ordered]:
+            future.result()
 
     # Speed against the baseline of the same seed, measured in this same benchmark run.
     for (mode, seed, hard) in plan:
@@ -219,7 +247,8 @@ def main(argv=None) -> int:
         "",
         f"Command: `python benchmarks/claims.py --seeds {' '.join(map(str, args.seeds))} --iterations {args.iterations}"
         + (f" {' '.join(args.extra)}" if args.extra else "") + "`",
-        f"Machine: {machine}. Wall time: {wall / 60:.1f} min for {len(plan)} runs.",
+        f"Machine: {machine}. Wall time: {wall / 60:.1f} min for {len(plan)} runs, {args.parallel} at a time "
+        "(wall times of runs that overlapped others: their ratios are indicative only).",
         "",
         f"## Modes ({args.iterations} iterations of 64 prompts x 4 samples; mean +- std over seeds)",
         "",

@@ -7,6 +7,10 @@ Token tensors are [B, T] with a `mask` [B, T]. Every mean is a token-mean over t
 pass `num_tokens` = the mini-batch's masked-token count when the mini-batch is split into
 micro-batches, so that summing the micro-batch losses (gradient accumulation) gives exactly the
 mini-batch loss. Stats use the same denominator, so they sum the same way.
+
+With `policy.old_logprobs: recompute`, pi_old is the learner's own log-probs and each token's
+PPO term carries the truncated importance weight of the sampler-learner mismatch
+(`truncated_importance_weights`; ALGORITHM.md section 4).
 """
 
 import math

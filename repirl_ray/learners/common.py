@@ -65,7 +65,8 @@ def prepare_trainable(
 ) -> torch.nn.Module:
     """fp32 master weights on the learner's device: sharded with FSDP2, or plain."""
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # Non-reentrant checkpointing: the variant FSDP2 supports (verl, torchtitan use it too).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if ranks.sharded:
         shard_model(model, compute_dtype, device)
     else:

@@ -140,13 +140,6 @@ class Ranks:
             else:
                 yield rows[:1], 0.0
 
-    def sum(self, values: torch.Tensor) -> torch.Tensor:
-        """Sum of a tensor over ranks (every rank gets it)."""
-        if self.sharded and self.world_size > 1:
-            values = values.clone()
-            dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        return values
-
     def reduce_floats(self, values: dict[str, float], device: torch.device, op: str = "sum") -> dict[str, float]:
         """Sum (or max) of each value over ranks, so every rank reports the same metrics; every
         rank must pass the same keys."""

@@ -58,8 +58,11 @@ class ModelConfig:
     policy_path: str = ""  # HF folder or hub name of the base policy; "" = the built-in world's
     prm_path: str = ""  # base model of the PRM, or a trained PRM checkpoint; "" = policy_path
     ref_path: str = ""  # frozen pi_ref of the implicit PRM; "" = prm base model
-    dtype: str = "float32"  # float32 | bfloat16 | float16: the vLLM engines' and the saved HF folders'
-    # The learners' compute dtype; their master weights and optimizer moments are always fp32.
+    # The vLLM engines' dtype and that of the weights pushed to them and of saved HF folders.
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    # The learners' forward/backward dtype. Master weights and optimizer moments stay float32
+    # whatever it is (FSDP2 MixedPrecisionPolicy); bfloat16 on GPUs. float32 with one learner
+    # rank is the plain unsharded path (the fast default on CPU).
     compute_dtype: str = "float32"  # float32 | bfloat16 | float16
     trust_remote_code: bool = False
 
@@ -129,6 +132,11 @@ class PolicyConfig:
     clip_eps: float = 0.2
     entropy_coef: float = 0.001
     kl_coef: float = 0.0  # KL to the base policy; 0 = no reference model is loaded
+    # pi_old of the PPO ratio (ALGORITHM.md section 4): sampler = the log-probs vLLM recorded;
+    # recompute = one no-grad learner pass before the update, with the truncated importance
+    # weight min(exp(logp_learner_old - logp_sampler), tis_cap) on each token's loss.
+    old_logprobs: str = "sampler"  # sampler | recompute
+    tis_cap: float = 2.0  # truncation of that weight (verl / TRL use 2); 0 = no correction
     epochs: int = 1
     mini_batch_size: int = 256  # rollouts per optimizer step
     micro_batch_size: int = 64  # rollouts per forward/backward (gradient accumulation)
@@ -253,6 +261,7 @@ _CHOICES = {
     "policy.placement": ("pack", "spread"),
     "prm.placement": ("pack", "spread"),
     "pipeline.off_policy_steps": (0, 1),
+    "policy.old_logprobs": ("sampler", "recompute"),
     "data.task": ("arithmetic", "math", "code"),
     "data.world_split": ("train", "hard_train", "eval"),
     "code.sandbox": ("bwrap", "process"),
@@ -314,6 +323,11 @@ def validate(cfg: TrainConfig) -> None:
         )
     if cfg.prm.loss == "prime" and cfg.prm.kind != "implicit":
         raise ConfigError("config key 'prm.loss': 'prime' trains the implicit PRM; set prm.kind=implicit")
+    if cfg.policy.tis_cap != 0 and cfg.policy.tis_cap < 1:
+        raise ConfigError(
+            f"config key 'policy.tis_cap': {cfg.policy.tis_cap} would scale down even the tokens on which sampler "
+            "and learner agree; use a cap >= 1 (verl / TRL use 2) or 0 to turn the correction off"
+        )
     if cfg.policy.mini_batch_size % cfg.policy.micro_batch_size:
         raise ConfigError(
             f"config key 'policy.micro_batch_size': {cfg.policy.micro_batch_size} must divide "

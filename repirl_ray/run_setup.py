@@ -315,7 +315,7 @@ def check_checkpoint(ckpt: Path, cfg: TrainConfig) -> dict:
                 f"checkpoint {ckpt}: {state_path} says the {role} learner was saved by {saved} rank(s), but "
                 f"{role}.num_workers is {ranks}; resume with {role}.num_workers={saved}"
             )
-        for rel in checkpoint_files(ranks):
+        for rel in checkpoint_files(ranks) + (["prm.json"] if role == "prm" else []):
             f = ckpt / role / rel
             if not f.is_file() or f.stat().st_size == 0:
                 raise CheckpointError(f"checkpoint {ckpt} is incomplete: {f} is missing or empty{hint}")

@@ -20,7 +20,7 @@ from repirl_ray.algo.metrics import (
     step_auroc_inputs,
     step_scores,
 )
-from repirl_ray.algo.policy_loss import entropy_from_logits, policy_loss, ppo_clip_loss
+from repirl_ray.algo.policy_loss import entropy_from_logits, policy_loss, ppo_clip_loss, truncated_importance_weights
 from repirl_ray.algo.prime import implicit_token_rewards, prime_bce_loss
 from repirl_ray.algo.prm_loss import (
     PRMCoefficients,
@@ -65,4 +65,5 @@ __all__ = [
     "split_positive_negative",
     "step_auroc_inputs",
     "step_scores",
+    "truncated_importance_weights",
 ]

@@ -7,6 +7,12 @@ The IRL step (ALGORITHM.md section 2). Per mini-batch of prompts:
   3. gradient passes over micro-batches minimise sum_i coef_i * rbar_phi(tau_i) (+ reward L2).
 L_prm is linear in rbar once the weights are fixed, so the micro-batch split is exact.
 `prm.loss: prime` instead fits the implicit PRM to outcomes with cross-entropy (section 6).
+
+One learner is one rank of a learner group (learners/distributed.py): with world_size > 1, or a
+compute dtype other than float32, the trainable model is sharded with FSDP2 and every public
+method is collective. Step 1 is then sharded by rows and all-gathered, so every rank computes
+the same coefficients; step 3 runs on each rank's share of the rows. Arrays come back whole on
+rank 0 and None on the other ranks; metrics come back identical on every rank.
 """
 
 from __future__ import annotations
@@ -21,8 +27,22 @@ from transformers import AutoTokenizer
 from repirl_ray import algo
 from repirl_ray.batch import Rollouts
 from repirl_ray.config import IRLConfig, PRMConfig
-from repirl_ray.learners.common import MetricSum, chunks, load_learner_state, make_optimizer, save_learner_state
-from repirl_ray.models.prm import load_prm
+from repirl_ray.learners.common import (
+    MetricSum,
+    chunks,
+    gather_full_state,
+    learner_device,
+    load_full_state,
+    load_learner_state,
+    make_optimizer,
+    prepare_trainable,
+    read_learner_state,
+    save_learner_state,
+    start_ranks,
+)
+from repirl_ray.learners.distributed import clip_grad_norm
+from repirl_ray.models.policy import export_state, save_hf_model
+from repirl_ray.models.prm import ImplicitPRM, load_prm
 from repirl_ray.models.sequence import model_inputs
 
 
@@ -35,35 +55,40 @@ class PRMLearner:
         *,
         ref_path: str = "",
         dtype: str = "float32",
+        compute_dtype: str = "float32",
         seed: int = 0,
         trust_remote_code: bool = False,
-        compute_dtype: str = "float32",
         rank: int = 0,
         world_size: int = 1,
         dist_url: str = "",
     ):
-        if world_size > 1 or compute_dtype != "float32":
-            raise NotImplementedError("sharded / mixed-precision learners: not on this branch yet")
+        """dtype: of saved HF folders (model.dtype); the trainable weights and AdamW moments are
+        float32 masters, forward/backward run in compute_dtype, pi_ref is held in compute_dtype."""
         torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(seed)
         self.cfg = cfg
         self.irl = irl
-        self.device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-        self.prm = load_prm(cfg.kind, model_path, ref_path, cfg.beta, dtype, trust_remote_code).to(self.device)
-        if cfg.gradient_checkpointing:
-            trainable = self.prm.model if cfg.kind == "head" else self.prm.phi
-            trainable.gradient_checkpointing_enable()
+        self.dtype = dtype
+        self.device = learner_device(cfg.num_gpus)
+        self.ranks = start_ranks(rank, world_size, dist_url, compute_dtype, self.device)
+        self.prm = load_prm(cfg.kind, model_path, ref_path, cfg.beta, "float32", trust_remote_code, ref_dtype=compute_dtype)
+        self.trainable = prepare_trainable(
+            self.prm.trainable,
+            gradient_checkpointing=cfg.gradient_checkpointing, compute_dtype=compute_dtype, ranks=self.ranks, device=self.device,
+        )
+        if isinstance(self.prm, ImplicitPRM):
+            self.prm.ref.to(self.device)  # frozen pi_ref: whole on every rank, in compute_dtype
         self.prm.train()
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self.optimizer = make_optimizer(self.prm.parameters(), cfg.lr, cfg.weight_decay, cfg.betas)
-        self.rng = np.random.default_rng(seed + 1)
+        self.rng = np.random.default_rng(seed + 1)  # the same on every rank
         self.version = 0
 
     # ----------------------------------------------------------------------------------------
     # The IRL step
     def update(self, keep_prompts, *parts: Rollouts) -> dict[str, float]:
-        """One IRL step on the kept prompts. parts: the rollout workers' shards, rollouts and
-        expert demos (is_demo rows) alike."""
+        """One IRL step on the kept prompts. Collective. parts: the rollout workers' shards,
+        rollouts and expert demos (is_demo rows) alike."""
         rollouts, demos = Rollouts.gather(keep_prompts, parts)
         return self.update_batch(rollouts, demos)
 
@@ -74,7 +99,7 @@ class PRMLearner:
         else:
             metrics = self._update_repirl(rollouts, demos)
         self.version += 1
-        metrics["timing/prm_compute"] = time.perf_counter() - t0
+        metrics.update(self.ranks.reduce_floats({"timing/prm_compute": time.perf_counter() - t0}, self.device, op="max"))
         return metrics
 
     def _update_repirl(self, rollouts: Rollouts, demos: Rollouts | None) -> dict[str, float]:
@@ -88,9 +113,9 @@ class PRMLearner:
         for mini_prompts in chunks(prompts, per_mini):
             rows = batch.group_rows(mini_prompts)
             mini = batch.select(rows)
-            # 1. Rewards of every trajectory under the current phi, for the weights.
-            with torch.no_grad():
-                token_rewards = self._token_rewards(mini)
+            # 1. Rewards of every trajectory under the current phi, for the weights: each rank
+            #    scores its share, all-gathered, so every rank computes the same coefficients.
+            token_rewards = self._token_rewards(mini)
             mask = torch.from_numpy(mini.response_mask)
             traj_reward = (token_rewards * mask).sum(-1)
             mean_reward = algo.mean_token_reward(token_rewards, mask)
@@ -122,20 +147,22 @@ class PRMLearner:
                 },
                 1.0,
             )
-            # 3. Gradient passes over micro-batches with the coefficients held fixed.
+            # 3. Gradient passes over this rank's rows with the coefficients held fixed.
             num_tokens = float(mini.response_mask.sum())
             self.optimizer.zero_grad(set_to_none=True)
             mini_loss = 0.0
-            for micro in chunks(np.arange(len(mini)), cfg.micro_batch_size):
+            for micro, weight in self.ranks.micro_batches(np.arange(len(mini)), cfg.micro_batch_size):
                 inputs = model_inputs(mini, micro, self.device)
                 r = self.prm.token_rewards(inputs)
                 rbar = algo.mean_token_reward(r, inputs.response_mask)
                 loss = algo.repirl_prm_loss(rbar, coefs.coef[micro].to(self.device))
                 if irl.reward_l2 > 0:
                     loss = loss + algo.reward_l2_penalty(r, inputs.response_mask, irl.reward_l2, num_tokens=num_tokens)
-                loss.backward()
-                mini_loss += float(loss.detach())
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.prm.parameters(), cfg.grad_clip)
+                # weight 0: a padding micro-batch that only keeps FSDP's collectives in step.
+                (loss * weight).backward()
+                mini_loss += weight * float(loss.detach())
+            mini_loss = self.ranks.reduce_floats({"loss": mini_loss}, self.device)["loss"]
+            grad_norm = clip_grad_norm(list(self.prm.parameters()), cfg.grad_clip)
             self.optimizer.step()
             stats.add({"loss": mini_loss, "grad_norm": grad_norm}, 1.0)
         metrics = stats.means("prm/")
@@ -148,72 +175,92 @@ class PRMLearner:
         self.optimizer.zero_grad(set_to_none=True)
         order = self.rng.permutation(len(rollouts))
         outcome = torch.from_numpy(rollouts.outcome)
-        total = 0.0
         sums: dict[str, float] = {}
-        for micro in chunks(order, cfg.micro_batch_size):
+        for micro, weight in self.ranks.micro_batches(order, cfg.micro_batch_size):
             inputs = model_inputs(rollouts, micro, self.device)
             logp_phi, logp_ref = self.prm.log_probs(inputs)
             loss, micro_stats = algo.prime_bce_loss(
                 logp_phi, logp_ref, inputs.response_mask, outcome[micro].to(self.device), self.prm.beta,
                 num_samples=len(rollouts),
             )
-            loss.backward()
-            total += float(loss.detach())
-            # The stats share the batch's denominator: their sum over micro-batches is the batch mean.
-            for k, v in micro_stats.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.prm.parameters(), cfg.grad_clip)
+            (loss * weight).backward()
+            # The stats share the batch's denominator: their sum over micro-batches and ranks is the batch mean.
+            for k, v in {"loss": loss, **micro_stats}.items():
+                sums[k] = sums.get(k, 0.0) + weight * float(v.detach())
+        sums = self.ranks.reduce_floats(sums, self.device)
+        grad_norm = clip_grad_norm(list(self.prm.parameters()), cfg.grad_clip)
         self.optimizer.step()
         metrics = {f"prm/{k}": v for k, v in sums.items()}
-        metrics.update({"prm/loss": total, "prm/grad_norm": float(grad_norm)})
+        metrics["prm/grad_norm"] = grad_norm
         return metrics
 
     # ----------------------------------------------------------------------------------------
     # Scoring
+    @torch.no_grad()
     def _token_rewards(self, batch: Rollouts) -> torch.Tensor:
-        out = torch.zeros(batch.response_mask.shape)
-        for micro in chunks(np.arange(len(batch)), self.cfg.micro_batch_size):
+        """Collective. r_phi of every response token [B, T] on CPU, whole on every rank: each
+        rank scores its share of the rows."""
+        local = []
+        for micro, weight in self.ranks.micro_batches(np.arange(len(batch)), self.cfg.micro_batch_size):
             inputs = model_inputs(batch, micro, self.device)
-            out[micro] = self.prm.token_rewards(inputs).float().cpu()
-        return out
+            r = self.prm.token_rewards(inputs).float()
+            if weight:
+                local.append(r)
+        t = batch.response_mask.shape[1]
+        local_t = torch.cat(local) if local else torch.zeros((0, t), device=self.device)
+        return self.ranks.gather_rows(local_t, len(batch)).cpu()
 
-    def score(self, keep_prompts, *parts: Rollouts) -> tuple[np.ndarray, dict[str, float]]:
+    def score(self, keep_prompts, *parts: Rollouts) -> tuple[np.ndarray | None, dict[str, float]]:
         """Token rewards of the kept prompts' rollouts (demo shards ignored), in the row order
-        PolicyLearner.update gathers them in."""
+        PolicyLearner.update gathers them in. Collective."""
         batch, _ = Rollouts.gather(keep_prompts, parts)
         return self.score_batch(batch)
 
-    @torch.no_grad()
-    def score_batch(self, batch: Rollouts) -> tuple[np.ndarray, dict[str, float]]:
-        """Token rewards r_t of every response [B, T] under the current PRM, and, where the
-        batch carries step labels, the step-level AUROC of those rewards."""
+    def score_batch(self, batch: Rollouts) -> tuple[np.ndarray | None, dict[str, float]]:
+        """Token rewards r_t of every response [B, T] under the current PRM (whole on rank 0,
+        None on the other ranks), and, where the batch carries step labels, the step-level
+        AUROC of those rewards (the same on every rank). Collective."""
         token_rewards = self._token_rewards(batch).numpy()
         stats = {"prm/score_mean": float((token_rewards * batch.response_mask).sum() / max(batch.response_mask.sum(), 1))}
         quality = step_quality(token_rewards, batch)
         if quality:
             stats.update({f"prm/{k}": v for k, v in quality.items()})
-        return token_rewards, stats
+        return (token_rewards if self.ranks.is_main else None), stats
 
     # ----------------------------------------------------------------------------------------
-    def parameters_numpy(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().cpu().numpy().copy() for k, v in self.prm.named_parameters() if v.requires_grad}
+    # Weights and checkpoints
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Collective. The trainable model (head model, or pi_phi) whole on rank 0 (None on the
+        others): HF checkpoint names, cast to model.dtype, a tied lm_head left out."""
+        state = gather_full_state(self.trainable, self.ranks)
+        return None if state is None else export_state(state, self.dtype, self.trainable.config)
+
+    def parameters_numpy(self) -> dict[str, np.ndarray] | None:
+        """Collective. The trainable fp32 master parameters, whole on rank 0 (None elsewhere),
+        named as in the PRM module (model.* for the head PRM, phi.* for the implicit one)."""
+        state = gather_full_state(self.trainable, self.ranks)
+        if state is None:
+            return None
+        prefix = "model." if self.prm.kind == "head" else "phi."
+        return {prefix + k: state[k].numpy().copy() for k, p in self.trainable.named_parameters() if p.requires_grad}
 
     def save(self, out_dir: str) -> None:
-        os.makedirs(out_dir, exist_ok=True)
-        self.prm.save(out_dir)
-        self.tokenizer.save_pretrained(out_dir)
-        save_learner_state(out_dir, self.optimizer, self.rng, self.version)
+        """Collective. HF folder in model.dtype + prm.json + tokenizer, and learner state
+        (layout in learners/common.py)."""
+        state = self.full_state_dict()
+        if self.ranks.is_main:
+            save_hf_model(out_dir, self.trainable, state, self.dtype)
+            self.prm.save_meta(out_dir)
+            self.tokenizer.save_pretrained(out_dir)
+        save_learner_state(out_dir, self.ranks, self.optimizer, self.trainable, self.rng, self.version, save_master=self.dtype != "float32")
+        self.ranks.barrier()
 
     def load(self, in_dir: str) -> None:
-        from safetensors.torch import load_file
-
-        state = load_file(os.path.join(in_dir, "model.safetensors"))
-        target = self.prm.model if self.prm.kind == "head" else self.prm.phi
-        missing, unexpected = target.load_state_dict(state, strict=False)
-        missing = [k for k in missing if k != "lm_head.weight"]
-        if missing or unexpected:
-            raise ValueError(f"PRM checkpoint {in_dir} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-        self.version = load_learner_state(in_dir, self.optimizer, self.rng)
+        """Collective. Weights, optimizer shards, RNGs and version, exactly as saved. A
+        checkpoint of another world_size is a ValueError (before anything is loaded)."""
+        state = read_learner_state(in_dir, self.ranks.world_size)
+        load_full_state(self.trainable, os.path.join(in_dir, "model.safetensors"), self.ranks, "PRM")
+        self.version = load_learner_state(in_dir, state, self.ranks, self.optimizer, self.trainable, self.rng)
 
     def ping(self) -> int:
         """Liveness check; the process id (tests kill actors by it)."""

@@ -36,15 +36,44 @@ def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = 
     return model
 
 
-def weights_blob(model: torch.nn.Module) -> bytes:
-    """The state dict as one safetensors blob, in checkpoint names, for vLLM's in-place reload.
-
-    A tied lm_head shares storage with the embedding: it is left out (safetensors refuses shared
-    tensors, and vLLM ties it back itself)."""
-    tied = getattr(model.config, "tie_word_embeddings", False)
-    state = {
-        k: v.detach().contiguous()
-        for k, v in model.state_dict().items()
+def export_state(state: dict[str, torch.Tensor], dtype: str, config) -> dict[str, torch.Tensor]:
+    """A full state dict as it leaves a learner (rollout workers, checkpoints): cast to the
+    engine's / checkpoint's dtype (`model.dtype`; training keeps fp32 masters), in checkpoint
+    names. A tied lm_head shares storage with the embedding: it is left out (safetensors refuses
+    shared tensors, and vLLM and transformers tie it back themselves)."""
+    tied = getattr(config, "tie_word_embeddings", False)
+    return {
+        k: v.detach().to(DTYPES[dtype]).contiguous()
+        for k, v in state.items()
         if not (tied and k == "lm_head.weight")
     }
+
+
+def weights_blob(state: dict[str, torch.Tensor]) -> bytes:
+    """A state dict from `export_state` as one safetensors blob, for vLLM's in-place reload."""
     return safetensors_save(state)
+
+
+def hf_class_name(model: torch.nn.Module) -> str:
+    """The model's Hugging Face class name (FSDP2 wraps a module in a class of its own)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(c.__name__ for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+
+
+def save_hf_model(out_dir: str, model: torch.nn.Module, state: dict[str, torch.Tensor], dtype: str) -> None:
+    """An HF model folder (config.json, generation_config.json, model.safetensors) from a state
+    dict made by `export_state`, without `save_pretrained` on a (possibly sharded) module:
+    vLLM and `from_pretrained` load it like any hub checkpoint."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    os.makedirs(out_dir, exist_ok=True)
+    config = copy.deepcopy(model.config)
+    config.architectures = [hf_class_name(model)]
+    config.dtype = DTYPES[dtype]
+    config.save_pretrained(out_dir)
+    if getattr(model, "generation_config", None) is not None and model.can_generate():
+        model.generation_config.save_pretrained(out_dir)
+    save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})

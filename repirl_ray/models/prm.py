@@ -60,8 +60,16 @@ class HeadPRM(nn.Module):
         ).logits[..., 0]
         return scores[:, -inputs.response_len:].float() * inputs.response_mask
 
+    @property
+    def trainable(self) -> nn.Module:
+        """The module the optimizer trains (and a learner shards): the whole model with its head."""
+        return self.model
+
     def save(self, out_dir: str) -> None:
         self.model.save_pretrained(out_dir)
+        self.save_meta(out_dir)
+
+    def save_meta(self, out_dir: str) -> None:
         atomic_write_json(os.path.join(out_dir, PRM_META), {"kind": "head"})
 
 
@@ -86,8 +94,16 @@ class ImplicitPRM(nn.Module):
         logp_phi, logp_ref = self.log_probs(inputs)
         return self.beta * (logp_phi - logp_ref) * inputs.response_mask
 
+    @property
+    def trainable(self) -> nn.Module:
+        """The module the optimizer trains (and a learner shards): pi_phi; pi_ref is frozen."""
+        return self.phi
+
     def save(self, out_dir: str) -> None:
         self.phi.save_pretrained(out_dir)
+        self.save_meta(out_dir)
+
+    def save_meta(self, out_dir: str) -> None:
         atomic_write_json(
             os.path.join(out_dir, PRM_META), {"kind": "implicit", "beta": self.beta, "ref_path": self.ref_path}
         )
@@ -102,9 +118,18 @@ def read_prm_meta(path: str) -> dict | None:
 
 
 def load_prm(
-    kind: str, path: str, ref_path: str, beta: float, dtype: str = "float32", trust_remote_code: bool = False
+    kind: str,
+    path: str,
+    ref_path: str,
+    beta: float,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    ref_dtype: str = "",
 ) -> HeadPRM | ImplicitPRM:
-    """Build a PRM from a base model, or reload a trained one (a folder holding prm.json)."""
+    """Build a PRM from a base model, or reload a trained one (a folder holding prm.json).
+
+    dtype: of the trainable weights; ref_dtype: of the frozen pi_ref ("" = dtype). A learner
+    keeps fp32 masters and may hold pi_ref in its compute dtype."""
     meta = read_prm_meta(path) if os.path.isdir(path) else None
     if meta is not None and meta["kind"] != kind:
         raise ValueError(
@@ -123,6 +148,6 @@ def load_prm(
             ref_path = ref_path or meta["ref_path"]
         ref_path = ref_path or path
         phi = load_causal_lm(path, dtype, trust_remote_code, key="model.prm_path")
-        ref = load_causal_lm(ref_path, dtype, trust_remote_code, key="model.ref_path")
+        ref = load_causal_lm(ref_path, ref_dtype or dtype, trust_remote_code, key="model.ref_path")
         return ImplicitPRM(phi, ref, beta, ref_path)
     raise ValueError(f"config key 'prm.kind': {kind!r} is not one of head, implicit")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from repirl_ray.algo.policy_loss import entropy_from_logits, policy_loss, ppo_clip_loss
+from repirl_ray.algo.policy_loss import entropy_from_logits, policy_loss, ppo_clip_loss, truncated_importance_weights
 
 F64 = torch.float64
 LN = math.log
@@ -121,3 +121,46 @@ def test_entropy_gradient_matches_autograd_of_the_definition():
     p = torch.softmax(ref, dim=-1)
     (-(p * p.log()).sum()).backward()
     assert_close(logits.grad, ref.grad)
+
+
+# Truncated importance sampling (section 4). log pi_old - log pi_sampler on the real tokens:
+# (ln 1.5, 1, -0.2, ln 3); cap 2:
+#   w = (1.5, min(e, 2) = 2, e^-0.2 = 0.8187308, min(3, 2) = 2); padding -> 1
+#   logprob_mismatch = (ln 1.5 + 1 + 0.2 + ln 3) / 4 = (0.4054651 + 1.2 + 1.0986123) / 4 = 0.6760194
+#   tis_capped_frac = 2 / 4 = 0.5
+SAMPLER_GAP = torch.tensor([[LN(1.5), 1.0, -0.2], [LN(3.0), 9.0, -9.0]], dtype=F64)
+TIS_W = torch.tensor([[1.5, 2.0, math.exp(-0.2)], [2.0, 1.0, 1.0]], dtype=F64)
+
+
+def test_truncated_importance_weights_hand_values():
+    w, stats = truncated_importance_weights(OLD, OLD - SAMPLER_GAP, MASK, cap=2.0)
+    assert_close(w, TIS_W)
+    assert_close(stats["logprob_mismatch"], torch.tensor((LN(1.5) + 1.2 + LN(3.0)) / 4, dtype=F64))
+    assert_close(stats["tis_capped_frac"], torch.tensor(0.5, dtype=F64))
+    # cap 0 turns the correction off; the mismatch is still measured.
+    w0, stats0 = truncated_importance_weights(OLD, OLD - SAMPLER_GAP, MASK, cap=0.0)
+    assert_close(w0, torch.ones(2, 3, dtype=F64))
+    assert_close(stats0["tis_capped_frac"], torch.tensor(0.0, dtype=F64))
+    assert_close(stats0["logprob_mismatch"], stats["logprob_mismatch"])
+    # A huge gap does not overflow: the weight is the cap.
+    w_big, _ = truncated_importance_weights(OLD.float(), OLD.float() - 1e4, MASK, cap=2.0)
+    assert torch.isfinite(w_big).all() and float(w_big[0, 0]) == 2.0
+
+
+def test_ppo_clip_loss_with_truncated_importance_weights():
+    # The token objectives (1.2, 0.5, -2, -1.1) of the first test, times w = (1.5, 2, 0.8187308, 2):
+    #   L_pg = -(1.8 + 1.0 - 1.6374615 - 2.2) / 4 = 0.2593654
+    # gradient: token 0 clipped -> 0; token 1: -0.5 * 2 / 4 = -0.25; token 2: 2 * 0.8187308 / 4 =
+    # 0.4093654; token 3: 1.1 * 2 / 4 = 0.55. clipfrac and approx_kl are not reweighted.
+    logprobs = _logprobs()
+    loss, stats = ppo_clip_loss(logprobs, OLD, ADV, MASK, clip_eps=0.2, is_weights=TIS_W)
+    assert_close(loss, torch.tensor(-(1.8 + 1.0 - 2 * math.exp(-0.2) - 2.2) / 4, dtype=F64))
+    assert_close(stats["clipfrac"], torch.tensor(0.5, dtype=F64))
+    assert_close(stats["approx_kl"], torch.tensor(APPROX_KL, dtype=F64))
+    loss.backward()
+    expected = torch.tensor([[0.0, -0.25, 2 * math.exp(-0.2) / 4], [0.55, 0.0, 0.0]], dtype=F64)
+    assert_close(logprobs.grad, expected)
+    # Weights of 1 are the plain loss.
+    plain, _ = ppo_clip_loss(_logprobs(), OLD, ADV, MASK, clip_eps=0.2)
+    ones, _ = ppo_clip_loss(_logprobs(), OLD, ADV, MASK, clip_eps=0.2, is_weights=torch.ones(2, 3, dtype=F64))
+    assert_close(ones, plain)

@@ -92,3 +92,12 @@ def test_cli_data_row_missing_a_field_names_file_line_and_field(capsys, tmp_path
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
     assert "train.jsonl" in err and "line 2" in err and "'answer'" in err
+
+
+def test_learner_precision_and_old_logprob_keys():
+    cfg = load_config(None, ["model.compute_dtype=bfloat16", "policy.old_logprobs=recompute", "policy.tis_cap=0"])
+    assert (cfg.model.compute_dtype, cfg.policy.old_logprobs, cfg.policy.tis_cap) == ("bfloat16", "recompute", 0.0)
+    with pytest.raises(ConfigError, match="model.compute_dtype"):
+        load_config(None, ["model.compute_dtype=fp8"])
+    with pytest.raises(ConfigError, match="policy.tis_cap"):
+        load_config(None, ["policy.tis_cap=0.5"])

@@ -139,6 +139,43 @@ def test_prm_micro_batching_does_not_change_the_update(tiny_dir):
         np.testing.assert_allclose(results[0][k], results[1][k], atol=2e-6, err_msg=k)
 
 
+def test_recompute_with_pi_old_equal_to_the_sampler_is_sampler_mode(tiny_dir):
+    """old_logprobs=recompute: pi_old from the learner, TIS weight min(exp(pi_old - sampler), cap).
+    With the sampler's log-probs equal to pi_old, every weight is 1 and the update is sampler mode's."""
+    batch = make_rollouts(seed=3)
+    base = dict(lr=1e-3, mini_batch_size=4, micro_batch_size=2, num_threads=1)
+    batch.sampling_logprobs = PolicyLearner(PolicyConfig(**base), tiny_dir).logprobs(batch)
+    results = {}
+    for mode in ("sampler", "recompute"):
+        learner = PolicyLearner(PolicyConfig(**base, old_logprobs=mode), tiny_dir, advantage=AdvantageConfig(c_process=0.0), group_size=K)
+        results[mode] = (learner.update(None, None, batch), learner.parameters_numpy())
+    for k, v in results["sampler"][1].items():
+        np.testing.assert_allclose(results["recompute"][1][k], v, atol=1e-7, err_msg=k)
+    recompute, sampler = results["recompute"][0], results["sampler"][0]
+    assert recompute["policy/logprob_mismatch"] == 0.0 and recompute["policy/tis_capped_frac"] == 0.0
+    # Sampler mode measures the mismatch on the first mini-batch, before the first step.
+    assert sampler["policy/logprob_mismatch"] < 1e-6 and "policy/tis_capped_frac" not in sampler
+
+
+def test_recompute_caps_the_importance_weight(tiny_dir):
+    """Sampler log-probs 1 nat below pi_old on the first 4 rows: weight min(e, 2) = 2 there, so
+    exactly their share of the tokens is capped, and the update moves differently."""
+    batch = make_rollouts(seed=3)
+    base = dict(lr=1e-3, mini_batch_size=8, micro_batch_size=4, num_threads=1, old_logprobs="recompute")
+    pi_old = PolicyLearner(PolicyConfig(**base), tiny_dir).logprobs(batch)
+    params, metrics = [], []
+    for shift in (0.0, 1.0):
+        batch.sampling_logprobs = pi_old.copy()
+        batch.sampling_logprobs[:4] -= shift * batch.response_mask[:4]
+        learner = PolicyLearner(PolicyConfig(**base), tiny_dir, advantage=AdvantageConfig(c_process=0.0), group_size=K)
+        metrics.append(learner.update(None, None, batch))
+        params.append(learner.parameters_numpy())
+    share = batch.response_mask[:4].sum() / batch.response_mask.sum()
+    assert metrics[1]["policy/tis_capped_frac"] == pytest.approx(share)
+    assert metrics[1]["policy/logprob_mismatch"] == pytest.approx(share, rel=1e-5)
+    assert changed(params[0], params[1])
+
+
 def test_step_quality_by_hand():
     """Two samples, 3 steps each: steps before the first wrong step score higher."""
     n = 2

@@ -64,7 +64,7 @@ def _checkpoint(tmp_path, ranks=1, prm=True):
     for it in (2, 4):
         ckpt = run / "checkpoints" / f"iter_{it:06d}"
         for role in ("policy", "prm") if prm else ("policy",):
-            for rel in checkpoint_files(ranks):
+            for rel in checkpoint_files(ranks) + (["prm.json"] if role == "prm" else []):
                 (ckpt / role / rel).parent.mkdir(parents=True, exist_ok=True)
                 (ckpt / role / rel).write_text("x")
         state = {"iteration": it, "data": {"epoch": 0, "position": 8 * it}, "history": {}, "wall_s": 1.0,
@@ -95,7 +95,8 @@ def test_truncated_trainer_state_names_the_file_and_the_older_checkpoint(tmp_pat
     assert check_checkpoint(older, load_config(None, []))["iteration"] == 2
 
 
-@pytest.mark.parametrize("missing", ["policy/model.safetensors", "prm/config.json"])
+@pytest.mark.parametrize("missing", ["policy/model.safetensors", "prm/config.json", "prm/prm.json",
+                                     "policy/optimizer/rank_0.pt"])
 def test_a_missing_weights_or_state_file_is_named(tmp_path, missing):
     run, (_, newest) = _checkpoint(tmp_path)
     (newest / missing).unlink()
@@ -108,10 +109,10 @@ def test_every_rank_file_is_required(tmp_path):
     cfg = load_config(None, ["policy.num_workers=2", "prm.num_workers=2"])
     check_checkpoint(newest, cfg)
     per_rank = [f for f in checkpoint_files(2) if f not in checkpoint_files(1)]
-    if per_rank:  # the sharded optimizer state: one file per rank
-        (newest / "policy" / per_rank[-1]).unlink()
-        with pytest.raises(CheckpointError, match="is missing"):
-            check_checkpoint(newest, cfg)
+    assert per_rank == ["optimizer/rank_1.pt"]  # the sharded optimizer state: one file per rank
+    (newest / "policy" / per_rank[0]).unlink()
+    with pytest.raises(CheckpointError, match="rank_1.pt is missing"):
+        check_checkpoint(newest, cfg)
 
 
 def test_a_rank_count_that_differs_from_the_run_is_named(tmp_path):

@@ -154,3 +154,26 @@ def test_sigterm_writes_a_checkpoint_and_exits(tiny_world, world_cache, tmp_path
     done = len(_train_records(run_dir))
     assert state["iteration"] == done and 2 <= done < 50
     assert not (run_dir / "summary.json").exists()
+
+
+def test_two_rank_learner_groups_resume_exactly(ray_session, world_cache, tmp_path):
+    """Learner groups of 2 ranks each (FSDP2 over gloo): 4 iterations in one go == 2, then a resume
+    of the 2-rank checkpoint (weights, every rank's optimizer shard, RNGs) for 2 more."""
+    common = {"iterations": 4, "checkpoint.every": 2, "eval.every": 0, "rollout.num_workers": 1,
+              "policy.num_workers": 2, "prm.num_workers": 2, "policy.num_threads": 1, "prm.num_threads": 1}
+    whole = tmp_path / "whole"
+    train(_cfg(world_cache, run_dir=str(whole), **common), log_fn=lambda *_: None)
+
+    split = tmp_path / "split"
+    train(_cfg(world_cache, run_dir=str(split), **{**common, "iterations": 2}), log_fn=lambda *_: None)
+    ckpt = latest_checkpoint(split)
+    assert json.loads((ckpt / "trainer_state.json").read_text())["ranks"] == {"policy": 2, "prm": 2}
+    assert (ckpt / "policy" / "optimizer" / "rank_1.pt").is_file() and (ckpt / "prm" / "optimizer" / "rank_1.pt").is_file()
+    train(resume=str(split), overrides=["iterations=4"], log_fn=lambda *_: None)
+
+    a, b = _train_records(whole), _train_records(split)
+    assert [r["iteration"] for r in a] == [1, 2, 3, 4] == [r["iteration"] for r in b]
+    keys = ["rollout/accuracy", "rollout/response_len", "prm/loss", "prm/ess", "policy/loss", "policy/entropy", "policy/approx_kl"]
+    for ra, rb in zip(a, b):
+        for k in keys:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), (ra["iteration"], k, ra[k], rb[k])

@@ -103,3 +103,19 @@ def test_repirl_config_prints_the_resolved_gpu_config(path, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["policy_path"] == CONFIGS[path]["policy_path"]
     assert printed["ray"]["address"] == "auto"
+
+
+@pytest.mark.parametrize("path", list(CONFIGS))
+def test_gpu_config_fills_one_8_gpu_machine_with_sharded_bf16_learners(path):
+    from repirl_ray.run_setup import check_fits, role_demands
+
+    cfg = load_config(str(ROOT / path))
+    # bf16 compute with fp32 master weights (plain AdamW on bf16 weights loses the paper's lr 5e-7).
+    assert cfg.model.compute_dtype == "bfloat16" and cfg.model.dtype == "bfloat16"
+    assert cfg.policy.old_logprobs == "recompute" and cfg.policy.tis_cap > 1
+    assert cfg.policy.num_workers == 2 and cfg.prm.num_workers == 2
+    demands = role_demands(cfg)
+    assert sum(b.get("GPU", 0) for bundles in demands.values() for b in bundles) == 8
+    check_fits(demands, [{"CPU": 64.0, "GPU": 8.0}], {"policy": True, "prm": True})
+    with pytest.raises(Exception, match="GPU"):
+        check_fits(demands, [{"CPU": 64.0, "GPU": 4.0}], {"policy": True, "prm": True})

@@ -212,6 +212,7 @@ class Trainer:
             on_event=self._event, seed=cfg.seed, chat_template=cfg.data.chat_template,
             max_prompt_tokens=cfg.data.max_prompt_tokens, task_kwargs=task_kwargs(cfg), **common,
         )
+        t_rollout = time.time() - t0  # timing (issue 9): RolloutGroup returns once its workers answer
         self.policy = create_policy_learner(
             cfg.policy, paths.policy, advantage=cfg.advantage, group_size=self.group_size,
             temperature=cfg.rollout.temperature, seed=cfg.seed, ref_path=paths.ref, **common,
@@ -220,7 +221,8 @@ class Trainer:
         if cfg.prm.kind != "none":
             self.prm = create_prm_learner(cfg.prm, cfg.irl, paths.prm, ref_path=paths.ref, seed=cfg.seed, **common)
         self._call_learners([a.ping.remote() for a in self._learners()])
-        self.log(f"actors ready in {time.time() - t0:.1f} s: {cfg.rollout.num_workers} rollout workers (vLLM), "
+        self.log(f"actors ready in {time.time() - t0:.1f} s (rollout workers {t_rollout:.1f} s, then the learners): "
+                 f"{cfg.rollout.num_workers} rollout workers (vLLM), "
                  f"policy learner" + (f", PRM learner ({cfg.prm.kind})" if self.prm else ""))
 
     def _learners(self) -> list:
@@ -432,7 +434,7 @@ class Trainer:
                 base = self._evaluate_all()
                 self.history["base"] = base
                 self.metrics.log(self.iteration, base)
-                self.log(format_base(base))
+                self.log(format_base(base) + f" ({base['timing/eval']:.1f} s)")  # timing (issue 9)
             while self.iteration < cfg.iterations and not self.stop_requested:
                 metrics = self.run_iteration()
                 self.iteration += 1

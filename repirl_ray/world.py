@@ -40,7 +40,7 @@ WORLD_FORMAT = 3
 # The shipped base policies: world-<key>/manifest.json and world-<key>/base_policy/.
 ASSETS = Path(__file__).parent / "assets"
 MANIFEST = "manifest.json"
-REFRESH_COMMAND = "repirl make-world --rebuild --export-asset   (or: make world-asset)"
+REFRESH_COMMAND = "repirl make-world --rebuild --export-asset"  # or `make world-asset`
 
 
 class AssetError(ValueError):
@@ -271,7 +271,8 @@ def _publish(cfg: WorldConfig, tmp: Path, root: Path, t0: float, warmup: dict, n
 def export_asset(cfg: WorldConfig, paths: WorldPaths, assets: Path = ASSETS) -> Path:
     """For maintainers: copy a world's warmed-up base policy into the package as the shipped one
     (assets/world-<key>/), with a manifest: the key and config it was built from, the warm-up's
-    metrics, the machine and library versions, and the sha256 of every file."""
+    metrics, the machine and library versions, and the sha256 of every file. The package ships
+    one world's policy: other world-* folders there are removed."""
     info = json.loads((paths.root / "world.json").read_text())
     if info.get("base_policy", {}).get("source") != "warm-up":
         raise ValueError(f"{paths.root} holds no policy warmed up here; export after `repirl make-world --rebuild`")
@@ -295,4 +296,7 @@ def export_asset(cfg: WorldConfig, paths: WorldPaths, assets: Path = ASSETS) -> 
         "refresh": REFRESH_COMMAND,
     })
     publish_dir(tmp, assets / f"world-{key}")
+    for stale in assets.glob("world-*"):
+        if stale.name != f"world-{key}":
+            shutil.rmtree(stale)
     return assets / f"world-{key}"

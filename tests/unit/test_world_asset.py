@@ -31,8 +31,8 @@ def test_the_shipped_asset_is_the_default_worlds():
     expected = asset_dir(WorldConfig()).name
     assert shipped == [expected], (
         f"repirl_ray/assets holds {shipped}, but the default WorldConfig's key is {expected}: the defaults or "
-        f"WORLD_FORMAT changed without a new shipped base policy. Run `{REFRESH_COMMAND}` and commit "
-        "repirl_ray/assets/ (remove the old world-* folder)"
+        f"WORLD_FORMAT changed without a new shipped base policy. Run `{REFRESH_COMMAND}` (or `make world-asset`) "
+        "and commit repirl_ray/assets/"
     )
     # `repirl train` with no config reaches the same key.
     assert world_key(load_config(None, []).world) == world_key(WorldConfig())
@@ -96,8 +96,10 @@ def test_rebuild_warms_up_and_export_ships_the_result(tmp_path, monkeypatch):
     cfg = load_config(None, FAST_WORLD + [f"world.dir={tmp_path / 'cache1'}"]).world
     built = ensure_world(cfg, use_ray_train=False, rebuild=True, log=lambda *_: None)
     assert _source(built) == "warm-up"
+    (W.ASSETS / "world-0000000000").mkdir(parents=True)  # a stale one, e.g. before a defaults change
     asset = export_asset(cfg, built, W.ASSETS)
     assert asset == asset_dir(cfg)
+    assert [p.name for p in W.ASSETS.iterdir()] == [asset.name]
 
     fresh = ensure_world(dataclasses.replace(cfg, dir=str(tmp_path / "cache2")), use_ray_train=False, log=lambda *_: None)
     assert _source(fresh) == "shipped"

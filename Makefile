@@ -5,7 +5,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+<<<<<<< HEAD
 .PHONY: demo test test-unit install install-gpu world clean
+=======
+.PHONY: demo test test-unit install world world-asset clean
+>>>>>>> h9d
 
 $(STAMP): pyproject.toml requirements/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +37,11 @@ demo: $(STAMP)
 
 world: $(STAMP)
 	$(BIN)/repirl make-world
+
+# Maintainers: warm the default world's base policy up again and write it into the package
+# (repirl_ray/assets/world-<key>/), after a change to WorldConfig's defaults or the model code.
+world-asset: $(STAMP)
+	$(BIN)/repirl make-world --rebuild --export-asset
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

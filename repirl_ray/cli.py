@@ -7,6 +7,7 @@
     repirl train --resume runs/repirl-20261126-101500
     repirl train --resume runs/repirl-20261126-101500/checkpoints/iter_000050   # an older checkpoint
     repirl make-world                             # build and cache the built-in world
+    repirl make-world --rebuild                   # warm the base policy up here, not the shipped one
     repirl eval --checkpoint runs/<run>/checkpoints/iter_000100
     repirl bon --checkpoint runs/<run>/checkpoints/iter_000100
 """
@@ -58,11 +59,22 @@ def cmd_train(args) -> int:
 
 
 def cmd_make_world(args) -> int:
-    from repirl_ray.world import ensure_world
+    from repirl_ray.config import WorldConfig
+    from repirl_ray.world import REFRESH_COMMAND, ensure_world, export_asset, world_key
 
     cfg = load_config(args.config, args.overrides)
-    paths = ensure_world(cfg.world, use_ray_train=not args.no_ray_train)
+    if args.export_asset:
+        if not args.rebuild:
+            raise ConfigError(f"--export-asset ships a freshly warmed-up policy: run `{REFRESH_COMMAND}`")
+        if world_key(cfg.world) != world_key(WorldConfig()):
+            raise ConfigError(
+                "--export-asset: the package ships the default world's base policy only; drop the world.* "
+                "overrides (or change the defaults in repirl_ray/config.py WorldConfig first)"
+            )
+    paths = ensure_world(cfg.world, use_ray_train=not args.no_ray_train, rebuild=args.rebuild)
     print(f"world: {paths.root}")
+    if args.export_asset:
+        print(f"shipped base policy written to {export_asset(cfg.world, paths)}: commit it")
     return 0
 
 
@@ -107,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-world", help="build and cache the built-in world (data, tokenizer, base policy)")
     p.add_argument("--config", action="append", metavar="YAML")
     p.add_argument("--no-ray-train", action="store_true", help="run the warm-up in this process instead of a Ray Train job")
+    p.add_argument("--rebuild", action="store_true",
+                   help="build it again, warm-up included, even when it is cached or its base policy ships with the package")
+    p.add_argument("--export-asset", action="store_true",
+                   help="maintainers, with --rebuild: write the new base policy into repirl_ray/assets/ as the shipped one")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_make_world)
 

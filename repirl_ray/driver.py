@@ -433,7 +433,7 @@ class Trainer:
                 base = self._evaluate_all()
                 self.history["base"] = base
                 self.metrics.log(self.iteration, base)
-                self.log(format_base(base))
+                self.log(format_base(base) + f" ({base['timing/eval']:.1f} s)")
             while self.iteration < cfg.iterations and not self.stop_requested:
                 metrics = self.run_iteration()
                 self.iteration += 1

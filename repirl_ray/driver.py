@@ -321,12 +321,17 @@ class Trainer:
             greedy = self.rollout.generate(problems, n=1, temperature=0.0, seed=0, with_demos=False)
             out[f"{tag}/greedy_accuracy"] = float(greedy.field("outcome").mean())
         if self.prm is not None:
+            fresh = tag not in self._prm_sets and not (self.run_dir / f"prm_eval_{tag}.npz").is_file()
             fixed = self._prm_eval_set(tag, sampled.rollouts)
-            for suffix, parts in (("", [fixed]), ("_onpolicy", sampled.rollouts)):
+            # At the first evaluation the fixed set is these very samples: score them once.
+            sets = (("", [fixed]),) if fresh else (("", [fixed]), ("_onpolicy", sampled.rollouts))
+            for suffix, parts in sets:
                 _, stats = self.prm.score(None, parts)
                 for key in ("step_auroc", "first_error_acc"):
                     if f"prm/{key}" in stats:
                         out[f"{tag}/{key}{suffix}"] = stats[f"prm/{key}"]
+                        if fresh:
+                            out[f"{tag}/{key}_onpolicy"] = stats[f"prm/{key}"]
         out[f"timing/{tag}"] = time.perf_counter() - t0
         return out
 

@@ -37,7 +37,8 @@ from repirl_ray.config import ConfigError, TrainConfig, load_config, needs_demos
 from repirl_ray.data import PromptStream
 from repirl_ray.models.policy import check_model_path
 from repirl_ray.metrics import MemoryMonitor, MetricsLogger, format_progress
-from repirl_ray.tasks.base import load_problems
+from repirl_ray.tasks.dataset import DataReport, check_prompts, read_split  # [issue 8, h8d]
+from repirl_ray.tasks.dataset import task_kwargs as dataset_task_kwargs  # [issue 8, h8d]
 from repirl_ray.utils import atomic_write_json, atomic_write_text, publish_dir
 
 log = logging.getLogger("repirl")
@@ -89,27 +90,77 @@ def resolve_paths(cfg: TrainConfig, log_fn=print) -> Paths:
 
 
 def check_given_paths(cfg: TrainConfig) -> None:
-    """Paths the user gave are checked before anything starts (Ray, the world, actors), so a
-    typo costs a second, not a minute: missing model folders and data files, and bad rows."""
+    """Model paths the user gave are checked before anything starts (Ray, the world, actors), so a
+    typo costs a second, not a minute (data files: read_given_data)."""
     for key in ("model.policy_path", "model.prm_path", "model.ref_path"):
         section, name = key.split(".")
         path = getattr(getattr(cfg, section), name)
         if path and not (key == "model.prm_path" and cfg.prm.kind == "none"):
             check_model_path(path, key)
-    for key, require_demos in (("data.train_path", needs_demos(cfg)), ("data.eval_path", False), ("data.hard_eval_path", False)):
-        path = getattr(cfg.data, key.split(".")[1])
-        if path:
-            load_problems(path, require_demos=require_demos, split_name=key)
+
+
+# ---- [issue 8, h8d] data: formats, the demos file and prompt lengths, checked before any actor
+# starts (tasks/dataset.py). The lead moves this block into the run set-up module.
+DATA_SPLITS = (("train", "train_path"), ("eval", "eval_path"), ("hard_eval", "hard_eval_path"))
+
+
+def read_given_data(cfg: TrainConfig) -> dict:
+    """The data files the user gave, read and checked (rows, demos) before the world is built or
+    Ray starts, so that a bad row costs a second: {split: (problems, DataReport)}."""
+    out = {}
+    for split, key in DATA_SPLITS:
+        path = getattr(cfg.data, key)
+        if path and (split != "hard_eval" or cfg.eval.hard):
+            out[split] = read_split(
+                cfg.data, path, split=split, require_demos=split == "train" and needs_demos(cfg),
+                demos_path=cfg.data.demos_path if split == "train" else "",
+            )
+    return out
+
+
+def load_run_data(cfg: TrainConfig, paths: "Paths", given: dict, run_dir: Path, log_fn=print) -> dict:
+    """Every split the run uses, its prompts measured with the policy's tokenizer as the rollout
+    workers will encode them; the reports go to the run folder (data.json) and one line each to the log."""
+    from transformers import AutoTokenizer
+
+    from repirl_ray.tasks import build_task
+
+    tokenizer = AutoTokenizer.from_pretrained(paths.policy, trust_remote_code=cfg.model.trust_remote_code)
+    task = build_task(cfg.data.task, **task_kwargs(cfg))
+    split_paths = {"train": paths.train, "eval": paths.eval, "hard_eval": paths.hard_eval if cfg.eval.hard else ""}
+    out, reports = {}, {}
+    for split, path in split_paths.items():
+        if not path:
+            out[split] = []
+            continue
+        problems, report = given.get(split) or read_split(
+            cfg.data, path, split=split, require_demos=split == "train" and needs_demos(cfg),
+            demos_path=cfg.data.demos_path if split == "train" else "",
+        )
+        out[split] = check_prompts(problems, report, cfg.data, task=task, tokenizer=tokenizer, tokenizer_name=paths.policy)
+        reports[split] = report.to_dict()
+        log_fn(data_log_line(report))
+    atomic_write_json(run_dir / "data.json", reports)
+    return out
+
+
+def data_log_line(r: DataReport) -> str:
+    line = f"data {r.split}: {r.problems} problems ({r.format}, {r.path}), {r.with_demos} with demos"
+    if r.with_demos:
+        line += f" ({r.demos_min}-{r.demos_max} each, mean {r.demos_mean:.1f})"
+    if r.prompt_tokens:
+        line += f"; prompt tokens p50 {r.prompt_tokens['p50']}, p99 {r.prompt_tokens['p99']}, max {r.prompt_tokens['max']} (limit {r.max_prompt_tokens})"
+    notes = [f"{n} {what}" for what, n in {**r.changed, **r.dropped}.items()]
+    if r.unmatched_demo_ids:
+        notes.append(f"{len(r.unmatched_demo_ids)} demos of {r.demos_path} match no problem (not used; first ids "
+                     f"{', '.join(map(repr, list(dict.fromkeys(r.unmatched_demo_ids))[:3]))})")
+    return line + "".join(f"; {n}" for n in notes)
 
 
 def task_kwargs(cfg: TrainConfig) -> dict:
-    """The task's own settings: the arithmetic verifier needs the world's modulus."""
-    if cfg.data.task == "arithmetic":
-        from repirl_ray.tasks.arithmetic import ArithmeticSpec
-
-        w = cfg.world
-        return {"spec": ArithmeticSpec(w.min_ops, w.max_ops, w.max_start, w.max_operand, w.modulus)}
-    return {}
+    """The task's own settings (tasks/dataset.py task_kwargs)."""
+    return dataset_task_kwargs(cfg.data, cfg.world)
+# ---- end of [issue 8, h8d]
 
 
 def init_ray(cfg, log_fn=print) -> bool:
@@ -157,13 +208,13 @@ class Trainer:
         self.history: dict = {}  # base-eval numbers and the like, kept in the checkpoint
         save_config(cfg, run_dir / "config.yaml")  # the resolved config, as this run uses it
         check_given_paths(cfg)
+        given_data = read_given_data(cfg)  # [issue 8, h8d] rows and demos, before the world and Ray
         self.paths = resolve_paths(cfg, log_fn)  # builds the world first when needed
         self.group_size = cfg.rollout.samples_per_prompt
-        self.train_problems = load_problems(self.paths.train, require_demos=needs_demos(cfg), split_name="train")
-        self.eval_problems = load_problems(self.paths.eval, require_demos=False, split_name="eval")[: cfg.eval.num_prompts]
-        self.hard_problems = []
-        if cfg.eval.hard and self.paths.hard_eval:
-            self.hard_problems = load_problems(self.paths.hard_eval, require_demos=False, split_name="hard_eval")[: cfg.eval.num_prompts]
+        data = load_run_data(cfg, self.paths, given_data, run_dir, log_fn)  # [issue 8, h8d] + prompt lengths
+        self.train_problems = data["train"]
+        self.eval_problems = data["eval"][: cfg.eval.num_prompts]
+        self.hard_problems = data["hard_eval"][: cfg.eval.num_prompts]
         if cfg.sft.steps > 0:
             self.paths.policy = self._supervised_stage()
         atomic_write_json(run_dir / "paths.json", dataclasses.asdict(self.paths))

@@ -375,6 +375,9 @@ def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
         return ConfigError(f"unknown config key '{key}' (from {source}){valid}")
     if isinstance(err, ValidationError):
         msg = str(err).splitlines()[0]
+        if "Cannot convert" in msg and "to string" in msg:
+            # A text with { } or [ ] reads as a YAML mapping or list: it needs quotes.
+            msg += f"; quote a text holding {{ }} or [ ], e.g. {key}='\"Q: {{problem}}\"'"
         return ConfigError(f"config key '{key}' (from {source}): {msg}")
     return ConfigError(f"config error (from {source}): {str(err).splitlines()[0]}")
 

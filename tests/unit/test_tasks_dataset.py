@@ -135,7 +135,7 @@ def test_file_errors_use_the_formats_own_columns(tmp_path):
 
 
 def test_prompt_tokens_are_counted_as_the_policy_sees_them(tmp_path):
-    rows = [{"prompt": "a" * n, "answer": "1"} for n in (10, 20, 30, 40)]
+    rows = [{"prompt": "a" * n, "answer": "1", "demos": ["d"] * (n // 10)} for n in (10, 20, 30, 40)]
     data = write_jsonl(tmp_path / "p.jsonl", rows)
     cfg = DataConfig(task="math", prompt_template="Q: {problem}\nA:", max_prompt_tokens=40)
     task = build_task("math", **task_kwargs(cfg, WorldConfig()))
@@ -151,6 +151,8 @@ def test_prompt_tokens_are_counted_as_the_policy_sees_them(tmp_path):
                               tokenizer=TOKENIZER)
     assert [p.id for p in kept] == ["0", "1", "2"] and report.problems == 3
     assert report.dropped == {DROPPED_LONG: 1}
+    # The counts are of the problems kept.
+    assert (report.with_demos, report.demos_min, report.demos_mean, report.demos_max) == (3, 1, 2.0, 3)
     # With the chat template: "<|user|>\n" + text + "\n<|assistant|>\n" adds 24 bytes and no <s>.
     chat = dataclasses.replace(cfg, chat_template=True, max_prompt_tokens=1000)
     _, report = load_split(chat, data, split="eval", task=task, tokenizer=TOKENIZER)

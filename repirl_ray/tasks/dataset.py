@@ -168,6 +168,10 @@ def _rows_message(rejected: list[Rejected], row_word: str) -> str:
     return shown + more
 
 
+def _count_of(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def percentile(sorted_values: list[int], q: float) -> int:
     """Nearest rank: the smallest value with at least q % of the values at or below it."""
     rank = max(1, math.ceil(q / 100 * len(sorted_values)))
@@ -261,10 +265,10 @@ def _enforce_rows(data: DataConfig, report: DataReport) -> None:
         if not data.drop_rejected:
             parts = []
             if report.rejected:
-                parts.append(f"{what}: {len(report.rejected)} {report.row_word}s cannot be converted "
+                parts.append(f"{what}: {_count_of(len(report.rejected), report.row_word)} cannot be converted "
                              f"({_rows_message(report.rejected, report.row_word)})")
             if report.demos_rejected:
-                parts.append(f"demos file {report.demos_path}: {len(report.demos_rejected)} lines cannot be read "
+                parts.append(f"demos file {report.demos_path}: {_count_of(len(report.demos_rejected), 'line')} cannot be read "
                              f"({_rows_message(report.demos_rejected, 'line')})")
             raise DataError("; ".join(parts) + f"; fix them ({check}) or set data.drop_rejected=true to run without them")
         report.dropped[DROPPED_REJECTED] = len(report.rejected) + len(report.demos_rejected)

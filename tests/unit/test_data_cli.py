@@ -110,3 +110,31 @@ def test_a_stopped_run_prints_no_summary_block(capsys, monkeypatch):
     assert main(["train", "iterations=5"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("summary:") and "final_accuracy           0.5000" in out
+
+
+@pytest.fixture(scope="module")
+def byte_model_dir(tmp_path_factory):
+    from repirl_ray.models.tiny import build_byte_tokenizer, build_tiny_qwen2
+
+    path = tmp_path_factory.mktemp("byte_model")
+    tokenizer = build_byte_tokenizer()
+    build_tiny_qwen2(len(tokenizer), hidden_size=32, num_layers=1, num_heads=1, intermediate_size=32).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("extra, message", [
+    # A prompt over data.max_prompt_tokens stops the run before it starts, not in the middle.
+    (["data.max_prompt_tokens=80"], "2 of 2 prompts are over data.max_prompt_tokens=80 (first: '0' 122 tokens"),
+    # The rePIRL PRM update needs a demo for every training problem.
+    (["data.fields.demos=none"], "2 of 2 problems have no expert demo (first ids: '0', '1')"),
+])
+def test_train_stops_on_unusable_data_before_ray_starts(capsys, tmp_path, byte_model_dir, extra, message):
+    import ray
+
+    data = write_jsonl(tmp_path / "gsm8k.jsonl", GSM8K_ROWS)
+    code = main(["train", f"model.policy_path={byte_model_dir}", "data.task=math", "data.format=gsm8k",
+                 f"data.train_path={data}", f"data.eval_path={data}", f"run_dir={tmp_path / 'run'}", *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and message in err, err
+    assert not ray.is_initialized()

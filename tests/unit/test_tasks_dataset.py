@@ -77,7 +77,7 @@ def test_rejected_rows_stop_a_run_or_are_dropped_with_a_count(tmp_path):
         read_split(MATH_DATA, data, split="train")
     msg = str(err.value)
     assert "\n" not in msg
-    assert "train.jsonl: 1 lines cannot be converted (line 3: field 'answer' has no '####'" in msg
+    assert "train.jsonl: 1 line cannot be converted (line 3: field 'answer' has no '####'" in msg
     assert "data.drop_rejected=true" in msg and "repirl data" in msg
     # Not strict (repirl data): everything in the report.
     problems, report = read_split(MATH_DATA, data, split="train", strict=False)
@@ -91,7 +91,7 @@ def test_rejected_rows_stop_a_run_or_are_dropped_with_a_count(tmp_path):
 def test_rejected_demo_rows_name_the_demos_file(tmp_path):
     data = write_jsonl(tmp_path / "train.jsonl", GSM8K_ROWS[:2])
     demos = write_jsonl(tmp_path / "demos.jsonl", [{"id": 0, "response": "r"}, {"id": 1}])
-    with pytest.raises(DataError, match=r"demos file .*demos\.jsonl: 1 lines cannot be read \(line 2: missing field 'response'\)"):
+    with pytest.raises(DataError, match=r"demos file .*demos\.jsonl: 1 line cannot be read \(line 2: missing field 'response'\)"):
         read_split(MATH_DATA, data, split="train", demos_path=demos)
 
 

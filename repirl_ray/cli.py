@@ -125,7 +125,9 @@ def cmd_data(args) -> int:
         print(f"  prompt as the policy sees it ({where}" + (", then the chat template: give --model to see it)"
                                                          if data.chat_template and tokenizer is None else "):"))
         print(_indent(prompt))
-        if "\n" in first.answer:
+        if first.demos and first.answer == first.demos[0]:
+            print("  answer: the same as the first demo")
+        elif "\n" in first.answer:
             print("  answer:")
             print(_indent(first.answer))
         else:
@@ -138,7 +140,7 @@ def cmd_data(args) -> int:
     if report.usable:
         print("usable: every row is used as it is (exit 0)")
     else:
-        print("not usable as it is: see rejected rows, demos and prompt tokens above (exit 1)")
+        print(f"not usable as it is: {', '.join(report.unusable())} (exit 1)")
     return 0 if report.usable else 1
 
 

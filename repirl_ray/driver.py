@@ -150,7 +150,7 @@ def data_log_line(r: DataReport) -> str:
         line += f" ({r.demos_min}-{r.demos_max} each, mean {r.demos_mean:.1f})"
     if r.prompt_tokens:
         line += f"; prompt tokens p50 {r.prompt_tokens['p50']}, p99 {r.prompt_tokens['p99']}, max {r.prompt_tokens['max']} (limit {r.max_prompt_tokens})"
-    notes = [f"{n} {what}" for what, n in {**r.changed, **r.dropped}.items()]
+    notes = [f"{what}: {n}" for what, n in {**r.changed, **r.dropped}.items()]
     if r.unmatched_demo_ids:
         notes.append(f"{len(r.unmatched_demo_ids)} demos of {r.demos_path} match no problem (not used; first ids "
                      f"{', '.join(map(repr, list(dict.fromkeys(r.unmatched_demo_ids))[:3]))})")

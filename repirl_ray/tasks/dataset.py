@@ -64,13 +64,25 @@ class DataReport:
     too_long: list[tuple[str, int]] = field(default_factory=list)  # (id, tokens) over max_prompt_tokens
     dropped: dict[str, int] = field(default_factory=dict)
 
+    def unusable(self) -> list[str]:
+        """What keeps rows from being used as they are, one phrase each; [] = usable."""
+        out = []
+        if self.rejected:
+            out.append(f"{_count_of(len(self.rejected), 'rejected ' + self.row_word)}")
+        if self.demos_rejected:
+            out.append(f"{_count_of(len(self.demos_rejected), 'rejected line')} in the demos file")
+        if self.unmatched_demo_ids:
+            out.append(f"{_count_of(len(self.unmatched_demo_ids), 'demo')} without a problem")
+        if self.demos_required and self.without_demos:
+            out.append(f"{_count_of(len(self.without_demos), 'problem')} without demos")
+        if self.too_long:
+            out.append(f"{_count_of(len(self.too_long), 'prompt')} over data.max_prompt_tokens")
+        return out
+
     @property
     def usable(self) -> bool:
         """Every row is used as it is: the exit status of `repirl data`."""
-        return not (
-            self.rejected or self.demos_rejected or self.unmatched_demo_ids or self.too_long
-            or (self.demos_required and self.without_demos)
-        )
+        return not self.unusable()
 
     def to_dict(self) -> dict[str, Any]:
         by_reason: dict[str, int] = {}
@@ -113,7 +125,7 @@ class DataReport:
         ]
         out += _rejected_lines(self.rejected, w)
         for what, n in self.changed.items():
-            out.append(row("changed", f"{n} {what}"))
+            out.append(row("changed", f"{what}: {n}"))
         if self.demos_path:
             out.append(row("demos file", self.demos_path))
             out.append(row("  demo lines read", self.demo_rows))
@@ -141,7 +153,7 @@ class DataReport:
                 over += " (first: " + ", ".join(f"{i!r} {n} tokens" for i, n in self.too_long[:FIRST]) + ")"
             out.append(row("over max_prompt_tokens", f"{over}; data.max_prompt_tokens={self.max_prompt_tokens}"))
         for what, n in self.dropped.items():
-            out.append(row("dropped", f"{n} {what}"))
+            out.append(row("dropped", f"{what}: {n}"))
         return out
 
 

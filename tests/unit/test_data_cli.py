@@ -62,15 +62,17 @@ def test_unusable_set_exits_1_and_says_why(capsys, tmp_path, tokenizer_dir):
     assert "without a problem     1 (not used; first ids: '7')" in out
     assert "with demos              2 of 2 (per problem: min 1, mean 1.50, max 2)" in out
     assert "over max_prompt_tokens  2 (first: '0' 122 tokens, '1' 119 tokens); data.max_prompt_tokens=100" in out
-    assert "changed                 2 demos with GSM8K calculator annotations <<...>> removed" in out
+    assert "changed                 demos with GSM8K calculator annotations <<...>> removed: 2" in out
     assert "first problem (id '0', task math)" in out and "    | The final answer is \\boxed{7}." in out
-    assert out.rstrip().endswith("(exit 1)")
+    assert out.rstrip().endswith("not usable as it is: 1 rejected line, 1 demo without a problem, "
+                                 "2 prompts over data.max_prompt_tokens (exit 1)")
 
 
 def test_without_a_model_lengths_are_not_measured(capsys, tmp_path):
     data = write_jsonl(tmp_path / "own.jsonl", [{"prompt": "1+1?", "answer": "2", "demos": ["\\boxed{2}"]}])
     code, out, _ = run(capsys, data, "--task", "math")
     assert code == 0 and "prompt tokens           not measured (give --model" in out
+    assert out.rstrip().endswith("usable: every row is used as it is (exit 0)")
     code, out, _ = run(capsys, data, "--task", "math", "--json")
     assert json.loads(out)["prompt_tokens"] is None
 

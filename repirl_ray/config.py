@@ -9,11 +9,14 @@ arguments is a real rePIRL run. Each component is given only its own section.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
@@ -68,16 +71,34 @@ class ModelConfig:
 
 
 @dataclass
+class DataFieldsConfig:
+    """Which column holds each part of a problem, for layouts other than the format's own
+    (tasks/formats.py). "" = the format's own; a dotted name reaches into a nested column."""
+
+    prompt: str = ""  # jsonl: prompt, gsm8k: question, math: problem; a chat message list gives its last user message
+    answer: str = ""  # jsonl: answer, gsm8k: answer, math: solution
+    demos: str = ""  # jsonl: demos, gsm8k: answer, math: solution; "none" = no demos from the data file
+    id: str = ""  # id; rows without one are numbered from 0
+
+
+@dataclass
 class DataConfig:
     task: str = "arithmetic"  # arithmetic | math | code
-    train_path: str = ""  # JSONL or parquet with prompt, answer, demos; "" = the world's (see world_split)
+    train_path: str = ""  # JSONL or parquet (see format), or humaneval (the shipped set); "" = the world's (see world_split)
     world_split: str = "train"  # with train_path "": the world split that trains: train | hard_train | eval
     eval_path: str = ""  # held-out prompts; "" = the world's
     hard_eval_path: str = ""  # optional extra eval split; "" = the world's hard split (arithmetic)
+    format: str = "jsonl"  # jsonl (prompt, answer, demos) | gsm8k | math | humaneval (tasks/formats.py)
+    fields: DataFieldsConfig = field(default_factory=DataFieldsConfig)
+    answer_from: str = ""  # field | boxed (last \boxed{}) | hash (after ####); "" = the format's own
+    demos_path: str = ""  # expert demos of the training problems: JSONL/parquet rows {"id", "response"}
+    drop_rejected: bool = False  # rows that cannot be converted: false = the run refuses to start
     prompts_per_iteration: int = 64
     shuffle: bool = True
+    prompt_template: str = ""  # math task: the text around {problem}; "" = the task's default
     chat_template: bool = False  # wrap prompts with the tokenizer's chat template
     max_prompt_tokens: int = 64
+    drop_long_prompts: bool = False  # prompts over max_prompt_tokens: false = the run refuses to start
 
 
 @dataclass
@@ -263,6 +284,8 @@ _CHOICES = {
     "pipeline.off_policy_steps": (0, 1),
     "policy.old_logprobs": ("sampler", "recompute"),
     "data.task": ("arithmetic", "math", "code"),
+    "data.format": ("jsonl", "gsm8k", "math", "humaneval"),
+    "data.answer_from": ("", "field", "boxed", "hash"),
     "data.world_split": ("train", "hard_train", "eval"),
     "code.sandbox": ("bwrap", "process"),
     "prm.kind": ("head", "implicit", "none"),
@@ -286,12 +309,56 @@ def _get(cfg: Any, dotted: str) -> Any:
     return cfg
 
 
+def _check_finite(node: Any, key: str = "") -> None:
+    """Every float of every section, nested dataclasses, lists and dicts included: OmegaConf reads
+    nan and inf as floats, and a nan coefficient would run a whole job on nan losses."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"config key '{key}': {node} is not a number; give a finite value")
+    if dataclasses.is_dataclass(node):
+        children = [(f"{key}.{f.name}" if key else f.name, getattr(node, f.name)) for f in dataclasses.fields(node)]
+    elif isinstance(node, dict):
+        children = [(f"{key}.{k}", v) for k, v in node.items()]
+    elif isinstance(node, (list, tuple)):
+        children = [(f"{key}[{i}]", v) for i, v in enumerate(node)]
+    else:
+        return
+    for child_key, value in children:
+        _check_finite(value, child_key)
+
+
+_DATA_FORMAT_TASK = {"gsm8k": "math", "math": "math", "humaneval": "code"}
+
+
+def check_data(data: DataConfig) -> None:
+    """The data section's own checks (also run by `repirl data`, which sets data keys from flags)."""
+    for key in ("data.task", "data.format", "data.answer_from"):
+        value = getattr(data, key.split(".")[1])
+        if value not in _CHOICES[key]:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(_CHOICES[key])}")
+    task = _DATA_FORMAT_TASK.get(data.format)
+    if task and data.task != task:
+        raise ConfigError(f"config key 'data.format': {data.format} problems are {task} problems; set data.task={task}")
+    if data.format == "humaneval":
+        mapped = [f"data.fields.{k}" for k, v in vars(data.fields).items() if v] + (["data.answer_from"] if data.answer_from else [])
+        if mapped:
+            raise ConfigError(f"config key '{mapped[0]}': HumanEval's columns are fixed; leave the field mapping empty with data.format=humaneval")
+    if data.prompt_template:
+        if data.task != "math":
+            raise ConfigError(f"config key 'data.prompt_template': only the math task has a prompt template (data.task is {data.task})")
+        if "{problem}" not in data.prompt_template:
+            raise ConfigError("config key 'data.prompt_template': it has no {problem} placeholder; add one where the problem text goes")
+    if data.max_prompt_tokens <= 0:
+        raise ConfigError(f"config key 'data.max_prompt_tokens': must be > 0, got {data.max_prompt_tokens}")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Check values and combinations that types alone cannot; raise ConfigError naming the key."""
+    _check_finite(cfg)
     for key, allowed in _CHOICES.items():
         value = _get(cfg, key)
         if value not in allowed:
             raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(allowed)}")
+    check_data(cfg.data)
     if cfg.iterations < 0:
         raise ConfigError(f"config key 'iterations': must be >= 0 (0 = evaluate only), got {cfg.iterations}")
     positive = [
@@ -373,6 +440,9 @@ def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
         return ConfigError(f"unknown config key '{key}' (from {source}){valid}")
     if isinstance(err, ValidationError):
         msg = str(err).splitlines()[0]
+        if "Cannot convert" in msg and "to string" in msg:
+            # A text with { } or [ ] reads as a YAML mapping or list: it needs quotes.
+            msg += f"; quote a text holding {{ }} or [ ], e.g. {key}='\"Q: {{problem}}\"'"
         return ConfigError(f"config key '{key}' (from {source}): {msg}")
     return ConfigError(f"config error (from {source}): {str(err).splitlines()[0]}")
 
@@ -391,6 +461,8 @@ def load_config(paths: str | list[str] | tuple[str, ...] | None = None, override
             cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
         except OmegaConfBaseException as err:
             raise _explain(err, path) from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML ({' '.join(str(err).split())})") from None
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (for example policy.lr=1e-5)")
@@ -398,6 +470,8 @@ def load_config(paths: str | list[str] | tuple[str, ...] | None = None, override
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as err:
             raise _explain(err, f"override {item!r}") from None
+        except yaml.YAMLError as err:  # the value is read as YAML: an unclosed [ or { lands here
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
     obj: TrainConfig = OmegaConf.to_object(cfg)
     validate(obj)
     return obj

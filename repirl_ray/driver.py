@@ -32,7 +32,7 @@ from repirl_ray import algo
 from repirl_ray.actors.learner_group import LearnerDied, PolicyLearnerGroup, PRMLearnerGroup
 from repirl_ray.actors.roles import RolloutGroup, Sampled
 from repirl_ray.batch import Rollouts, load_rollouts, save_rollouts
-from repirl_ray.config import TrainConfig, load_config, needs_demos, save_config
+from repirl_ray.config import TrainConfig, load_config, save_config
 from repirl_ray.data import PromptStream
 from repirl_ray.metrics import MemoryMonitor, MetricsLogger, format_progress
 from repirl_ray.run_setup import (
@@ -46,14 +46,15 @@ from repirl_ray.run_setup import (
     check_given_paths,
     init_ray,
     latest_checkpoint,
+    load_run_data,
     machine_info,
     new_run_dir,
+    read_given_data,
     resolve_paths,
     resume_target,
     role_demands,
     task_kwargs,
 )
-from repirl_ray.tasks.base import load_problems
 from repirl_ray.utils import atomic_write_json, atomic_write_text, publish_dir
 
 log = logging.getLogger("repirl")
@@ -110,6 +111,7 @@ class Trainer:
         cluster: each a one-line error before any actor (or the world's warm-up) starts."""
         cfg = self.cfg
         check_given_paths(cfg)
+        self._given_data = read_given_data(cfg)  # rows and demos, before the world and Ray
         state = check_checkpoint(resume_from, cfg) if resume_from is not None else None
         self.joined_ray = bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
         if self.joined_ray:
@@ -127,16 +129,17 @@ class Trainer:
     def _setup_data(self) -> None:
         cfg = self.cfg
         self.paths = resolve_paths(cfg, self.log)  # builds the world first when needed
-        self.train_problems = load_problems(self.paths.train, require_demos=needs_demos(cfg), split_name="train")
-        self.eval_problems = load_problems(self.paths.eval, require_demos=False, split_name="eval")[: cfg.eval.num_prompts]
-        self.hard_problems = []
-        if cfg.eval.hard and self.paths.hard_eval:
-            self.hard_problems = load_problems(self.paths.hard_eval, require_demos=False, split_name="hard_eval")[: cfg.eval.num_prompts]
+        # Prompt lengths as the workers will encode them: a too-long prompt stops the run here.
+        data, self.data_reports = load_run_data(cfg, self.paths, self._given_data, self.log)
+        self.train_problems = data["train"]
+        self.eval_problems = data["eval"][: cfg.eval.num_prompts]
+        self.hard_problems = data["hard_eval"][: cfg.eval.num_prompts]
         self.stream = PromptStream(self.train_problems, cfg.data.prompts_per_iteration, seed=cfg.seed, shuffle=cfg.data.shuffle)
 
     def _setup_run_folder(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.run_dir / "config.yaml")  # the resolved config, as this run uses it
+        atomic_write_json(self.run_dir / "data_report.json", self.data_reports)
         self.metrics = MetricsLogger(self.run_dir)
 
     def _setup_supervised_stage(self) -> None:

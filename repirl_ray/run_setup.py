@@ -17,7 +17,8 @@ from pathlib import Path
 
 from repirl_ray.config import ConfigError, TrainConfig, needs_demos
 from repirl_ray.models.policy import check_model_path
-from repirl_ray.tasks.base import load_problems
+from repirl_ray.tasks.dataset import DataReport, check_prompts, read_split
+from repirl_ray.tasks.dataset import task_kwargs as dataset_task_kwargs
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -67,36 +68,83 @@ def resolve_paths(cfg: TrainConfig, log_fn=print) -> Paths:
 
 
 def check_given_paths(cfg: TrainConfig) -> None:
-    """Paths the user gave are checked before anything starts (Ray, the world, actors), so a
-    typo costs a second, not a minute: missing model folders and data files, and bad rows."""
+    """Model paths the user gave are checked before anything starts (Ray, the world, actors), so a
+    typo costs a second, not a minute (data files: read_given_data); and the code task's sandbox."""
     for key in ("model.policy_path", "model.prm_path", "model.ref_path"):
         section, name = key.split(".")
         path = getattr(getattr(cfg, section), name)
         if path and not (key == "model.prm_path" and cfg.prm.kind == "none"):
             check_model_path(path, key)
-    for key, require_demos in (("data.train_path", needs_demos(cfg)), ("data.eval_path", False), ("data.hard_eval_path", False)):
-        path = getattr(cfg.data, key.split(".")[1])
-        if path:
-            load_problems(path, require_demos=require_demos, split_name=key)
     if cfg.data.task == "code":
         from repirl_ray.tasks.sandbox import check_sandbox
 
         check_sandbox(cfg.code.sandbox)  # a machine without user namespaces stops here, in one line
 
 
-def task_kwargs(cfg: TrainConfig) -> dict:
-    """The task's own settings: the arithmetic verifier needs the world's modulus, the code
-    task its sandbox (the `code` section)."""
-    if cfg.data.task == "arithmetic":
-        from repirl_ray.tasks.arithmetic import ArithmeticSpec
+# Data: formats, the demos file and prompt lengths, checked before any actor starts (tasks/dataset.py).
+DATA_SPLITS = (("train", "train_path"), ("eval", "eval_path"), ("hard_eval", "hard_eval_path"))
 
-        w = cfg.world
-        return {"spec": ArithmeticSpec(w.min_ops, w.max_ops, w.max_start, w.max_operand, w.modulus)}
+
+def read_data_split(cfg: TrainConfig, split: str, path: str):
+    """One split read and checked as the run reads it: (problems, DataReport)."""
+    return read_split(cfg.data, path, split=split, require_demos=split == "train" and needs_demos(cfg),
+                      demos_path=cfg.data.demos_path if split == "train" else "")
+
+
+def read_given_data(cfg: TrainConfig) -> dict:
+    """The data files the user gave, read and checked (rows, demos) before the world is built or
+    Ray starts, so that a bad row costs a second: {split: (problems, DataReport)}."""
+    out = {}
+    for split, key in DATA_SPLITS:
+        path = getattr(cfg.data, key)
+        if path and (split != "hard_eval" or cfg.eval.hard):
+            out[split] = read_data_split(cfg, split, path)
+    return out
+
+
+def load_run_data(cfg: TrainConfig, paths: Paths, given: dict, log_fn=print) -> tuple[dict, dict]:
+    """Every split the run uses, its prompts measured with the policy's tokenizer as the rollout
+    workers will encode them: ({split: problems}, {split: report as a dict}); one log line each."""
+    from transformers import AutoTokenizer
+
+    from repirl_ray.tasks import build_task
+
+    tokenizer = AutoTokenizer.from_pretrained(paths.policy, trust_remote_code=cfg.model.trust_remote_code)
+    task = build_task(cfg.data.task, **task_kwargs(cfg))
+    split_paths = {"train": paths.train, "eval": paths.eval, "hard_eval": paths.hard_eval if cfg.eval.hard else ""}
+    out, reports = {}, {}
+    for split, path in split_paths.items():
+        if not path:
+            out[split] = []
+            continue
+        problems, report = given.get(split) or read_data_split(cfg, split, path)
+        out[split] = check_prompts(problems, report, cfg.data, task=task, tokenizer=tokenizer, tokenizer_name=paths.policy)
+        reports[split] = report.to_dict()
+        log_fn(data_log_line(report))
+    return out, reports
+
+
+def data_log_line(r: DataReport) -> str:
+    line = f"data {r.split}: {r.problems} problems from {r.path} (format {r.format}), {r.with_demos} with demos"
+    if r.with_demos:
+        line += f" ({r.demos_min}-{r.demos_max} each, mean {r.demos_mean:.1f})"
+    if r.prompt_tokens:
+        line += f"; prompt tokens p50 {r.prompt_tokens['p50']}, p99 {r.prompt_tokens['p99']}, max {r.prompt_tokens['max']} (limit {r.max_prompt_tokens})"
+    notes = [f"{what}: {n}" for what, n in {**r.changed, **r.dropped}.items()]
+    if r.unmatched_demo_ids:
+        notes.append(f"{len(r.unmatched_demo_ids)} demos of {r.demos_path} match no problem (not used; first ids "
+                     f"{', '.join(map(repr, list(dict.fromkeys(r.unmatched_demo_ids))[:3]))})")
+    return line + "".join(f"; {n}" for n in notes)
+
+
+def task_kwargs(cfg: TrainConfig) -> dict:
+    """The task's own settings: the arithmetic verifier needs the world's modulus, the math task
+    data.prompt_template, the code task its sandbox (the `code` section)."""
     if cfg.data.task == "code":
         from repirl_ray.tasks.code import code_task_kwargs
 
         return code_task_kwargs(cfg.code)
-    return {}
+    return dataset_task_kwargs(cfg.data, cfg.world)
 
 
 # ----------------------------------------------------------------------------------------------

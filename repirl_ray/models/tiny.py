@@ -2,7 +2,8 @@
 
 A character-level vocabulary of 20 tokens (3 specials + the 17 characters of the arithmetic
 world) and a Qwen2-style decoder. Both are saved with `save_pretrained`, so vLLM and
-transformers load them like any hub checkpoint.
+transformers load them like any hub checkpoint. For real text (GSM8K, MATH, HumanEval in
+tests), a byte-level tokenizer: one token per UTF-8 byte, so any text round-trips.
 """
 
 from __future__ import annotations
@@ -26,6 +27,33 @@ def build_char_tokenizer(chars: str = WORLD_CHARS) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<pad>"
     )
+
+
+# A minimal chat template, so that data.chat_template=true can be tested without a hub model.
+BYTE_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def build_byte_tokenizer() -> PreTrainedTokenizerFast:
+    """3 specials + 256 byte tokens (byte b is token 3 + b; a byte-level BPE without merges): every UTF-8
+    text encodes to one token per byte and decodes back to itself. The specials' own strings
+    ("<pad>", "<s>", "</s>") in a text are read as the special tokens, as with any HF tokenizer."""
+    # GPT-2's printable stand-in for each byte (what the ByteLevel pre-tokenizer emits); byte b is token 3 + b.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    stand_in = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(others)}
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + [stand_in[b] for b in range(256)])}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    out = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token=None
+    )
+    out.chat_template = BYTE_CHAT_TEMPLATE
+    return out
 
 
 def build_tiny_qwen2(

@@ -2,6 +2,10 @@
 
 No ray, no vllm here (DESIGN.md section 2). The math and code tasks are imported only when
 built, so the arithmetic world does not pay for math-verify's sympy import.
+
+Data: tasks/formats.py turns dataset layouts (this project's JSONL, GSM8K, MATH, HumanEval, a
+field mapping) into Problems; tasks/dataset.py reads a whole split as a run uses it (demos from
+their own file, prompt lengths, a report of everything rejected or dropped).
 """
 
 from repirl_ray.tasks.arithmetic import ArithmeticSpec, ArithmeticTask

@@ -4,10 +4,12 @@ A task = problems (prompt + reference answer + expert demos) + an outcome verifi
 labels where the task knows them). Tasks import neither ray nor vllm (DESIGN.md section 2):
 they run in any process, and in a unit test.
 
-Data files are JSONL (.jsonl/.json) or parquet, one problem per row:
+Data files are JSONL (.jsonl/.json) or parquet, one problem per row; this project's schema:
     prompt: str, answer: str (any JSON scalar is accepted and turned into a string),
-    demos: list[str] (expert solutions; required for training data), id: str | int (optional),
-    any other field -> Problem.meta.
+    demos: list[str] or one str (expert solutions; required for training data),
+    id: str | int (optional; default: the row's index from 0), any other field -> Problem.meta.
+Other layouts (GSM8K, MATH, HumanEval, a field mapping): tasks/formats.py; a whole split with
+demos from their own file and its report: tasks/dataset.py.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Iterable
 
 # Fields with a fixed meaning; every other field of a row goes to Problem.meta.
 RESERVED_FIELDS = ("id", "prompt", "answer", "demos")
@@ -82,20 +84,18 @@ _SCHEMA_HINT = (
 )
 
 
-def load_problems(
-    path: str | os.PathLike, *, require_demos: bool, split_name: str = ""
-) -> list[Problem]:
-    """Read problems from a JSONL (.jsonl/.json) or parquet file, checking every row.
+def read_rows(path: str | os.PathLike, what: str = "data file", hint: str = _SCHEMA_HINT):
+    """The rows of a JSONL (.jsonl/.json) or parquet file through `datasets`, and the word that
+    counts them ("line" for JSON lines, "row" for parquet and a JSON array).
 
-    Rows are never dropped: the first bad row raises DataError naming its line (JSONL) or row
-    (parquet), counted from 1, and the field.
+    File-level problems (missing, empty, unreadable, a line that is not a JSON object) raise
+    DataError naming the file and, where there is one, the line; rows are checked by the caller.
     """
     path = os.fspath(path)
-    what = f"{split_name} data file" if split_name else "data file"
     if not os.path.isfile(path):
         raise DataError(
             f"{what} {path!r} not found (cwd {os.getcwd()}): check the path; a data file is "
-            f"JSONL or parquet where {_SCHEMA_HINT} (repirl_ray.tasks.base.write_jsonl writes one)"
+            f"JSONL or parquet where {hint} (repirl_ray.tasks.base.write_jsonl writes one)"
         )
     lower = path.lower()
     if lower.endswith((".jsonl", ".json")):
@@ -108,7 +108,7 @@ def load_problems(
         )
 
     if os.path.getsize(path) == 0:
-        raise DataError(f"{what} {path!r} is empty; {_SCHEMA_HINT}")
+        raise DataError(f"{what} {path!r} is empty; {hint}")
 
     import datasets  # imported here: a second or so, paid only by code that reads files
 
@@ -120,12 +120,27 @@ def load_problems(
             raise DataError(f"{path} {detail}") from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
-            f"{what} {path!r} could not be read as {builder} ({first}); {_SCHEMA_HINT}"
+            f"{what} {path!r} could not be read as {builder} ({first}); {hint}"
         ) from exc
     if builder == "json" and _is_json_array(path):
         row_word = "row"  # one JSON array: its rows are not lines
     if len(ds) == 0:
-        raise DataError(f"{what} {path!r} has no rows; {_SCHEMA_HINT}")
+        raise DataError(f"{what} {path!r} has no rows; {hint}")
+    return ds, row_word
+
+
+def load_problems(
+    path: str | os.PathLike, *, require_demos: bool, split_name: str = ""
+) -> list[Problem]:
+    """Read problems in this project's schema from a JSONL (.jsonl/.json) or parquet file.
+
+    Rows are never dropped: the first bad row raises DataError naming its line (JSONL) or row
+    (parquet), counted from 1, and the field. Other layouts (GSM8K, MATH, HumanEval, a field
+    mapping), demos from their own file and the whole-split report: tasks/dataset.py.
+    """
+    path = os.fspath(path)
+    what = f"{split_name} data file" if split_name else "data file"
+    ds, row_word = read_rows(path, what)
     return rows_to_problems(ds, path, require_demos=require_demos, row_word=row_word)
 
 
@@ -139,79 +154,16 @@ def rows_to_problems(
     demos_field: str | None = "demos",
     row_word: str = "row",
 ) -> list[Problem]:
-    """Check and convert rows (dicts) into Problems; shared by every loader.
+    """Check and convert rows (dicts) into Problems; the first row that cannot be converted
+    raises DataError naming it. Fields other than id/prompt/answer/demos go to meta."""
+    from repirl_ray.tasks.formats import Layout, convert_rows
 
-    Fields other than id/prompt/answer/demos go to meta, except null ones: Arrow fills a key
-    that only some rows have with null in the others, so a null extra means "absent".
-    """
-    used = {"id", prompt_field, answer_field} | ({demos_field} if demos_field else set())
-    problems: list[Problem] = []
-    seen_ids: dict[str, int] = {}
-    for i, row in enumerate(rows):
-        where = f"{source} {row_word} {i + 1}"
-
-        def field_value(name: str, required: bool) -> Any:
-            value = row.get(name)
-            if value is None and required:
-                raise DataError(f"{where}: missing field {name!r}; {_SCHEMA_HINT}")
-            return value
-
-        prompt = field_value(prompt_field, True)
-        if not isinstance(prompt, str):
-            raise DataError(
-                f"{where}: field {prompt_field!r} must be a string, got {type(prompt).__name__}"
-            )
-        answer = field_value(answer_field, True)
-        if isinstance(answer, str):
-            pass
-        elif isinstance(answer, float) and answer.is_integer():
-            # Arrow reads a column of 3 and 2.5 as floats; 3 must not become "3.0".
-            answer = str(int(answer))
-        elif isinstance(answer, (bool, int, float)):
-            answer = json.dumps(answer)  # the JSON text: 3 -> "3", true -> "true"
-        else:
-            raise DataError(
-                f"{where}: field {answer_field!r} must be a string or a number, "
-                f"got {type(answer).__name__}"
-            )
-        demos: tuple[str, ...] = ()
-        if demos_field is not None:
-            raw = field_value(demos_field, require_demos)
-            if raw is not None:
-                if isinstance(raw, str):
-                    raise DataError(
-                        f"{where}: field {demos_field!r} must be a list of strings, got one "
-                        f"string; wrap it in a list"
-                    )
-                if not isinstance(raw, (list, tuple)) or not all(isinstance(d, str) for d in raw):
-                    raise DataError(
-                        f"{where}: field {demos_field!r} must be a list of strings, got "
-                        f"{_describe(raw)}"
-                    )
-                demos = tuple(raw)
-            if require_demos and not demos:
-                raise DataError(
-                    f"{where}: field {demos_field!r} is empty; training data needs at least "
-                    f"one expert demo per problem"
-                )
-        pid = row.get("id")
-        if pid is None:
-            pid = str(i)
-        elif isinstance(pid, (str, int)) and not isinstance(pid, bool):
-            pid = str(pid)
-        else:
-            raise DataError(
-                f"{where}: field 'id' must be a string or an integer, got {type(pid).__name__}"
-            )
-        if pid in seen_ids:
-            raise DataError(
-                f"{where}: id {pid!r} already used at {row_word} {seen_ids[pid]}; "
-                f"ids must be unique"
-            )
-        seen_ids[pid] = i + 1
-        meta = {k: v for k, v in row.items() if k not in used and v is not None}
-        problems.append(Problem(id=pid, prompt=prompt, answer=answer, demos=demos, meta=meta))
-    return problems
+    layout = Layout(prompt_field, answer_field, demos_field, "id", "field")
+    out = convert_rows(rows, layout, require_demos=require_demos, hint=_SCHEMA_HINT, row_word=row_word)
+    if out.rejected:
+        first = out.rejected[0]
+        raise DataError(f"{source} {row_word} {first.row}: {first.reason}")
+    return out.problems
 
 
 def write_jsonl(path: str | os.PathLike, problems: Iterable[Problem]) -> None:
@@ -239,13 +191,6 @@ def write_jsonl(path: str | os.PathLike, problems: Iterable[Problem]) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        kinds = sorted({type(v).__name__ for v in value})
-        return f"a list of {'/'.join(kinds) or 'nothing'}"
-    return type(value).__name__
 
 
 def _diagnose_jsonl(path: str) -> str | None:

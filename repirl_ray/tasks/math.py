@@ -13,50 +13,15 @@ import threading
 from math_verify import parse, verify
 
 from repirl_ray.tasks.base import DataError, Problem, Task, Verdict, rows_to_problems
+# extract_boxed lives with the data formats, which read MATH's answers with it too.
+from repirl_ray.tasks.formats import extract_boxed
 
 DEFAULT_TEMPLATE = (
     "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
 )
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)")
 # Spacing and sizing commands that do not change an answer, for the string fallback.
 _NOISE = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\displaystyle")
-
-
-def extract_boxed(text: str) -> str | None:
-    """The content of the last \\boxed{...} (or \\fbox{...}) with balanced braces.
-
-    Also reads the brace-less form `\\boxed 5`. None when there is no box, or when the last
-    box is not closed (a truncated response): an earlier box would be an intermediate
-    result, not the final answer.
-    """
-    starts = [m.end() for m in _BOX_RE.finditer(text)]
-    if not starts:
-        return None
-    i = starts[-1]
-    j = i
-    while j < len(text) and text[j] == " ":
-        j += 1
-    if j < len(text) and text[j] == "{":
-        depth = 0
-        k = j
-        while k < len(text):
-            c = text[k]
-            if c == "\\":  # \{ and \} are literal braces, not grouping
-                k += 2
-                continue
-            if c == "{":
-                depth += 1
-            elif c == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[j + 1 : k]
-            k += 1
-        return None
-    if j > i:  # `\boxed 5`: the token up to the next space or `$`
-        m = re.match(r"[^\s$]+", text[j:])
-        return m.group(0) if m else None
-    return None
 
 
 def normalise_answer(answer: str) -> str:
@@ -115,6 +80,9 @@ def load_hf_math(
 ) -> list[Problem]:
     """Problems from a Hugging Face dataset (a hub name, or a builder such as "json" with
     data_files=...), mapping its fields onto Problem. Other fields go to meta.
+
+    From Python only; a run reads local files with data.format / data.fields instead
+    (tasks/formats.py), which also takes MATH's answer from the solution's last \boxed{}.
 
     demos_field may hold one solution string (MATH's "solution") or a list of them.
     """

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from repirl_ray.cli import main
@@ -101,3 +103,41 @@ def test_learner_precision_and_old_logprob_keys():
         load_config(None, ["model.compute_dtype=fp8"])
     with pytest.raises(ConfigError, match="policy.tis_cap"):
         load_config(None, ["policy.tis_cap=0.5"])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("advantage.c_process=nan", "advantage.c_process"),
+    ("policy.lr=inf", "policy.lr"),
+    ("world.warmup_lr=-inf", "world.warmup_lr"),
+    ("policy.betas=[0.9,nan]", "policy.betas[1]"),  # lists of floats
+    ("rollout.resources={rollout: -inf}", "rollout.resources.rollout"),  # dicts of floats
+])
+def test_nan_and_inf_are_errors_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value).startswith(f"config key '{key}': ") and "not a number" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.format=gsm8k"], "'data.format': gsm8k problems are math problems; set data.task=math"),
+    (["data.format=humaneval", "data.task=math"], "'data.format': humaneval problems are code problems"),
+    (["data.format=humaneval", "data.task=code", "data.fields.id=x"], "'data.fields.id': HumanEval's columns are fixed"),
+    (["data.task=math", "data.prompt_template=Solve it."], "'data.prompt_template': it has no {problem} placeholder"),
+    (["data.prompt_template='{problem}'"], "'data.prompt_template': only the math task has a prompt template"),
+    # Unquoted, {problem} reads as a YAML mapping: the error says to quote it.
+    (["data.task=math", "data.prompt_template=Q: {problem}"], """quote a text holding { } or [ ], e.g. data.prompt_template='"Q: {problem}"'"""),
+    (["data.answer_from=last"], "'data.answer_from': 'last' is not one of , field, boxed, hash"),
+    (["data.fields.answerr=x"], "unknown config key 'data.fields.answerr'"),
+    (["policy.betas=[0.9"], "override 'policy.betas=[0.9': the value is not valid YAML"),
+])
+def test_data_section_checks(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)
+
+
+def test_data_formats_load():
+    cfg = load_config(None, ["data.task=math", "data.format=math", "data.fields.id=unique_id", "data.answer_from=boxed",
+                             "data.prompt_template='Q: {problem}'"])
+    assert cfg.data.fields.id == "unique_id" and cfg.data.fields.prompt == ""
+    assert cfg.data.prompt_template == "Q: {problem}"

@@ -99,7 +99,6 @@ def test_empty_file(tmp_path):
         ([{"prompt": "a", "answer": "1", "demos": []}], True, r"line 1: field 'demos' is empty"),
         ([{"prompt": 5, "answer": "1"}], False, r"line 1: field 'prompt' must be a string, got int"),
         ([{"prompt": "a", "answer": [1]}], False, r"line 1: field 'answer' must be a string or a number"),
-        ([{"prompt": "a", "answer": "1", "demos": "sol"}], True, r"line 1: field 'demos' .* one string; wrap it in a list"),
         ([{"prompt": "a", "answer": "1", "demos": [1, 2]}], False, r"line 1: field 'demos' must be a list of strings, got a list of int"),
         ([{"prompt": "a", "answer": "1", "id": "x"}, {"prompt": "b", "answer": "2", "id": "x"}], False,
          r"line 2: id 'x' already used at line 1"),
@@ -116,6 +115,12 @@ def test_bad_rows(tmp_path, rows, require_demos, message):
     with pytest.raises(DataError, match=message) as info:
         load_problems(path, require_demos=require_demos)
     assert "\n" not in str(info.value)  # one line
+
+
+def test_one_demo_string_is_one_demo(tmp_path):
+    # MATH and GSM8K carry one solution string per row: a string is read as a list of one.
+    path = write_lines(tmp_path / "d.jsonl", [{"prompt": "a", "answer": "1", "demos": "sol"}])
+    assert load_problems(path, require_demos=True)[0].demos == ("sol",)
 
 
 def test_json_array_file(tmp_path):

@@ -19,8 +19,9 @@ from repirl_ray.batch import Rollouts
 from repirl_ray.config import AdvantageConfig, PolicyConfig
 from repirl_ray.learners.advantages import batch_advantages
 from repirl_ray.learners.common import MetricSum, chunks, load_learner_state, make_optimizer, save_learner_state
-from repirl_ray.models.policy import load_causal_lm, weights_blob
+from repirl_ray.models.policy import load_causal_lm
 from repirl_ray.models.sequence import model_inputs, response_logprobs
+from repirl_ray.models.weights import BUCKET_BYTES, weight_buckets
 
 
 class PolicyLearner:
@@ -133,11 +134,12 @@ class PolicyLearner:
             out[micro, : inputs.response_len] = (logp * inputs.response_mask).cpu().numpy()
         return out
 
-    def weights(self) -> tuple[bytes, int]:
-        """The current weights as one safetensors blob, for the rollout workers, and their
-        version. Called with num_returns=2: the driver reads the small version (which also
-        tells it the learner is alive), the blob goes to the workers as an ObjectRef."""
-        return weights_blob(self.model), self.version
+    def weights(self, bucket_bytes: int = BUCKET_BYTES) -> tuple[list, int]:
+        """The current weights as buckets of numpy arrays in HF names and the engine's dtype
+        (models/weights.py), for the rollout workers, and their version. Called with
+        num_returns=2: the driver reads the small version (which also tells it the learner is
+        alive), the buckets go to the workers as one ObjectRef, read there without a copy."""
+        return weight_buckets(self.model.state_dict(), self.model.dtype, bucket_bytes), self.version
 
     def parameters_numpy(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy().copy() for k, v in self.model.named_parameters()}

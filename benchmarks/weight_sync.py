@@ -144,6 +144,8 @@ def measure(name: str, path: str, repeats: int, bucket_bytes: int, split_bucket_
     src = np.ones(nbytes, np.uint8)
     dst = np.zeros(nbytes, np.uint8)
 
+    stored: list[float] = []  # new push: until the learner's return value is in the store
+
     def memcpy() -> float:
         t0 = time.perf_counter()
         np.copyto(dst, src)
@@ -152,6 +154,8 @@ def measure(name: str, path: str, repeats: int, bucket_bytes: int, split_bucket_
     def new_push() -> float:
         t0 = time.perf_counter()
         buckets, version = learner.weights.options(num_returns=2).remote(bucket_bytes)
+        ray.wait([buckets, version], num_returns=2, fetch_local=False)
+        stored.append(time.perf_counter() - t0)
         ray.get(worker.load_weights.remote(buckets, version))
         return time.perf_counter() - t0
 
@@ -167,7 +171,8 @@ def measure(name: str, path: str, repeats: int, bucket_bytes: int, split_bucket_
         load = ray.get(worker.timed_load.remote(refs, 0, separate))
         return {**put, **load, "n_objects": len(refs), "total_s": time.perf_counter() - t0}
 
-    new_push(), old_push(), breakdown(False, bucket_bytes)  # warm-up: first touches, lazy imports
+    memcpy(), new_push(), old_push(), breakdown(False, bucket_bytes)  # warm-up: first touches, lazy imports
+    stored.clear()
     runs = {"memcpy": [], "new": [], "old": []}
     parts: list[dict] = []
     split: list[dict] = []
@@ -182,6 +187,7 @@ def measure(name: str, path: str, repeats: int, bucket_bytes: int, split_bucket_
     med = {k: statistics.median(v) for k, v in runs.items()}
     part = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
     part_split = {k: statistics.median(p[k] for p in split) for k in split[0]}
+    med["stored"] = statistics.median(stored)
     return {"name": name, "mb": nbytes / 2**20, **med, "parts": part, "split": part_split, "all": runs}
 
 
@@ -238,14 +244,15 @@ def main(argv=None) -> int:
         "get = the worker's ray.get, load = vLLM's load_weights, then lm_head repack and prefix-cache reset; "
         "total as seen by the caller, with the actor calls):",
         "",
-        "| size | bucketing | put | get | load | lm_head repack | prefix reset | total |",
-        "|---|---|---|---|---|---|---|---|",
+        "| size | bucketing | put | get | load | lm_head repack | prefix reset | total | the push above: weights() stored | then load_weights() |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         p = r["parts"]
         lines.append(
             f"| {r['params'] / 1e6:.1f}M | {ms(p['bucket_s'])} | {ms(p['put_s'])} | {ms(p['get_s'])} | {ms(p['load_s'])} | "
-            f"{ms(p['lm_head_repack_s'])} | {ms(p['prefix_reset_s'])} | {ms(p['total_s'])} |"
+            f"{ms(p['lm_head_repack_s'])} | {ms(p['prefix_reset_s'])} | {ms(p['total_s'])} | {ms(r['stored'])} | "
+            f"{ms(r['new'] - r['stored'])} |"
         )
     lines += [
         "",

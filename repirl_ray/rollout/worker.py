@@ -184,8 +184,10 @@ class RolloutWorker:
             pad_id=self.pad_id,
         )
 
-    def load_weights(self, blob: bytes, version: int) -> int:
-        self.engine.load_weights(blob)
+    def load_weights(self, buckets: list, version: int) -> int:
+        """The policy learner's weights (models.weights buckets; Ray hands them over as views of
+        the object store) into the engine in place; later samples carry this version."""
+        self.engine.load_weights(buckets)
         self.version = version
         return version
 

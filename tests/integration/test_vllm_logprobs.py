@@ -1,5 +1,6 @@
 """vLLM's sampling log-probs equal the learner's log-probs of the same tokens, before and after
-new weights are pushed into the running engine (fp32, max difference <= 1e-4)."""
+new weights are pushed into the running engine (fp32, max difference <= 1e-4). The push goes
+as in a run: buckets of numpy arrays through the object store, read back as read-only views."""
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_vllm_logprobs_match_learner_after_weight_push(tiny_world, temperature):
+def test_vllm_logprobs_match_learner_after_weight_push(tiny_world, ray_session, temperature):
     world_cfg, paths = tiny_world
     problems = load_problems(str(paths.train), require_demos=True)[:8]
     worker = RolloutWorker(RolloutConfig(kv_cache_gib=0.05, max_new_tokens=32), str(paths.base_policy), "arithmetic")
@@ -34,8 +35,12 @@ def test_vllm_logprobs_match_learner_after_weight_push(tiny_world, temperature):
 
     # One large update so the new weights are clearly different, then the push.
     learner.update(None, None, before)
-    blob, version = learner.weights()
-    worker.load_weights(blob, version)
+    # Buckets small enough that the tiny model (about 0.3 MB) spans several of them.
+    buckets, version = learner.weights(bucket_bytes=64 * 1024)
+    assert len(buckets) >= 4
+    buckets = ray_session.get(ray_session.put(buckets))
+    assert not buckets[0][0][1].flags.writeable  # zero-copy views of the object store
+    worker.load_weights(buckets, version)
     after = sample(2)
     mask = after.response_mask > 0
     new = learner.logprobs(after)

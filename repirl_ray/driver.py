@@ -34,7 +34,8 @@ from repirl_ray.actors.roles import (
 )
 from repirl_ray.batch import Rollouts, load_rollouts, save_rollouts
 from repirl_ray.config import ConfigError, TrainConfig, load_config, needs_demos, save_config
-from repirl_ray.data import PromptStream
+from repirl_ray.data import PromptStream, limit_demos
+from repirl_ray.evaluation import plot_run_curves
 from repirl_ray.models.policy import check_model_path
 from repirl_ray.metrics import MemoryMonitor, MetricsLogger, format_progress
 from repirl_ray.tasks.base import load_problems
@@ -160,6 +161,11 @@ class Trainer:
         self.paths = resolve_paths(cfg, log_fn)  # builds the world first when needed
         self.group_size = cfg.rollout.samples_per_prompt
         self.train_problems = load_problems(self.paths.train, require_demos=needs_demos(cfg), split_name="train")
+        # >>> issue 10: data.max_demos_per_problem (the demos the IRL step and the supervised stage see)
+        self.train_problems, dropped = limit_demos(self.train_problems, cfg.data.max_demos_per_problem)
+        if dropped:
+            log_fn(f"data.max_demos_per_problem={cfg.data.max_demos_per_problem}: left out {dropped} expert demos of the training problems")
+        # <<< issue 10
         self.eval_problems = load_problems(self.paths.eval, require_demos=False, split_name="eval")[: cfg.eval.num_prompts]
         self.hard_problems = []
         if cfg.eval.hard and self.paths.hard_eval:
@@ -455,6 +461,12 @@ class Trainer:
             atomic_write_json(self.run_dir / "summary.json", summary)
             return summary
         finally:
+            # >>> issue 10: curves.png of every run (a stopped or failed one too), from metrics.jsonl
+            try:
+                plot_run_curves(self.metrics.read(), self.run_dir / "curves.png", title=f"{cfg.name}: {self.run_dir.name}")
+            except Exception as err:  # noqa: BLE001 - a plot must never cost the run its result or hide its error
+                self.log(f"warning: curves.png not written ({type(err).__name__}: {err})")
+            # <<< issue 10
             self.memory.stop()
             self.metrics.close()
 

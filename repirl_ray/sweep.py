@@ -518,7 +518,11 @@ def _run_on_tune(spec, sweep_dir: Path, pending, total: int, done_before: int, a
                 verbose=0,
             ),
         )
-        results = tuner.fit()
+        try:
+            results = tuner.fit()
+        except KeyboardInterrupt:
+            log("sweep: interrupted; run the same command again to continue (finished trials are kept)")
+            return
         for r in results:
             if r.error is not None:
                 path = Path(r.config["trial"]["run_dir"]) / ERROR

@@ -438,8 +438,9 @@ class _Progress:
             def on_trial_complete(self, iteration, trials, trial, **info):
                 outer.finished += 1
                 value = (trial.last_result or {}).get(outer.metric)
+                shown = f"{value:.4f}" if isinstance(value, float) else str(value)
                 outer.log(f"sweep: trial {trial.config['trial']['key']} done ({outer.finished + outer.done_before}/{outer.total}): "
-                          f"{outer.metric} {value}")
+                          f"{outer.metric} {shown}")
 
             def on_trial_error(self, iteration, trials, trial, **info):
                 outer.finished += 1

@@ -11,6 +11,7 @@
     repirl data data/gsm8k_train.jsonl --format gsm8k --model MODEL_DIR   # check a data set
     repirl eval --checkpoint runs/<run>/checkpoints/iter_000100
     repirl bon --checkpoint runs/<run>/checkpoints/iter_000100
+    repirl sweep --config benchmarks/sweeps/prm_quality.yaml     # a grid/random search on Ray Tune
 """
 
 from __future__ import annotations
@@ -186,6 +187,23 @@ def cmd_bon(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from repirl_ray.sweep import load_sweep, run_sweep
+
+    result = run_sweep(load_sweep(args.config, args.overrides), address=args.address or "", dry_run=args.dry_run)
+    if args.dry_run:
+        return 0
+    for note in result["notes"]:
+        print(f"note: {note}")
+    if result["best"] is not None:
+        best = result["configs"][0]["stats"][result["metric"]]
+        print(f"best by {result['metric']} ({result['mode']}): {result['best']}: {best['mean']:.4f} over {best['n']} seed(s)")
+    unfinished = result["counts"]["interrupted"] + result["counts"]["not run"]
+    if unfinished:
+        print(f"{unfinished} trials did not finish: run the same command again to continue")
+    return 0
+
+
 def cmd_config(args) -> int:
     print(to_yaml(load_config(args.config, args.overrides)), end="")
     return 0
@@ -243,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for bon.png/json/md (default: the checkpoint folder)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_bon)
+
+    p = sub.add_parser("sweep", help="a grid or random search over config keys, trials on Ray Tune; rerun to continue")
+    p.add_argument("--config", required=True, metavar="SWEEP.yaml", help="the sweep file (repirl_ray/sweep.py SweepConfig)")
+    p.add_argument("--address", help="Ray address to join, e.g. auto (default: a private local Ray)")
+    p.add_argument("--dry-run", action="store_true", help="validate every trial's config and list the trials; run nothing")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="sweep keys, e.g. seeds=[0] out_dir=runs/sweeps/quick")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("config", help="print the resolved config")
     p.add_argument("--config", action="append", metavar="YAML")

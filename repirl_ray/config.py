@@ -99,6 +99,9 @@ class DataConfig:
     chat_template: bool = False  # wrap prompts with the tokenizer's chat template
     max_prompt_tokens: int = 64
     drop_long_prompts: bool = False  # prompts over max_prompt_tokens: false = the run refuses to start
+    # Expert demos kept per training problem (the first ones of each row); -1 = all. 0 trains the
+    # PRM on pseudo-experts alone (correct rollouts), the paper's no-demo setting.
+    max_demos_per_problem: int = -1
 
 
 @dataclass
@@ -186,6 +189,7 @@ class PRMConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 10.0
     prompts_per_mini_batch: int = 0  # 0 = the whole iteration's prompts in one optimizer step
+    epochs: int = 1  # passes over each iteration's batch (paper: 1); weights recomputed every pass
     micro_batch_size: int = 64
     gradient_checkpointing: bool = False
     num_workers: int = 1  # ranks of the learner group (FSDP2 over them); num_cpus/num_gpus are per rank
@@ -213,6 +217,9 @@ class AdvantageConfig:
     c_process: float = 0.2
     c_format: float = 0.0  # prm_only / test-time training: 0 if well formatted else -1
     whiten: bool = True
+    # How token rewards become the process return (ALGORITHM.md section 3): sum (the paper's
+    # reverse cumulative sum) | min (PURE's min-form: the minimum of the remaining step rewards).
+    process_credit: str = "sum"
 
 
 @dataclass
@@ -293,6 +300,7 @@ _CHOICES = {
     "prm.loss": ("repirl", "prime"),
     "irl.weight_reward": ("sum", "mean"),
     "irl.normalise_over": ("prompt", "batch"),
+    "advantage.process_credit": ("sum", "min"),
 }
 
 
@@ -300,7 +308,7 @@ def needs_demos(cfg: "TrainConfig") -> bool:
     """Expert demos are read by the IRL step (a PRM that learns with the rePIRL loss) and by the
     supervised stage; training data without them is fine otherwise (rloo, prime, TTT)."""
     irl = cfg.prm.kind != "none" and cfg.prm.update != "none" and cfg.prm.loss == "repirl"
-    return irl or cfg.sft.steps > 0
+    return (irl and cfg.data.max_demos_per_problem != 0) or cfg.sft.steps > 0
 
 
 def _get(cfg: Any, dotted: str) -> Any:
@@ -363,7 +371,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"config key 'iterations': must be >= 0 (0 = evaluate only), got {cfg.iterations}")
     positive = [
         "data.prompts_per_iteration", "rollout.num_workers", "rollout.max_new_tokens", "policy.num_workers", "prm.num_workers",
-        "policy.mini_batch_size", "policy.micro_batch_size", "policy.epochs", "prm.micro_batch_size",
+        "policy.mini_batch_size", "policy.micro_batch_size", "policy.epochs", "prm.micro_batch_size", "prm.epochs",
         "eval.num_prompts", "eval.samples_per_prompt", "code.timeout_s", "code.memory_mb", "code.workers",
     ]
     for key in positive:
@@ -388,6 +396,18 @@ def validate(cfg: TrainConfig) -> None:
             "config key 'model.prm_path': a frozen PRM (prm.update=none) must be a trained one; give its "
             "checkpoint, e.g. model.prm_path=runs/<run>/checkpoints/iter_000100/prm"
         )
+    if cfg.data.max_demos_per_problem < -1:
+        raise ConfigError(
+            f"config key 'data.max_demos_per_problem': must be -1 (all), 0 or more, got {cfg.data.max_demos_per_problem}"
+        )
+    irl_step = cfg.prm.kind != "none" and cfg.prm.update != "none" and cfg.prm.loss == "repirl"
+    if irl_step and cfg.data.max_demos_per_problem == 0 and not cfg.irl.pseudo_expert:
+        raise ConfigError(
+            "config key 'data.max_demos_per_problem': 0 demos with irl.pseudo_expert=false leaves the IRL step no "
+            "positive trajectory (every update would be skipped); keep demos or set irl.pseudo_expert=true"
+        )
+    if cfg.sft.steps > 0 and cfg.data.max_demos_per_problem == 0:
+        raise ConfigError("config key 'data.max_demos_per_problem': 0 leaves the supervised stage (sft.steps > 0) no demos")
     if cfg.prm.loss == "prime" and cfg.prm.kind != "implicit":
         raise ConfigError("config key 'prm.loss': 'prime' trains the implicit PRM; set prm.kind=implicit")
     if cfg.policy.tis_cap != 0 and cfg.policy.tis_cap < 1:

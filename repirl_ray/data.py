@@ -6,9 +6,22 @@ order as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from repirl_ray.tasks.base import Problem
+
+
+def limit_demos(problems: list[Problem], max_demos: int) -> tuple[list[Problem], int]:
+    """Keep the first `max_demos` expert demos of every problem (data.max_demos_per_problem;
+    -1 keeps all). Returns the problems and how many demos were left out, for the run's log."""
+    if max_demos < 0:
+        return problems, 0
+    dropped = sum(max(0, len(p.demos) - max_demos) for p in problems)
+    if dropped == 0:
+        return problems, 0
+    return [dataclasses.replace(p, demos=p.demos[:max_demos]) for p in problems], dropped
 
 
 class PromptStream:

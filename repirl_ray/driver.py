@@ -33,7 +33,8 @@ from repirl_ray.actors.learner_group import LearnerDied, PolicyLearnerGroup, PRM
 from repirl_ray.actors.roles import RolloutGroup, Sampled
 from repirl_ray.batch import Rollouts, load_rollouts, save_rollouts
 from repirl_ray.config import TrainConfig, load_config, save_config
-from repirl_ray.data import PromptStream
+from repirl_ray.data import PromptStream, limit_demos
+from repirl_ray.evaluation import plot_run_curves
 from repirl_ray.metrics import MemoryMonitor, MetricsLogger, format_progress
 from repirl_ray.run_setup import (
     CHECKPOINTS,
@@ -131,7 +132,10 @@ class Trainer:
         self.paths = resolve_paths(cfg, self.log)  # builds the world first when needed
         # Prompt lengths as the workers will encode them: a too-long prompt stops the run here.
         data, self.data_reports = load_run_data(cfg, self.paths, self._given_data, self.log)
-        self.train_problems = data["train"]
+        # data.max_demos_per_problem: the demos the IRL step and the supervised stage see.
+        self.train_problems, dropped = limit_demos(data["train"], cfg.data.max_demos_per_problem)
+        if dropped:
+            self.log(f"data.max_demos_per_problem={cfg.data.max_demos_per_problem}: left out {dropped} expert demos of the training problems")
         self.eval_problems = data["eval"][: cfg.eval.num_prompts]
         self.hard_problems = data["hard_eval"][: cfg.eval.num_prompts]
         self.stream = PromptStream(self.train_problems, cfg.data.prompts_per_iteration, seed=cfg.seed, shuffle=cfg.data.shuffle)
@@ -465,6 +469,11 @@ class Trainer:
             atomic_write_json(self.run_dir / "summary.json", summary)
             return summary
         finally:
+            # curves.png of every run (a stopped or failed one too), from metrics.jsonl.
+            try:
+                plot_run_curves(self.metrics.read(), self.run_dir / "curves.png", title=f"{cfg.name}: {self.run_dir.name}")
+            except Exception as err:  # noqa: BLE001 - a plot must never cost the run its result or hide its error
+                self.log(f"warning: curves.png not written ({type(err).__name__}: {err})")
             self.memory.stop()
             self.metrics.close()
 

@@ -307,3 +307,157 @@ def format_mean_std_table(
         cells = [format_mean_std_cell(by_col.get(col), decimals) for col in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# one run's curves (curves.png in the run folder)
+# --------------------------------------------------------------------------------------------
+
+# (panel title, y label, [(metrics key, label, "line" | "points", axis)]); axis "right" is a
+# second y axis (ess_within lies in [0, 1], the batch ESS counts samples).
+RUN_PANELS = (
+    ("accuracy", "accuracy", [
+        ("rollout/accuracy", "training batch (sampled)", "line", "left"),
+        ("eval/accuracy", "held-out (sampled)", "points", "left"),
+        ("eval/greedy_accuracy", "held-out (greedy)", "points", "left"),
+        ("eval_hard/accuracy", "held-out hard (sampled)", "points", "left"),
+    ]),
+    ("PRM step AUROC", "step AUROC", [
+        ("prm/step_auroc", "training batch (on-policy)", "line", "left"),
+        ("eval/step_auroc", "held-out, fixed base-policy set", "points", "left"),
+    ]),
+    ("importance weights", "ESS (samples)", [
+        ("prm/ess", "ESS over the batch", "line", "left"),
+        ("prm/ess_within", "ess_within (right axis)", "line", "right"),
+    ]),
+    ("policy entropy", "entropy (nats / token)", [
+        ("policy/entropy", "policy/entropy", "line", "left"),
+    ]),
+)
+
+
+def _series(records: Sequence[Mapping], key: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(iterations, values) of one metrics key; records without it, or with a null (a
+    non-finite value in metrics.jsonl), are left out."""
+    points = [(float(r["iteration"]), float(r[key])) for r in records if r.get(key) is not None and "iteration" in r]
+    if not points:
+        return np.zeros(0), np.zeros(0)
+    x, y = zip(*points)
+    return np.asarray(x), np.asarray(y)
+
+
+def plot_run_curves(records: Sequence[Mapping], path, title: str = "") -> Dict[str, List[str]]:
+    """curves.png of one run from its metrics.jsonl records (metrics.MetricsLogger): accuracy,
+    step AUROC, ESS and ess_within, entropy by iteration, 2 x 2 panels. Training metrics are
+    lines, evaluations (every eval.every iterations, at the start and the end) are points. A
+    panel with nothing logged says so. Returns {panel title: the keys drawn}."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 7.5), dpi=100)
+    FigureCanvasAgg(fig)
+    drawn: Dict[str, List[str]] = {}
+    for i, (panel, ylabel, series) in enumerate(RUN_PANELS):
+        ax = fig.add_subplot(2, 2, i + 1)
+        right = None
+        drawn[panel] = []
+        handles = []
+        for key, label, style, axis in series:
+            x, y = _series(records, key)
+            if not x.size:
+                continue
+            target = ax
+            if axis == "right":
+                if right is None:
+                    right = ax.twinx()
+                target = right
+                target.set_ylabel(key)
+                target.set_ylim(0, 1.05)
+            color = f"C{len(handles)}"
+            if style == "line":
+                (h,) = target.plot(x, y, "-", color=color, marker="." if x.size < 30 else None, label=label)
+            else:
+                (h,) = target.plot(x, y, "o", color=color, markersize=6, label=label)
+            handles.append(h)
+            drawn[panel].append(key)
+        if not handles:
+            ax.text(0.5, 0.5, "not logged in this run", ha="center", va="center", transform=ax.transAxes, color="gray")
+        else:
+            ax.legend(handles=handles, labels=[h.get_label() for h in handles], fontsize=8, loc="best")
+        ax.set_title(panel)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    _save_png(fig, path)
+    return drawn
+
+
+# --------------------------------------------------------------------------------------------
+# a sweep: the chosen metric against each swept key (sweep.png)
+# --------------------------------------------------------------------------------------------
+
+
+def _numeric(values: Sequence) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def plot_sweep(
+    points: Mapping[str, Sequence[Tuple[object, float]]],
+    path,
+    metric: str,
+    log_keys: Iterable[str] = (),
+    title: str = "",
+) -> None:
+    """One panel per swept key: every finished trial's metric (dots) at its value of the key,
+    and the mean over trials at each value (line; the other keys and the seeds averaged out).
+
+    points[key] = [(value of key in the trial, metric), ...]. Numeric values get a numeric axis
+    (log where the key is in log_keys or its positive values span 100x or more); anything else
+    (strings, bools, lists, variant names) is categorical, in order of first appearance."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    keys = list(points)
+    cols = min(3, max(1, len(keys)))
+    rows = max(1, math.ceil(len(keys) / cols))
+    fig = Figure(figsize=(4.6 * cols, 3.8 * rows), dpi=100)
+    FigureCanvasAgg(fig)
+    log_keys = set(log_keys)
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        pts = [(v, float(m)) for v, m in points[key] if m is not None and math.isfinite(float(m))]
+        values = [v for v, _ in pts]
+        if not pts:
+            ax.text(0.5, 0.5, "no finished trial", ha="center", va="center", transform=ax.transAxes, color="gray")
+        elif _numeric(values):
+            x = np.asarray(values, dtype=np.float64)
+            y = np.asarray([m for _, m in pts])
+            ax.plot(x, y, "o", alpha=0.5, label="trials")
+            xs = np.unique(x)
+            ax.plot(xs, [y[x == v].mean() for v in xs], "-", color="C1", label="mean")
+            positive = x[x > 0]
+            if key in log_keys or (positive.size == x.size and positive.size and positive.max() >= 100 * positive.min()):
+                ax.set_xscale("log")
+        else:
+            labels = []
+            for v in values:
+                if str(v) not in labels:
+                    labels.append(str(v))
+            x = np.asarray([labels.index(str(v)) for v in values], dtype=np.float64)
+            y = np.asarray([m for _, m in pts])
+            jitter = (np.arange(x.size) % 5 - 2) * 0.03  # keep seeds at one value apart
+            ax.plot(x + jitter, y, "o", alpha=0.5, label="trials")
+            ax.plot(range(len(labels)), [y[x == j].mean() for j in range(len(labels))], "_", color="C1",
+                    markersize=24, mew=2, label="mean")
+            ax.set_xticks(range(len(labels)))
+            ax.set_xticklabels(labels, rotation=20 if max(len(s) for s in labels) > 6 else 0, fontsize=8)
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+        ax.grid(True, alpha=0.3)
+        if pts:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    _save_png(fig, path)

@@ -6,10 +6,13 @@ worked out by hand in tests/unit/test_algo_*.py.
 
 from repirl_ray.algo.advantages import (
     mean_token_reward,
+    min_form_returns,
+    process_advantages,
     reverse_cumsum,
     rloo_advantages,
     rloo_process_rewards,
     rloo_sequence_advantages,
+    step_segments,
 )
 from repirl_ray.algo.filtering import expand_to_rows, filter_prompts
 from repirl_ray.algo.metrics import (
@@ -31,6 +34,7 @@ from repirl_ray.algo.prm_loss import (
     repirl_prm_loss,
     reward_l2_penalty,
     split_positive_negative,
+    within_prompt_ess,
 )
 from repirl_ray.algo.stats import loss_denominator, masked_mean, masked_sum, masked_whiten
 
@@ -51,10 +55,12 @@ __all__ = [
     "masked_sum",
     "masked_whiten",
     "mean_token_reward",
+    "min_form_returns",
     "normalised_weights",
     "policy_loss",
     "ppo_clip_loss",
     "prime_bce_loss",
+    "process_advantages",
     "repirl_prm_coefficients",
     "repirl_prm_loss",
     "reverse_cumsum",
@@ -66,4 +72,6 @@ __all__ = [
     "step_auroc_inputs",
     "step_scores",
     "truncated_importance_weights",
+    "step_segments",
+    "within_prompt_ess",
 ]

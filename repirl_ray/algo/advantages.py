@@ -87,6 +87,77 @@ def reverse_cumsum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(keep, out, torch.zeros_like(out))
 
 
+_PROCESS_CREDIT = ("sum", "min")
+
+
+def step_segments(mask: torch.Tensor, step_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Index of the step each response token belongs to, counted from 0 in each row.
+
+    mask: [B, T]; step_ids: [B, T] the task's step index per token (-1 = in no step), or None.
+    A new step starts at a row's first token, where the step id changes, and at every token
+    with id -1 (e.g. EOS), which is a step of its own. Without step ids (None, or a row whose
+    ids are all -1) every token is its own step. Returns [B, T] int64, 0 outside the mask.
+    """
+    keep = mask.bool()
+    if step_ids is None:
+        new_step = keep
+    else:
+        ids = step_ids.to(torch.int64)
+        # -2 before the first column: a row's first token always starts a step.
+        previous = torch.cat([torch.full_like(ids[:, :1], -2), ids[:, :-1]], dim=1)
+        new_step = keep & ((ids != previous) | (ids < 0))
+    segment = new_step.to(torch.int64).cumsum(dim=1) - 1
+    return torch.where(keep, segment.clamp(min=0), torch.zeros_like(segment))
+
+
+def min_form_returns(
+    token_rewards: torch.Tensor, mask: torch.Tensor, step_ids: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """G_t = min over the steps k >= k(t) of the step reward R_k = sum of r over step k's tokens
+    (PURE's min-form credit, arXiv 2504.15275; section 3). Steps from `step_segments`.
+
+    token_rewards: [B, T], mask: [B, T], step_ids: [B, T] or None -> [B, T], zero outside the
+    mask. G at a row's first token is the row's worst step reward.
+    """
+    keep = mask.bool()
+    r = torch.where(keep, token_rewards.detach(), torch.zeros_like(token_rewards))
+    segment = step_segments(mask, step_ids)
+    step_reward = torch.zeros_like(r).scatter_add(1, segment, r)  # [B, T]: at most T steps
+    num_steps = torch.where(keep, segment + 1, torch.zeros_like(segment)).amax(dim=1, keepdim=True)
+    exists = torch.arange(r.shape[1], device=r.device)[None, :] < num_steps
+    step_reward = torch.where(exists, step_reward, torch.full_like(step_reward, float("inf")))
+    # The minimum over the remaining steps: a reversed running minimum along the step axis.
+    remaining_min = step_reward.flip(dims=[1]).cummin(dim=1).values.flip(dims=[1])
+    out = remaining_min.gather(1, segment)
+    return torch.where(keep, out, torch.zeros_like(out))
+
+
+def process_advantages(
+    token_rewards: torch.Tensor,
+    mask: torch.Tensor,
+    group_size: int,
+    process_credit: str = "sum",
+    step_ids: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """The process channel A^p [B, T] (section 3), before its coefficient and whitening.
+
+    "sum" (the paper's): reverse_cumsum(rloo_process_rewards(r)), step_ids unused.
+    "min" (PURE): A^p_{i,t} = G^i_t - mean_{j != i, same prompt} G^j_0, G = min_form_returns;
+    the baseline is the other samples' worst step reward (a per-sample constant, so it leaves
+    the policy gradient unbiased); a row without tokens has G_0 = 0.
+    """
+    if process_credit == "sum":
+        return reverse_cumsum(rloo_process_rewards(token_rewards, mask, group_size), mask)
+    if process_credit != "min":
+        raise ValueError(f"advantage.process_credit must be one of {_PROCESS_CREDIT}, got {process_credit!r}")
+    num_prompts = _check_groups(token_rewards.shape[0], group_size)
+    returns = min_form_returns(token_rewards, mask, step_ids)
+    value = returns[:, 0].view(num_prompts, group_size)  # G_0 (0 for an empty row)
+    baseline = ((value.sum(dim=1, keepdim=True) - value) / (group_size - 1)).view(-1, 1)
+    out = returns - baseline
+    return torch.where(mask.bool(), out, torch.zeros_like(out))
+
+
 def rloo_advantages(
     outcomes: torch.Tensor,
     token_rewards: Optional[torch.Tensor],
@@ -97,6 +168,8 @@ def rloo_advantages(
     whiten: bool,
     format_rewards: Optional[torch.Tensor] = None,
     c_format: float = 0.0,
+    process_credit: str = "sum",
+    step_ids: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """A_{i,t} = c_o A^o_i + c_f A^f_i + c_p A^p_{i,t}, optionally whitened (section 3).
 
@@ -106,7 +179,9 @@ def rloo_advantages(
     mask, detached.
 
     A^o and A^f are RLOO over each prompt's group, broadcast over the sample's tokens;
-    A^p = reverse_cumsum(rloo_process_rewards(r)). Whitening is over all response tokens of
+    A^p = process_advantages(r, process_credit, step_ids): the paper's reverse cumulative sum
+    of RLOO'd token rewards ("sum"), or PURE's min-form ("min"; step_ids: [B, T] or None, see
+    `step_segments`). Whitening is over all response tokens of
     the batch (not per prompt). A channel whose coefficient is 0 is not computed.
     """
     keep = mask.bool()
@@ -129,7 +204,7 @@ def rloo_advantages(
                 f"rloo_advantages: c_process = {c_process} but token_rewards is None; rescore "
                 "the rollouts with the PRM or set the process coefficient to 0"
             )
-        a_process = reverse_cumsum(rloo_process_rewards(token_rewards, mask, group_size), mask)
+        a_process = process_advantages(token_rewards, mask, group_size, process_credit, step_ids)
         advantages = advantages + c_process * a_process
     advantages = torch.where(keep, advantages, torch.zeros_like(advantages))
     if whiten:

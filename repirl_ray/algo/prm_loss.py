@@ -132,17 +132,47 @@ def effective_sample_size(weights: torch.Tensor, is_neg: torch.Tensor) -> float:
     return float(w.sum() ** 2 / (w**2).sum())
 
 
+def within_prompt_ess(log_w: torch.Tensor, is_neg: torch.Tensor, prompt_index: torch.Tensor) -> float:
+    """Mean over prompts with negatives of ESS_g / |N_g| (section 2, `prm/ess_within`).
+
+    ESS_g is the effective sample size of the weights *within* prompt g's negatives: 1 when
+    one sample holds all of g's weight, |N_g| when they are uniform; so each term lies in
+    [1/|N_g|, 1]. The batch ESS cannot show a collapse inside a prompt under per-prompt
+    normalisation (it never falls below the number of prompts with negatives); this does.
+    Computed from the within-prompt softmax of log_w, so it is the same number whichever
+    `normalise_over` made the loss's weights (the batch softmax restricted to one prompt is that
+    prompt's softmax times a constant, and ESS is scale-free). 0.0 when N is empty.
+
+    log_w: [B]; is_neg: [B] bool; prompt_index: [B] int64.
+    """
+    is_neg = is_neg.bool()
+    if not bool(is_neg.any()):
+        return 0.0
+    w = normalised_weights(log_w, is_neg, prompt_index, "prompt").to(torch.float64)
+    _, group_of_row = torch.unique(prompt_index, return_inverse=True)
+    num_groups = int(group_of_row.max()) + 1
+    zeros = torch.zeros(num_groups, dtype=torch.float64, device=w.device)
+    w_sum = zeros.scatter_add(0, group_of_row, w)
+    w_sq = zeros.scatter_add(0, group_of_row, w * w)
+    count = zeros.scatter_add(0, group_of_row, is_neg.to(torch.float64))
+    has_neg = count > 0
+    # Kish's (sum w)^2 / sum w^2 per prompt: scale-free, so the 1/G factor of w cancels.
+    ess_g = w_sum[has_neg] ** 2 / w_sq[has_neg]
+    return float((ess_g / count[has_neg]).mean())
+
+
 @dataclass
 class PRMCoefficients:
     """Per-sample coefficients of the PRM loss, L_prm = sum_i coef_i * rbar_phi(tau_i).
 
     coef: [B], w_hat on N and -1/|P| on P (all zeros when `skip`). ess: effective sample size
-    of w_hat. skip: P is empty, so the update must be skipped (and logged). negatives_dropped:
+    of w_hat; ess_within: the mean over prompts of ESS_g / |N_g| (`within_prompt_ess`). skip: P is empty, so the update must be skipped (and logged). negatives_dropped:
     N is empty, so the loss is -mean_P rbar alone (logged).
     """
 
     coef: torch.Tensor
     ess: float
+    ess_within: float
     num_pos: int
     num_neg: int
     skip: bool
@@ -183,6 +213,7 @@ def repirl_prm_coefficients(
     return PRMCoefficients(
         coef=coef.detach(),
         ess=ess,
+        ess_within=within_prompt_ess(log_w, is_neg, prompt_index),
         num_pos=num_pos,
         num_neg=num_neg,
         skip=num_pos == 0,

@@ -17,14 +17,21 @@ from repirl_ray.config import AdvantageConfig
 def batch_advantages(
     batch: Rollouts, token_rewards: np.ndarray | None, cfg: AdvantageConfig, group_size: int
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Two-channel RLOO advantages A [B, T] (ALGORITHM.md section 3) and their statistics."""
+    """Two-channel RLOO advantages A [B, T] (ALGORITHM.md section 3) and their statistics.
+
+    advantage/outcome_abs_mean and advantage/process_abs_mean are the token-means of
+    |c_o A^o| and |c_p A^p|: each channel as it enters the mix, before whitening, so their ratio
+    is the share of the policy's signal that comes from the PRM."""
     groups = batch.prompt_index.reshape(-1, group_size)
     if not (groups == groups[:, :1]).all():
         raise ValueError("batch_advantages: rows are not grouped K per prompt; RLOO needs each prompt's K samples together")
     mask = torch.from_numpy(batch.response_mask)
     rewards = None if token_rewards is None else torch.from_numpy(np.asarray(token_rewards, np.float32))
+    outcome = torch.from_numpy(batch.outcome)
+    # Steps of the min-form credit: the task's step segmentation where it has one (-1 = none).
+    step_ids = torch.from_numpy(batch.step_ids.astype(np.int64))
     advantages = algo.rloo_advantages(
-        torch.from_numpy(batch.outcome),
+        outcome,
         rewards,
         mask,
         group_size,
@@ -34,9 +41,17 @@ def batch_advantages(
         # The format reward of prm_only / test-time training: 0 when well formed, -1 otherwise.
         format_rewards=torch.from_numpy(batch.format_ok - 1.0),
         c_format=cfg.c_format,
+        process_credit=cfg.process_credit,
+        step_ids=step_ids,
     )
     stats = {"advantage/abs_mean": float(algo.masked_mean(advantages.abs(), mask))}
+    if cfg.c_outcome != 0:
+        a_outcome = algo.rloo_sequence_advantages(outcome, group_size)[:, None].expand_as(mask)
+        stats["advantage/outcome_abs_mean"] = abs(cfg.c_outcome) * float(algo.masked_mean(a_outcome.abs(), mask))
     if rewards is not None:
+        if cfg.c_process != 0:
+            a_process = algo.process_advantages(rewards, mask, group_size, cfg.process_credit, step_ids)
+            stats["advantage/process_abs_mean"] = abs(cfg.c_process) * float(algo.masked_mean(a_process.abs(), mask))
         rbar = algo.mean_token_reward(rewards, mask)
         correct = batch.outcome > 0.5
         if correct.any():

@@ -94,10 +94,13 @@ class PRMLearner:
 
     def update_batch(self, rollouts: Rollouts, demos: Rollouts | None) -> dict[str, float]:
         t0 = time.perf_counter()
-        if self.cfg.loss == "prime":
-            metrics = self._update_prime(rollouts)
-        else:
-            metrics = self._update_repirl(rollouts, demos)
+        # prm.epochs passes over the batch; the weights are recomputed under the current phi in
+        # each pass. The metrics are the last pass's.
+        for _ in range(self.cfg.epochs):
+            if self.cfg.loss == "prime":
+                metrics = self._update_prime(rollouts)
+            else:
+                metrics = self._update_repirl(rollouts, demos)
         self.version += 1
         metrics.update(self.ranks.reduce_floats({"timing/prm_compute": time.perf_counter() - t0}, self.device, op="max"))
         return metrics
@@ -141,7 +144,7 @@ class PRMLearner:
             is_neg = coefs.coef > 0
             stats.add(
                 {
-                    "ess": coefs.ess,
+                    "ess": coefs.ess, "ess_within": coefs.ess_within,
                     "reward_pos": float(mean_reward[is_pos].mean()) if is_pos.any() else float("nan"),
                     "reward_neg": float(mean_reward[is_neg].mean()) if is_neg.any() else float("nan"),
                 },

@@ -6,10 +6,13 @@ from torch.testing import assert_close
 
 from repirl_ray.algo.advantages import (
     mean_token_reward,
+    min_form_returns,
+    process_advantages,
     reverse_cumsum,
     rloo_advantages,
     rloo_process_rewards,
     rloo_sequence_advantages,
+    step_segments,
 )
 from repirl_ray.algo.stats import masked_mean, masked_whiten
 
@@ -115,3 +118,59 @@ def test_rloo_advantages_carry_no_gradient():
     r = REWARDS.clone().requires_grad_(True)
     a = rloo_advantages(torch.tensor([1, 0, 0, 1]), r, MASK, 2, 1.0, 0.5, whiten=True)
     assert not a.requires_grad
+
+
+# Min-form credit (PURE), a batch of 2 prompts x K = 2, T = 4; 99 marks padding.
+#   row 0: r = (1, -2, 3, 0.5), step ids (0, 0, 1, -1): steps {t0, t1} R = -1, {t2} R = 3,
+#          {t3} (EOS, no step) R = 0.5 -> G = (min(-1, 3, .5), same, min(3, .5), .5)
+#          = (-1, -1, 0.5, 0.5), G_0 = -1
+#   row 1: r = (2, 1), step ids (0, 1): G = (1, 1), G_0 = 1
+#   row 2: r = (-1, 4, -3), no step labels (all -1): every token a step, G = (-3, -3, -3)
+#   row 3: no tokens: G_0 = 0
+MIN_REWARDS = t([[1, -2, 3, 0.5], [2, 1, 99, 99], [-1, 4, -3, 99], [99, 99, 99, 99]])
+MIN_MASK = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0]], dtype=torch.bool)
+STEP_IDS = torch.tensor([[0, 0, 1, -1], [0, 1, -1, -1], [-1, -1, -1, -1], [-1, -1, -1, -1]], dtype=torch.int16)
+
+
+def test_step_segments():
+    assert step_segments(MIN_MASK, STEP_IDS).tolist() == [[0, 0, 1, 2], [0, 1, 0, 0], [0, 1, 2, 0], [0, 0, 0, 0]]
+    # without step ids every token is a step
+    assert step_segments(MIN_MASK).tolist() == [[0, 1, 2, 3], [0, 1, 0, 0], [0, 1, 2, 0], [0, 0, 0, 0]]
+
+
+def test_min_form_returns_hand_values():
+    expected = t([[-1, -1, 0.5, 0.5], [1, 1, 0, 0], [-3, -3, -3, 0], [0, 0, 0, 0]])
+    assert_close(min_form_returns(MIN_REWARDS, MIN_MASK, STEP_IDS), expected)
+    # token = step for row 0 too: (min(1, -2, 3, .5), min(-2, 3, .5), min(3, .5), .5)
+    expected = t([[-2, -2, 0.5, 0.5], [1, 1, 0, 0], [-3, -3, -3, 0], [0, 0, 0, 0]])
+    assert_close(min_form_returns(MIN_REWARDS, MIN_MASK), expected)
+
+
+def test_min_form_process_advantages_hand_values():
+    # A^p = G - (the other sample's G_0): row 0 - 1, row 1 - (-1), row 2 - 0, row 3 none.
+    expected = t([[-2, -2, -0.5, -0.5], [2, 2, 0, 0], [-3, -3, -3, 0], [0, 0, 0, 0]])
+    a = process_advantages(MIN_REWARDS, MIN_MASK, 2, "min", STEP_IDS)
+    assert_close(a, expected)
+    # in the mix: c_o = 1 with o = (1, 0, 0, 1) -> A^o = (1, -1, -1, 1); c_p = 0.5:
+    # row 0: 1 + 0.5 (-2, -2, -.5, -.5) = (0, 0, .75, .75); row 1: -1 + 0.5 (2, 2) = (0, 0);
+    # row 2: -1 + 0.5 (-3, -3, -3) = -2.5 each; row 3: no tokens.
+    mixed = rloo_advantages(
+        torch.tensor([1, 0, 0, 1]), MIN_REWARDS, MIN_MASK, 2, c_outcome=1.0, c_process=0.5, whiten=False,
+        process_credit="min", step_ids=STEP_IDS,
+    )
+    assert_close(mixed, t([[0, 0, 0.75, 0.75], [0, 0, 0, 0], [-2.5, -2.5, -2.5, 0], [0, 0, 0, 0]]))
+    # "sum" is the paper's channel, unchanged by step ids
+    assert_close(process_advantages(REWARDS, MASK, 2, "sum", torch.zeros(4, 3, dtype=torch.int16)),
+                 reverse_cumsum(rloo_process_rewards(REWARDS, MASK, 2), MASK))
+    with pytest.raises(ValueError, match="'max'"):
+        process_advantages(MIN_REWARDS, MIN_MASK, 2, "max")
+
+
+def test_min_form_is_not_raised_by_a_high_reward_step():
+    # Why PURE uses it: a later step with a large reward lifts every earlier token's sum-form
+    # return, but not its min-form return, which only a worse step can move (down).
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    base, hacked = t([[0.5, -1.0, 0.2]]), t([[0.5, -1.0, 10.0]])
+    assert reverse_cumsum(hacked, mask)[0, 0] > reverse_cumsum(base, mask)[0, 0] + 9
+    assert_close(min_form_returns(hacked, mask)[0, :2], min_form_returns(base, mask)[0, :2])
+    assert_close(min_form_returns(base, mask), t([[-1.0, -1.0, 0.2]]))

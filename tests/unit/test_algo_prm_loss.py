@@ -29,6 +29,7 @@ from repirl_ray.algo.prm_loss import (
     repirl_prm_loss,
     reward_l2_penalty,
     split_positive_negative,
+    within_prompt_ess,
 )
 
 F64 = torch.float64
@@ -211,6 +212,43 @@ def test_effective_sample_size():
     w = normalised_weights(zeros, is_neg, torch.tensor([0, 0, 1, 1, 2, 2]), "prompt")
     assert_close(w, t([1 / 6, 1 / 6, 1 / 6, 1 / 6, 1 / 3, 0]))
     assert effective_sample_size(w, is_neg) == pytest.approx(4.5)
+
+
+def test_ess_within_hand_values():
+    # Prompt 0's negatives have weights (3/4, 1/4): ESS_0 = 1 / (9/16 + 1/16) = 1.6 of 2 -> 0.8;
+    # prompt 1's three are uniform: ESS_1 = 3 of 3 -> 1. Mean over the two prompts: 0.9.
+    assert coefficients().ess_within == pytest.approx(0.9)
+    # The same number whichever softmax made the loss's weights (it is within each prompt).
+    assert coefficients(normalise_over="batch").ess_within == pytest.approx(0.9)
+    # "mean": prompt 0 (a, 1 - a), a = e^2 / (e^2 + 1) = 0.88080: ESS = 1 / (a^2 + (1-a)^2)
+    # = 1.26579 -> / 2 = 0.63290; prompt 1 softmax(0, 0.2, 0.4) = (0.26931, 0.32893, 0.40176):
+    # ESS = 1 / 0.342134 = 2.92283 -> / 3 = 0.97428. Mean: 0.80359.
+    a = math.exp(2) / (math.exp(2) + 1)
+    s = 1 + math.exp(0.2) + math.exp(0.4)
+    ess_1 = 1 / sum((x / s) ** 2 for x in (1, math.exp(0.2), math.exp(0.4)))
+    expected = (1 / (a**2 + (1 - a) ** 2) / 2 + ess_1 / 3) / 2
+    assert coefficients(weight_reward="mean").ess_within == pytest.approx(expected)
+    assert expected == pytest.approx(0.80359, abs=1e-5)
+    # no negatives: 0.0, as the batch ESS
+    assert coefficients(outcomes=torch.ones(10, dtype=torch.long)).ess_within == 0.0
+
+
+def test_ess_within_shows_a_collapse_the_batch_ess_hides():
+    # Two prompts with 3 negatives each. Prompt 0's weights collapse onto one sample
+    # (log w 50, 0, 0), prompt 1's are uniform. Per-prompt weights: (1/2, ~0, ~0), (1/6, 1/6, 1/6):
+    # the batch ESS = 1 / (1/4 + 3/36) = 3.0, above the 2 prompts, and looks healthy;
+    # ess_within = (1/3 + 3/3) / 2 = 2/3 shows that one prompt has a single effective sample.
+    log_w = t([50, 0, 0, 0, 0, 0])
+    is_neg = torch.ones(6, dtype=torch.bool)
+    prompt = torch.tensor([0, 0, 0, 1, 1, 1])
+    w = normalised_weights(log_w, is_neg, prompt, "prompt")
+    assert effective_sample_size(w, is_neg) == pytest.approx(3.0, abs=1e-12)
+    assert within_prompt_ess(log_w, is_neg, prompt) == pytest.approx(2 / 3, abs=1e-12)
+    # rows need not be grouped, and non-negatives (a demo with NaN log w) are left out
+    log_w = t([0, NAN, 50, 0, 0, 0, 0])
+    is_neg = torch.tensor([True, False, True, True, True, True, True])
+    prompt = torch.tensor([1, 0, 0, 1, 0, 0, 1])
+    assert within_prompt_ess(log_w, is_neg, prompt) == pytest.approx(2 / 3, abs=1e-12)
 
 
 def test_equal_weights_give_a_contrast_of_mean_rewards():

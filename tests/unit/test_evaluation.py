@@ -276,3 +276,66 @@ def test_format_mean_std_table():
         "| repirl | 0.600 +- 0.141 (n=2) | 0.800 (n=1) |",
         "| rloo | 0.400 +- 0.000 (n=2, 1 skipped) | - (n=0) |",
     ]
+
+
+# ---------------------------------------------------------------------------- run curves, sweep plot
+
+
+def _synthetic_metrics_jsonl(path):
+    """A metrics.jsonl as MetricsLogger writes it: a base evaluation at iteration 0, training
+    records, an evaluation mid-run and at the end; a non-finite value is written as null."""
+    import json
+
+    records = [{"iteration": 0, "time": 0.0, "eval/accuracy": 0.3, "eval/greedy_accuracy": 0.8, "eval/step_auroc": 0.6}]
+    for it in range(1, 7):
+        records.append({
+            "iteration": it, "time": float(it), "rollout/accuracy": 0.3 + 0.05 * it, "prm/ess": 40.0 - it,
+            "prm/ess_within": 0.9 - 0.05 * it, "policy/entropy": 0.2 - 0.01 * it,
+            "prm/step_auroc": None if it == 3 else 0.6 + 0.01 * it,
+        })
+    records.append({"iteration": 3, "time": 3.5, "eval/accuracy": 0.45, "eval/greedy_accuracy": 0.82})
+    records.append({"iteration": 6, "time": 7.0, "eval/accuracy": 0.6, "eval/greedy_accuracy": 0.85, "eval/step_auroc": 0.7})
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def test_plot_run_curves_from_metrics_jsonl(tmp_path):
+    import json
+
+    from repirl_ray.evaluation import _series, plot_run_curves
+
+    metrics = tmp_path / "metrics.jsonl"
+    _synthetic_metrics_jsonl(metrics)
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    drawn = plot_run_curves(records, tmp_path / "curves.png", "a run")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == PNG_MAGIC
+    assert drawn == {
+        "accuracy": ["rollout/accuracy", "eval/accuracy", "eval/greedy_accuracy"],  # no hard split logged
+        "PRM step AUROC": ["prm/step_auroc", "eval/step_auroc"],
+        "importance weights": ["prm/ess", "prm/ess_within"],
+        "policy entropy": ["policy/entropy"],
+    }
+    # evaluations are points at their iterations; a null is left out, not drawn as 0
+    x, y = _series(records, "eval/accuracy")
+    assert x.tolist() == [0, 3, 6] and y.tolist() == [0.3, 0.45, 0.6]
+    x, _ = _series(records, "prm/step_auroc")
+    assert x.tolist() == [1, 2, 4, 5, 6]
+    # an outcome-only run (rloo) has no PRM panels' metrics: they say so, the plot still works
+    rloo = [{k: v for k, v in r.items() if not k.startswith("prm/") and "auroc" not in k} for r in records]
+    drawn = plot_run_curves(rloo, tmp_path / "rloo.png")
+    assert drawn["PRM step AUROC"] == [] and drawn["importance weights"] == []
+    assert drawn["policy entropy"] == ["policy/entropy"]
+
+
+def test_plot_sweep_numeric_log_and_categorical(tmp_path):
+    from repirl_ray.evaluation import plot_sweep
+
+    points = {
+        "prm.lr": [(1e-4, 0.6), (1e-4, 0.62), (1e-2, 0.7), (1e-2, None)],  # a failed trial: None
+        "variant": [("rloo", 0.5), ("repirl", 0.6), ("rloo", 0.52)],
+        "irl.pseudo_expert": [(True, 0.6), (False, 0.4)],
+        "never_finished": [],
+    }
+    plot_sweep(points, tmp_path / "sweep.png", "step_auroc", log_keys=["prm.lr"], title="t")
+    data = (tmp_path / "sweep.png").read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 1000

@@ -58,7 +58,7 @@ def gpu_demand(path: str) -> dict:
         "rollout_gpus": cfg.rollout.num_workers * cfg.rollout.num_gpus,
         "rollout_cpus": cfg.rollout.num_cpus,
         "rollout_gpus_per_worker": cfg.rollout.num_gpus,
-        "learner_gpus": cfg.policy.num_gpus + cfg.prm.num_gpus,
+        "learner_gpus": cfg.policy.num_workers * cfg.policy.num_gpus + cfg.prm.num_workers * cfg.prm.num_gpus,
         "learner_cpus": max(cfg.policy.num_cpus, cfg.prm.num_cpus),
         "learner_gpus_per_actor": max(cfg.policy.num_gpus, cfg.prm.num_gpus),
     }
@@ -115,6 +115,16 @@ def test_cloud_node_types_have_role_resources_and_fit_the_gpu_configs(name):
         assert learner["max_workers"] * learner["resources"]["GPU"] >= need["learner_gpus"], path
         assert learner["resources"]["GPU"] >= need["learner_gpus_per_actor"], path
         assert learner["resources"]["CPU"] >= need["learner_cpus"], path
+        # The whole run placed on the cluster at its size, as the YAML's comments say to run it
+        # (one GPU per learner node: the learner ranks spread over the nodes).
+        from repirl_ray.run_setup import check_fits, role_demands
+
+        run = load_config(str(ROOT / path), ["rollout.resources={rollout: 1}", "policy.resources={learner: 1}",
+                                             "prm.resources={learner: 1}", "policy.placement=spread", "prm.placement=spread"])
+        nodes = ([{k: float(v) for k, v in rollout["resources"].items()}] * rollout["max_workers"]
+                 + [{k: float(v) for k, v in learner["resources"].items()}] * learner["max_workers"])
+        check_fits(role_demands(run), nodes, {"policy": False, "prm": False})
+        assert "policy.placement=spread" in (CLUSTER / name).read_text()
 
 
 def test_local_yaml_lists_machines_and_labels_roles_by_ip():

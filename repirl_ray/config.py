@@ -102,6 +102,11 @@ class DataConfig:
     # Expert demos kept per training problem (the first ones of each row); -1 = all. 0 trains the
     # PRM on pseudo-experts alone (correct rollouts), the paper's no-demo setting.
     max_demos_per_problem: int = -1
+    # A curriculum: the first curriculum_iterations batches come from curriculum_path (e.g. easier
+    # problems, read like train_path), then training goes on with train_path. "" with
+    # curriculum_iterations > 0 = the built-in world's `train` split (for world_split=hard_train).
+    curriculum_iterations: int = 0
+    curriculum_path: str = ""
 
 
 @dataclass
@@ -396,6 +401,10 @@ def validate(cfg: TrainConfig) -> None:
             "config key 'model.prm_path': a frozen PRM (prm.update=none) must be a trained one; give its "
             "checkpoint, e.g. model.prm_path=runs/<run>/checkpoints/iter_000100/prm"
         )
+    if cfg.data.curriculum_iterations < 0:
+        raise ConfigError(f"config key 'data.curriculum_iterations': must be >= 0, got {cfg.data.curriculum_iterations}")
+    if cfg.data.curriculum_path and not cfg.data.curriculum_iterations:
+        raise ConfigError("config key 'data.curriculum_path': set data.curriculum_iterations too (how many batches come from it)")
     if cfg.data.max_demos_per_problem < -1:
         raise ConfigError(
             f"config key 'data.max_demos_per_problem': must be -1 (all), 0 or more, got {cfg.data.max_demos_per_problem}"

@@ -139,6 +139,11 @@ class Trainer:
         self.eval_problems = data["eval"][: cfg.eval.num_prompts]
         self.hard_problems = data["hard_eval"][: cfg.eval.num_prompts]
         self.stream = PromptStream(self.train_problems, cfg.data.prompts_per_iteration, seed=cfg.seed, shuffle=cfg.data.shuffle)
+        # A curriculum's first stage (data.curriculum_iterations batches), its own seeded stream.
+        self.curriculum_stream = None
+        if cfg.data.curriculum_iterations:
+            curriculum, _ = limit_demos(data["curriculum"], cfg.data.max_demos_per_problem)
+            self.curriculum_stream = PromptStream(curriculum, cfg.data.prompts_per_iteration, seed=cfg.seed, shuffle=cfg.data.shuffle)
 
     def _setup_run_folder(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -214,7 +219,8 @@ class Trainer:
     # Sampling: serial, or one batch ahead (pipeline.off_policy_steps = 1)
     def _submit(self, index: int):
         """Hand the batch of iteration `index` (0-based) to the rollout workers."""
-        problems, _ = self.stream.next_batch()
+        stream = self.curriculum_stream if index < self.cfg.data.curriculum_iterations else self.stream
+        problems, _ = stream.next_batch()
         return self.rollout.submit(
             problems, n=self.cfg.rollout.samples_per_prompt, temperature=self.cfg.rollout.temperature,
             seed=self.cfg.seed * 100_003 + index, with_demos=self.prm is not None,
@@ -386,6 +392,7 @@ class Trainer:
         state = {
             "iteration": self.iteration,
             "data": self.stream.state(),
+            "curriculum_data": self.curriculum_stream.state() if self.curriculum_stream else None,
             "history": self.history,
             "wall_s": self.wall_s(),
             "policy_version": self.learner_version,
@@ -410,6 +417,8 @@ class Trainer:
             self.prm.load(str(ckpt / "prm"))
         self.iteration = int(state["iteration"])
         self.stream.load_state(state["data"])
+        if self.curriculum_stream is not None and state.get("curriculum_data"):
+            self.curriculum_stream.load_state(state["curriculum_data"])
         self.history = state["history"]
         self._wall_offset = float(state["wall_s"])
         self._push_weights()

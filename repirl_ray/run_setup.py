@@ -39,12 +39,14 @@ class Paths:
     train: str
     eval: str
     hard_eval: str
+    curriculum: str = ""
 
 
 def resolve_paths(cfg: TrainConfig, log_fn=print) -> Paths:
     """Empty paths mean the built-in world's (built on first use). The config itself is not
     changed: the run folder records these beside it in paths.json."""
-    needs_world = not cfg.model.policy_path or not cfg.data.train_path or not cfg.data.eval_path
+    needs_world = (not cfg.model.policy_path or not cfg.data.train_path or not cfg.data.eval_path
+                   or (cfg.data.curriculum_iterations > 0 and not cfg.data.curriculum_path))
     world = None
     if needs_world:
         if cfg.data.task != "arithmetic":
@@ -64,6 +66,7 @@ def resolve_paths(cfg: TrainConfig, log_fn=print) -> Paths:
         train=cfg.data.train_path or str(world.split(cfg.data.world_split)),
         eval=cfg.data.eval_path or str(world.eval),
         hard_eval=cfg.data.hard_eval_path or (str(world.hard_eval) if world else ""),
+        curriculum=cfg.data.curriculum_path or (str(world.train) if world and cfg.data.curriculum_iterations else ""),
     )
 
 
@@ -82,13 +85,15 @@ def check_given_paths(cfg: TrainConfig) -> None:
 
 
 # Data: formats, the demos file and prompt lengths, checked before any actor starts (tasks/dataset.py).
-DATA_SPLITS = (("train", "train_path"), ("eval", "eval_path"), ("hard_eval", "hard_eval_path"))
+DATA_SPLITS = (("train", "train_path"), ("eval", "eval_path"), ("hard_eval", "hard_eval_path"),
+               ("curriculum", "curriculum_path"))
 
 
 def read_data_split(cfg: TrainConfig, split: str, path: str):
     """One split read and checked as the run reads it: (problems, DataReport)."""
-    return read_split(cfg.data, path, split=split, require_demos=split == "train" and needs_demos(cfg),
-                      demos_path=cfg.data.demos_path if split == "train" else "")
+    trains = split in ("train", "curriculum")  # the curriculum's problems train like train_path's
+    return read_split(cfg.data, path, split=split, require_demos=trains and needs_demos(cfg),
+                      demos_path=cfg.data.demos_path if trains else "")
 
 
 def read_given_data(cfg: TrainConfig) -> dict:
@@ -111,7 +116,8 @@ def load_run_data(cfg: TrainConfig, paths: Paths, given: dict, log_fn=print) -> 
 
     tokenizer = AutoTokenizer.from_pretrained(paths.policy, trust_remote_code=cfg.model.trust_remote_code)
     task = build_task(cfg.data.task, **task_kwargs(cfg))
-    split_paths = {"train": paths.train, "eval": paths.eval, "hard_eval": paths.hard_eval if cfg.eval.hard else ""}
+    split_paths = {"train": paths.train, "eval": paths.eval, "hard_eval": paths.hard_eval if cfg.eval.hard else "",
+                   "curriculum": paths.curriculum}
     out, reports = {}, {}
     for split, path in split_paths.items():
         if not path:

@@ -209,7 +209,8 @@ def _mapping(data: DataConfig) -> dict[str, str]:
 
 
 def _split_key(split: str) -> str:
-    return {"train": "data.train_path", "eval": "data.eval_path", "hard_eval": "data.hard_eval_path"}.get(split, split)
+    return {"train": "data.train_path", "eval": "data.eval_path", "hard_eval": "data.hard_eval_path",
+            "curriculum": "data.curriculum_path"}.get(split, split)
 
 
 def read_split(

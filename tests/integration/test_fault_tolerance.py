@@ -36,8 +36,11 @@ def _train_records(run_dir):
 
 
 def test_resume_equals_uninterrupted_run(ray_session, world_cache, tmp_path):
-    """4 iterations in one go == 2 iterations, then a resume for 2 more."""
-    common = {"iterations": 4, "checkpoint.every": 2, "eval.every": 0, "rollout.num_workers": 2}
+    """4 iterations in one go == 2 iterations, then a resume for 2 more. With a curriculum of 3
+    iterations on the easy split before the hard one: the checkpoint falls inside it, and both
+    prompt streams resume where they were."""
+    common = {"iterations": 4, "checkpoint.every": 2, "eval.every": 0, "rollout.num_workers": 2,
+              "data.world_split": "hard_train", "data.curriculum_iterations": 3}
     whole = tmp_path / "whole"
     train(_cfg(world_cache, run_dir=str(whole), **common), log_fn=lambda *_: None)
 
@@ -52,6 +55,8 @@ def test_resume_equals_uninterrupted_run(ray_session, world_cache, tmp_path):
     for ra, rb in zip(a, b):
         for k in keys:
             assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), (ra["iteration"], k, ra[k], rb[k])
+    report = json.loads((whole / "data_report.json").read_text())
+    assert report["curriculum"]["path"].endswith("train.jsonl") and report["train"]["path"].endswith("hard_train.jsonl")
     sa = json.loads((whole / "summary.json").read_text())
     sb = json.loads((split / "summary.json").read_text())
     for k in ("final_accuracy", "final_greedy_accuracy", "step_auroc", "base_accuracy"):

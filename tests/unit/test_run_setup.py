@@ -147,3 +147,12 @@ def test_config_files_compose_in_order_then_overrides(tmp_path):
     assert cfg.policy.lr == 1e-6  # key=value last
     with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
         load_config([str(gpu), str(tmp_path / "nope.yaml")])
+
+
+def test_curriculum_keys_are_checked():
+    with pytest.raises(ConfigError, match="data.curriculum_iterations"):
+        load_config(None, ["data.curriculum_path=easy.jsonl"])
+    with pytest.raises(ConfigError, match="data.curriculum_iterations"):
+        load_config(None, ["data.curriculum_iterations=-1"])
+    cfg = load_config(None, ["data.world_split=hard_train", "data.curriculum_iterations=5"])
+    assert cfg.data.curriculum_iterations == 5 and cfg.data.curriculum_path == ""

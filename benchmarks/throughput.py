@@ -30,6 +30,10 @@ VARIANTS = {
     "2 workers, threads not pinned": ["rollout.bind_cores=false"],
     "head PRM (the paper's)": ["prm.kind=head"],
     "no PRM (rloo)": ["prm.kind=none", "advantage.c_process=0"],
+    "pipelined (sampling overlaps learning)": ["pipeline.off_policy_steps=1"],
+    "learners on 2 ranks each (FSDP2, gloo)": ["policy.num_workers=2", "prm.num_workers=2",
+                                                "policy.num_cpus=0.25", "prm.num_cpus=0.25",
+                                                "policy.num_threads=1", "prm.num_threads=1"],
 }
 PHASES = ["rollout", "prm", "score", "policy", "sync", "iteration"]
 

@@ -288,19 +288,11 @@ def validate_trials(spec: SweepConfig, trials: list[Trial]) -> list[TrainConfig]
 
 
 def trial_bundles(cfg: TrainConfig) -> list[dict[str, float]]:
-    """One placement-group bundle per actor the run creates, as its config asks for them."""
+    """One placement-group bundle per actor the run creates (every learner rank too), as its
+    config asks for them."""
+    from repirl_ray.run_setup import role_demands
 
-    def bundle(section) -> dict[str, float]:
-        out = {"CPU": float(section.num_cpus)}
-        if section.num_gpus:
-            out["GPU"] = float(section.num_gpus)
-        out.update({k: float(v) for k, v in section.resources.items()})
-        return out
-
-    bundles = [bundle(cfg.rollout) for _ in range(cfg.rollout.num_workers)] + [bundle(cfg.policy)]
-    if cfg.prm.kind != "none":
-        bundles.append(bundle(cfg.prm))
-    return bundles
+    return [dict(b) for bundles in role_demands(cfg).values() for b in bundles]
 
 
 def _sum_bundles(bundles: list[dict[str, float]]) -> dict[str, float]:

@@ -79,25 +79,37 @@ class LearnerGroup:
         if cfg.num_gpus:
             bundle["GPU"] = float(cfg.num_gpus)
         strategy = "STRICT_PACK" if cfg.placement == "pack" else "SPREAD"
-        self.pg = placement_group([dict(bundle) for _ in range(self.world_size)], strategy=strategy,
-                                  name=f"repirl-{role}-{os.getpid()}-{time.time_ns()}")
-        try:
-            ray.get(self.pg.ready(), timeout=ready_timeout_s)
-        except GetTimeoutError:
-            remove_placement_group(self.pg)
-            raise RuntimeError(
-                f"the {role} learner's {self.world_size} ranks ({bundle} each, {strategy}) could not be placed in "
-                f"{ready_timeout_s:.0f} s; check {role}.num_workers / num_cpus / num_gpus / resources against the cluster"
-            ) from None
+        parent = ray.util.get_current_placement_group()
+        if parent is not None:
+            # Inside a placement group already (a `repirl sweep` trial reserves one bundle per actor
+            # of its run): the ranks go into its bundles; a group of their own could never be placed.
+            if self.world_size > 1 and len([n for n in ray.nodes() if n.get("Alive")]) > 1:
+                raise RuntimeError(
+                    f"{role}.num_workers={self.world_size} inside a placement group (a sweep trial) on a cluster of "
+                    f"several nodes: the ranks' rendezvous address cannot be known; run the learner on 1 rank there"
+                )
+            self.strategies = [PlacementGroupSchedulingStrategy(parent) for _ in range(self.world_size)]
+            loopback = True
+        else:
+            self.pg = placement_group([dict(bundle) for _ in range(self.world_size)], strategy=strategy,
+                                      name=f"repirl-{role}-{os.getpid()}-{time.time_ns()}")
+            try:
+                ray.get(self.pg.ready(), timeout=ready_timeout_s)
+            except GetTimeoutError:
+                remove_placement_group(self.pg)
+                raise RuntimeError(
+                    f"the {role} learner's {self.world_size} ranks ({bundle} each, {strategy}) could not be placed in "
+                    f"{ready_timeout_s:.0f} s; check {role}.num_workers / num_cpus / num_gpus / resources against the cluster"
+                ) from None
+            self.strategies = [PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=r)
+                               for r in range(self.world_size)]
+            loopback = strategy == "STRICT_PACK"
         dist_url = ""
         env = {"OMP_NUM_THREADS": str(cfg.num_threads)}
         if self.world_size > 1:
-            packed = strategy == "STRICT_PACK"
-            ip, port = ray.get(ray.remote(_rank0_address).options(
-                num_cpus=0, scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0)
-            ).remote(packed))
+            ip, port = ray.get(ray.remote(_rank0_address).options(num_cpus=0, scheduling_strategy=self.strategies[0]).remote(loopback))
             dist_url = f"tcp://{ip}:{port}"
-            if packed and not cfg.num_gpus:
+            if loopback and not cfg.num_gpus:
                 env["GLOO_SOCKET_IFNAME"] = "lo"  # gloo's pairs over loopback too, not the node's interface
         actor_cls = ray.remote(cls)
         self.ranks = [
@@ -105,7 +117,7 @@ class LearnerGroup:
                 num_cpus=cfg.num_cpus,
                 num_gpus=cfg.num_gpus,
                 resources=dict(cfg.resources) or None,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=r),
+                scheduling_strategy=self.strategies[r],
                 runtime_env=actor_env(env),
             ).remote(*args, **kwargs, rank=r, world_size=self.world_size, dist_url=dist_url)
             for r in range(self.world_size)

@@ -98,7 +98,7 @@ def run_role(role: str, path: str, batch: Rollouts, args, gpus: float, checkpoin
     if role == "policy":
         learner = PolicyLearner(
             PolicyConfig(lr=5e-7, mini_batch_size=len(batch), **common), path, advantage=AdvantageConfig(c_process=0.0),
-            group_size=K, compute_dtype=args.compute_dtype, dtype="bfloat16",
+            samples_per_prompt=K, compute_dtype=args.compute_dtype, dtype="bfloat16",
         )
         step = lambda: learner.update(None, None, batch)  # noqa: E731
     else:

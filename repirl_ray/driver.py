@@ -198,7 +198,7 @@ class Trainer:
             task_kwargs=task_kwargs(cfg), **common,
         )
         self.policy = PolicyLearnerGroup(
-            cfg.policy, paths.policy, advantage=cfg.advantage, group_size=cfg.rollout.samples_per_prompt,
+            cfg.policy, paths.policy, advantage=cfg.advantage, samples_per_prompt=cfg.rollout.samples_per_prompt,
             temperature=cfg.rollout.temperature, ref_path=paths.ref, **learner_common,
         )
         self.prm = None

@@ -1,6 +1,6 @@
 """Policy advantages with leave-one-out (RLOO) baselines, ALGORITHM.md section 3.
 
-Batch layout: rows are grouped by prompt contiguously, `group_size` (K) rows per prompt, so
+Batch layout: rows are grouped by prompt contiguously, `samples_per_prompt` (K) rows per prompt, so
 row g*K + k is sample k of prompt g. Token tensors are [B, T] over response tokens with a
 `mask` [B, T] true on real tokens. Two channels (outcome, process), plus a format channel for
 the `prm_only` and test-time-training modes (section 6); the MDP is undiscounted (gamma = 1).
@@ -14,19 +14,19 @@ import torch
 from repirl_ray.algo.stats import masked_sum, masked_whiten
 
 
-def _check_groups(batch_size: int, group_size: int) -> int:
+def _check_groups(batch_size: int, samples_per_prompt: int) -> int:
     """Number of prompts P = B / K; errors if the batch cannot be split into groups of K >= 2."""
-    if group_size < 2:
+    if samples_per_prompt < 2:
         raise ValueError(
-            f"group_size must be >= 2 for a leave-one-out baseline, got {group_size}: "
-            "sample at least 2 responses per prompt (rollout.group_size)"
+            f"samples_per_prompt must be >= 2 for a leave-one-out baseline, got {samples_per_prompt}: "
+            "sample at least 2 responses per prompt (rollout.samples_per_prompt)"
         )
-    if batch_size % group_size != 0:
+    if batch_size % samples_per_prompt != 0:
         raise ValueError(
-            f"batch size {batch_size} is not a multiple of group_size {group_size}: rows must be "
-            "grouped by prompt, group_size rows per prompt"
+            f"batch size {batch_size} is not a multiple of samples_per_prompt {samples_per_prompt}: rows must be "
+            "grouped by prompt, samples_per_prompt rows per prompt"
         )
-    return batch_size // group_size
+    return batch_size // samples_per_prompt
 
 
 def _as_float(x: torch.Tensor, like: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -37,16 +37,16 @@ def _as_float(x: torch.Tensor, like: Optional[torch.Tensor] = None) -> torch.Ten
     return x if x.is_floating_point() else x.to(torch.get_default_dtype())
 
 
-def rloo_sequence_advantages(values: torch.Tensor, group_size: int) -> torch.Tensor:
+def rloo_sequence_advantages(values: torch.Tensor, samples_per_prompt: int) -> torch.Tensor:
     """A_i = v_i - mean_{j != i, same prompt} v_j  (section 3, outcome channel).
 
     values: [B] -> [B]. Within a group the advantages sum to 0; a group whose values are all
     equal gets 0 everywhere (no signal, which is why prompts are filtered).
     """
-    num_prompts = _check_groups(values.shape[0], group_size)
-    v = _as_float(values).view(num_prompts, group_size)
+    num_prompts = _check_groups(values.shape[0], samples_per_prompt)
+    v = _as_float(values).view(num_prompts, samples_per_prompt)
     # mean over the other K-1 samples = (group sum - own value) / (K - 1)
-    baseline = (v.sum(dim=1, keepdim=True) - v) / (group_size - 1)
+    baseline = (v.sum(dim=1, keepdim=True) - v) / (samples_per_prompt - 1)
     return (v - baseline).view(-1)
 
 
@@ -60,17 +60,17 @@ def mean_token_reward(token_rewards: torch.Tensor, mask: torch.Tensor) -> torch.
 
 
 def rloo_process_rewards(
-    token_rewards: torch.Tensor, mask: torch.Tensor, group_size: int
+    token_rewards: torch.Tensor, mask: torch.Tensor, samples_per_prompt: int
 ) -> torch.Tensor:
     """rt^i_t = r^i_t - mean_{j != i, same prompt} rbar^j  (section 3, process channel).
 
     token_rewards: [B, T], mask: [B, T] -> [B, T], zero outside the mask. The baseline is a
     per-sample scalar (the other samples' mean token reward) subtracted from every token.
     """
-    num_prompts = _check_groups(token_rewards.shape[0], group_size)
+    num_prompts = _check_groups(token_rewards.shape[0], samples_per_prompt)
     r = token_rewards.detach()
-    rbar = mean_token_reward(r, mask).view(num_prompts, group_size)
-    baseline = ((rbar.sum(dim=1, keepdim=True) - rbar) / (group_size - 1)).view(-1, 1)
+    rbar = mean_token_reward(r, mask).view(num_prompts, samples_per_prompt)
+    baseline = ((rbar.sum(dim=1, keepdim=True) - rbar) / (samples_per_prompt - 1)).view(-1, 1)
     rt = r - baseline
     return torch.where(mask.bool(), rt, torch.zeros_like(rt))
 
@@ -135,7 +135,7 @@ def min_form_returns(
 def process_advantages(
     token_rewards: torch.Tensor,
     mask: torch.Tensor,
-    group_size: int,
+    samples_per_prompt: int,
     process_credit: str = "sum",
     step_ids: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
@@ -147,13 +147,13 @@ def process_advantages(
     the policy gradient unbiased); a row without tokens has G_0 = 0.
     """
     if process_credit == "sum":
-        return reverse_cumsum(rloo_process_rewards(token_rewards, mask, group_size), mask)
+        return reverse_cumsum(rloo_process_rewards(token_rewards, mask, samples_per_prompt), mask)
     if process_credit != "min":
         raise ValueError(f"advantage.process_credit must be one of {_PROCESS_CREDIT}, got {process_credit!r}")
-    num_prompts = _check_groups(token_rewards.shape[0], group_size)
+    num_prompts = _check_groups(token_rewards.shape[0], samples_per_prompt)
     returns = min_form_returns(token_rewards, mask, step_ids)
-    value = returns[:, 0].view(num_prompts, group_size)  # G_0 (0 for an empty row)
-    baseline = ((value.sum(dim=1, keepdim=True) - value) / (group_size - 1)).view(-1, 1)
+    value = returns[:, 0].view(num_prompts, samples_per_prompt)  # G_0 (0 for an empty row)
+    baseline = ((value.sum(dim=1, keepdim=True) - value) / (samples_per_prompt - 1)).view(-1, 1)
     out = returns - baseline
     return torch.where(mask.bool(), out, torch.zeros_like(out))
 
@@ -162,7 +162,7 @@ def rloo_advantages(
     outcomes: torch.Tensor,
     token_rewards: Optional[torch.Tensor],
     mask: torch.Tensor,
-    group_size: int,
+    samples_per_prompt: int,
     c_outcome: float,
     c_process: float,
     whiten: bool,
@@ -188,7 +188,7 @@ def rloo_advantages(
     dtype = token_rewards.dtype if token_rewards is not None else _as_float(outcomes).dtype
     advantages = torch.zeros(keep.shape, dtype=dtype, device=mask.device)
     if c_outcome != 0:
-        a_outcome = rloo_sequence_advantages(_as_float(outcomes), group_size).to(dtype)
+        a_outcome = rloo_sequence_advantages(_as_float(outcomes), samples_per_prompt).to(dtype)
         advantages = advantages + c_outcome * a_outcome[:, None]
     if c_format != 0:
         if format_rewards is None:
@@ -196,7 +196,7 @@ def rloo_advantages(
                 f"rloo_advantages: c_format = {c_format} but format_rewards is None; pass the "
                 "per-sample format rewards or set the format coefficient to 0"
             )
-        a_format = rloo_sequence_advantages(_as_float(format_rewards), group_size).to(dtype)
+        a_format = rloo_sequence_advantages(_as_float(format_rewards), samples_per_prompt).to(dtype)
         advantages = advantages + c_format * a_format[:, None]
     if c_process != 0:
         if token_rewards is None:
@@ -204,7 +204,7 @@ def rloo_advantages(
                 f"rloo_advantages: c_process = {c_process} but token_rewards is None; rescore "
                 "the rollouts with the PRM or set the process coefficient to 0"
             )
-        a_process = process_advantages(token_rewards, mask, group_size, process_credit, step_ids)
+        a_process = process_advantages(token_rewards, mask, samples_per_prompt, process_credit, step_ids)
         advantages = advantages + c_process * a_process
     advantages = torch.where(keep, advantages, torch.zeros_like(advantages))
     if whiten:

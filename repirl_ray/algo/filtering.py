@@ -3,7 +3,7 @@ section 3.
 
 A prompt whose K samples are all right or all wrong gives zero outcome advantage; the band
 [low, high] keeps the prompts that still carry outcome signal. Rows are grouped by prompt
-contiguously, `group_size` rows per prompt.
+contiguously, `samples_per_prompt` rows per prompt.
 """
 
 import torch
@@ -15,18 +15,18 @@ _EDGE_TOLERANCE = 1e-9
 
 
 def filter_prompts(
-    outcomes: torch.Tensor, group_size: int, low: float, high: float
+    outcomes: torch.Tensor, samples_per_prompt: int, low: float, high: float
 ) -> torch.Tensor:
     """keep[g] = low <= mean_k o_{g,k} <= high (inclusive at both ends).
 
-    outcomes: [B] in {0, 1} -> keep: [P] bool, P = B / group_size.
+    outcomes: [B] in {0, 1} -> keep: [P] bool, P = B / samples_per_prompt.
     """
-    num_prompts = _check_groups(outcomes.shape[0], group_size)
+    num_prompts = _check_groups(outcomes.shape[0], samples_per_prompt)
     # float64 so that k / K is the correctly rounded decimal the config writes.
-    accuracy = outcomes.detach().to(torch.float64).view(num_prompts, group_size).mean(dim=1)
+    accuracy = outcomes.detach().to(torch.float64).view(num_prompts, samples_per_prompt).mean(dim=1)
     return (accuracy >= low - _EDGE_TOLERANCE) & (accuracy <= high + _EDGE_TOLERANCE)
 
 
-def expand_to_rows(keep: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Per-prompt flags to per-row flags: keep: [P] bool -> [B] bool, B = P * group_size."""
-    return keep.bool().repeat_interleave(group_size)
+def expand_to_rows(keep: torch.Tensor, samples_per_prompt: int) -> torch.Tensor:
+    """Per-prompt flags to per-row flags: keep: [P] bool -> [B] bool, B = P * samples_per_prompt."""
+    return keep.bool().repeat_interleave(samples_per_prompt)

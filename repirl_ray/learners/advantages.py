@@ -15,14 +15,14 @@ from repirl_ray.config import AdvantageConfig
 
 
 def batch_advantages(
-    batch: Rollouts, token_rewards: np.ndarray | None, cfg: AdvantageConfig, group_size: int
+    batch: Rollouts, token_rewards: np.ndarray | None, cfg: AdvantageConfig, samples_per_prompt: int
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Two-channel RLOO advantages A [B, T] (ALGORITHM.md section 3) and their statistics.
 
     advantage/outcome_abs_mean and advantage/process_abs_mean are the token-means of
     |c_o A^o| and |c_p A^p|: each channel as it enters the mix, before whitening, so their ratio
     is the share of the policy's signal that comes from the PRM."""
-    groups = batch.prompt_index.reshape(-1, group_size)
+    groups = batch.prompt_index.reshape(-1, samples_per_prompt)
     if not (groups == groups[:, :1]).all():
         raise ValueError("batch_advantages: rows are not grouped K per prompt; RLOO needs each prompt's K samples together")
     mask = torch.from_numpy(batch.response_mask)
@@ -34,7 +34,7 @@ def batch_advantages(
         outcome,
         rewards,
         mask,
-        group_size,
+        samples_per_prompt,
         c_outcome=cfg.c_outcome,
         c_process=cfg.c_process,
         whiten=cfg.whiten,
@@ -46,11 +46,11 @@ def batch_advantages(
     )
     stats = {"advantage/abs_mean": float(algo.masked_mean(advantages.abs(), mask))}
     if cfg.c_outcome != 0:
-        a_outcome = algo.rloo_sequence_advantages(outcome, group_size)[:, None].expand_as(mask)
+        a_outcome = algo.rloo_sequence_advantages(outcome, samples_per_prompt)[:, None].expand_as(mask)
         stats["advantage/outcome_abs_mean"] = abs(cfg.c_outcome) * float(algo.masked_mean(a_outcome.abs(), mask))
     if rewards is not None:
         if cfg.c_process != 0:
-            a_process = algo.process_advantages(rewards, mask, group_size, cfg.process_credit, step_ids)
+            a_process = algo.process_advantages(rewards, mask, samples_per_prompt, cfg.process_credit, step_ids)
             stats["advantage/process_abs_mean"] = abs(cfg.c_process) * float(algo.masked_mean(a_process.abs(), mask))
         rbar = algo.mean_token_reward(rewards, mask)
         correct = batch.outcome > 0.5

@@ -49,7 +49,7 @@ class PolicyLearner:
         model_path: str,
         *,
         advantage: AdvantageConfig | None = None,
-        group_size: int = 4,
+        samples_per_prompt: int = 4,
         dtype: str = "float32",
         compute_dtype: str = "float32",
         temperature: float = 1.0,
@@ -66,7 +66,7 @@ class PolicyLearner:
         torch.manual_seed(seed)
         self.cfg = cfg
         self.advantage = advantage or AdvantageConfig()
-        self.group_size = group_size
+        self.samples_per_prompt = samples_per_prompt
         self.temperature = temperature
         self.dtype = dtype
         self.device = learner_device(cfg.num_gpus)
@@ -93,7 +93,7 @@ class PolicyLearner:
         None without a PRM. Every rank computes the whole batch's advantages (whitening is over
         the whole batch), then trains on its share of the rows."""
         batch, _ = Rollouts.gather(keep_prompts, parts)
-        advantages, adv_stats = batch_advantages(batch, token_rewards, self.advantage, self.group_size)
+        advantages, adv_stats = batch_advantages(batch, token_rewards, self.advantage, self.samples_per_prompt)
         metrics = self.ppo_update(batch, advantages)
         metrics.update(adv_stats)
         return metrics

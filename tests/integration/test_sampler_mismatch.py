@@ -20,7 +20,7 @@ def test_logged_mismatch_of_a_bf16_engine_and_an_fp32_learner(tiny_world, engine
                            dtype=engine_dtype)
     learner = PolicyLearner(
         PolicyConfig(lr=1e-4, mini_batch_size=32, micro_batch_size=32, num_threads=1, old_logprobs="recompute"),
-        str(paths.base_policy), advantage=AdvantageConfig(c_process=0.0), group_size=4,
+        str(paths.base_policy), advantage=AdvantageConfig(c_process=0.0), samples_per_prompt=4,
     )
     rollouts, _, _ = worker.generate(problems, list(range(len(problems))), n=4, temperature=1.0, seed=3)
     assert rollouts.response_mask.sum() > 50

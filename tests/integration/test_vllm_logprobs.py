@@ -20,7 +20,7 @@ def test_vllm_logprobs_match_learner_after_weight_push(tiny_world, ray_session, 
     worker = RolloutWorker(RolloutConfig(kv_cache_gib=0.05, max_new_tokens=32), str(paths.base_policy), "arithmetic")
     learner = PolicyLearner(
         PolicyConfig(lr=5e-2, mini_batch_size=32, micro_batch_size=32, num_threads=1),
-        str(paths.base_policy), temperature=temperature, advantage=AdvantageConfig(c_process=0.0), group_size=4,
+        str(paths.base_policy), temperature=temperature, advantage=AdvantageConfig(c_process=0.0), samples_per_prompt=4,
     )
 
     def sample(seed):

@@ -27,22 +27,22 @@ def test_rloo_sequence_advantages_hand_values():
     # K = 4. Prompt 0, o = (1, 0, 0, 1): row 0's others (0, 0, 1) mean 1/3 -> A = 2/3;
     # row 1's others (1, 0, 1) mean 2/3 -> A = -2/3. Prompt 1, o = (1, 1, 1, 0): rows 4-6's
     # others mean 2/3 -> A = 1/3; row 7's others mean 1 -> A = -1.
-    a = rloo_sequence_advantages(t([1, 0, 0, 1, 1, 1, 1, 0]), group_size=4)
+    a = rloo_sequence_advantages(t([1, 0, 0, 1, 1, 1, 1, 0]), samples_per_prompt=4)
     assert_close(a, t([2 / 3, -2 / 3, -2 / 3, 2 / 3, 1 / 3, 1 / 3, 1 / 3, -1.0]))
     # invariant: each group's advantages sum to zero
     assert_close(a.view(2, 4).sum(dim=1), t([0.0, 0.0]))
 
 
 def test_rloo_sequence_advantages_accepts_int_outcomes_and_all_equal_group_is_zero():
-    a = rloo_sequence_advantages(torch.tensor([1, 1, 0, 0]), group_size=2)
+    a = rloo_sequence_advantages(torch.tensor([1, 1, 0, 0]), samples_per_prompt=2)
     assert a.dtype.is_floating_point
     assert_close(a, torch.zeros(4))
 
 
-@pytest.mark.parametrize("size, k, match", [(5, 2, "multiple of group_size"), (4, 1, ">= 2")])
+@pytest.mark.parametrize("size, k, match", [(5, 2, "multiple of samples_per_prompt"), (4, 1, ">= 2")])
 def test_rloo_sequence_advantages_rejects_bad_groups(size, k, match):
     with pytest.raises(ValueError, match=match):
-        rloo_sequence_advantages(torch.zeros(size), group_size=k)
+        rloo_sequence_advantages(torch.zeros(size), samples_per_prompt=k)
 
 
 # A batch of 2 prompts x K = 2, T = 3, used below. 99 marks padding that must be ignored.
@@ -62,7 +62,7 @@ def test_rloo_process_rewards_hand_values():
     # row 0: r - rbar_1 = (1, 2, 3) - 4 = (-3, -2, -1); row 1: (4) - rbar_0 = 2;
     # row 2: no tokens; row 3: (1, -1) - rbar_2 = (1, -1)
     expected = t([[-3, -2, -1], [2, 0, 0], [0, 0, 0], [1, -1, 0]])
-    assert_close(rloo_process_rewards(REWARDS, MASK, group_size=2), expected)
+    assert_close(rloo_process_rewards(REWARDS, MASK, samples_per_prompt=2), expected)
 
 
 def test_reverse_cumsum_hand_values():

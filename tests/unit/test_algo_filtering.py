@@ -11,7 +11,7 @@ def test_filter_prompts_band_is_inclusive():
     # band [0.2, 0.8] keeps the middle three, including both edges.
     counts = [0, 1, 2, 4, 5]
     outcomes = torch.tensor([1 if k < c else 0 for c in counts for k in range(5)])
-    keep = filter_prompts(outcomes, group_size=5, low=0.2, high=0.8)
+    keep = filter_prompts(outcomes, samples_per_prompt=5, low=0.2, high=0.8)
     assert keep.dtype == torch.bool
     assert keep.tolist() == [False, True, True, True, False]
 
@@ -25,7 +25,7 @@ def test_filter_prompts_k4_paper_band():
 
 
 def test_filter_prompts_rejects_ragged_batch():
-    with pytest.raises(ValueError, match="multiple of group_size"):
+    with pytest.raises(ValueError, match="multiple of samples_per_prompt"):
         filter_prompts(torch.zeros(7), 4, 0.2, 0.8)
 
 

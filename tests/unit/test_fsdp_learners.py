@@ -66,7 +66,7 @@ def token_rewards_for(batch, seed=7):
 
 def policy_learner(model_dir, **kw):
     cfg = PolicyConfig(**{**POLICY, **kw.pop("cfg", {})})
-    return PolicyLearner(cfg, model_dir, advantage=ADVANTAGE, group_size=K, seed=0, **kw)
+    return PolicyLearner(cfg, model_dir, advantage=ADVANTAGE, samples_per_prompt=K, seed=0, **kw)
 
 
 def prm_learner(model_dir, case, **kw):
@@ -245,7 +245,7 @@ def test_bf16_compute_changes_every_fp32_master_at_lr_5e_7(dirs, role):
     rollouts, demos = make_batch(seed=1), make_batch(seed=2, is_demo=True)
     if role == "policy":
         learner = PolicyLearner(
-            PolicyConfig(**{**POLICY, "lr": 5e-7, "grad_clip": 1.0}), dirs["tiny"], advantage=ADVANTAGE, group_size=K,
+            PolicyConfig(**{**POLICY, "lr": 5e-7, "grad_clip": 1.0}), dirs["tiny"], advantage=ADVANTAGE, samples_per_prompt=K,
             compute_dtype="bfloat16", dtype="bfloat16",
         )
         step = lambda: learner.update(None, token_rewards_for(rollouts), rollouts)  # noqa: E731

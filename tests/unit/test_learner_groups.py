@@ -22,14 +22,14 @@ def test_local_groups_run_the_drivers_calls_like_the_plain_learners(tiny_dir):
     rollouts, demos = make_rollouts(seed=3), make_rollouts(seed=4, is_demo=True)
     keep = np.array([0, 1])
 
-    policy = PolicyLearnerGroup(pcfg, tiny_dir, local=True, advantage=adv, group_size=K, seed=0)
+    policy = PolicyLearnerGroup(pcfg, tiny_dir, local=True, advantage=adv, samples_per_prompt=K, seed=0)
     prm = PRMLearnerGroup(rcfg, irl, tiny_dir, local=True, seed=0)
     prm_metrics = prm.update(keep, [rollouts], [demos])
     rewards, stats = prm.score(keep, [rollouts])
     policy_metrics = policy.update(keep, rewards, [rollouts])
     weights, version = policy.weights()
 
-    plain_policy = PolicyLearner(pcfg, tiny_dir, advantage=adv, group_size=K, seed=0)
+    plain_policy = PolicyLearner(pcfg, tiny_dir, advantage=adv, samples_per_prompt=K, seed=0)
     plain_prm = PRMLearner(rcfg, irl, tiny_dir, seed=0)
     untimed = lambda m: {k: v for k, v in m.items() if not k.startswith("timing/")}  # noqa: E731
     assert untimed(plain_prm.update(keep, rollouts, demos)) == untimed(prm_metrics)

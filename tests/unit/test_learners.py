@@ -52,7 +52,7 @@ def changed(before: dict, after: dict) -> list[str]:
 
 def test_policy_update_changes_every_parameter_and_logs(tiny_dir):
     cfg = PolicyConfig(lr=1e-2, mini_batch_size=8, micro_batch_size=4, num_threads=1)
-    learner = PolicyLearner(cfg, tiny_dir, advantage=AdvantageConfig(c_process=0.0), group_size=K)
+    learner = PolicyLearner(cfg, tiny_dir, advantage=AdvantageConfig(c_process=0.0), samples_per_prompt=K)
     before = learner.parameters_numpy()
     batch = make_rollouts()
     for _ in range(3):
@@ -79,10 +79,10 @@ def test_policy_micro_batching_does_not_change_the_update(tiny_dir):
 
 def test_policy_save_load_roundtrip(tiny_dir, tmp_path):
     cfg = PolicyConfig(lr=1e-2, mini_batch_size=8, micro_batch_size=8, num_threads=1)
-    a = PolicyLearner(cfg, tiny_dir, advantage=AdvantageConfig(c_process=0.0), group_size=K)
+    a = PolicyLearner(cfg, tiny_dir, advantage=AdvantageConfig(c_process=0.0), samples_per_prompt=K)
     a.update(None, None, make_rollouts())
     a.save(str(tmp_path / "policy"))
-    b = PolicyLearner(cfg, tiny_dir, advantage=AdvantageConfig(c_process=0.0), group_size=K)
+    b = PolicyLearner(cfg, tiny_dir, advantage=AdvantageConfig(c_process=0.0), samples_per_prompt=K)
     b.load(str(tmp_path / "policy"))
     pa, pb = a.parameters_numpy(), b.parameters_numpy()
     assert all(np.array_equal(pa[k], pb[k]) for k in pa) and b.version == a.version
@@ -147,7 +147,7 @@ def test_recompute_with_pi_old_equal_to_the_sampler_is_sampler_mode(tiny_dir):
     batch.sampling_logprobs = PolicyLearner(PolicyConfig(**base), tiny_dir).logprobs(batch)
     results = {}
     for mode in ("sampler", "recompute"):
-        learner = PolicyLearner(PolicyConfig(**base, old_logprobs=mode), tiny_dir, advantage=AdvantageConfig(c_process=0.0), group_size=K)
+        learner = PolicyLearner(PolicyConfig(**base, old_logprobs=mode), tiny_dir, advantage=AdvantageConfig(c_process=0.0), samples_per_prompt=K)
         results[mode] = (learner.update(None, None, batch), learner.parameters_numpy())
     for k, v in results["sampler"][1].items():
         np.testing.assert_allclose(results["recompute"][1][k], v, atol=1e-7, err_msg=k)
@@ -167,7 +167,7 @@ def test_recompute_caps_the_importance_weight(tiny_dir):
     for shift in (0.0, 1.0):
         batch.sampling_logprobs = pi_old.copy()
         batch.sampling_logprobs[:4] -= shift * batch.response_mask[:4]
-        learner = PolicyLearner(PolicyConfig(**base), tiny_dir, advantage=AdvantageConfig(c_process=0.0), group_size=K)
+        learner = PolicyLearner(PolicyConfig(**base), tiny_dir, advantage=AdvantageConfig(c_process=0.0), samples_per_prompt=K)
         metrics.append(learner.update(None, None, batch))
         params.append(learner.parameters_numpy())
     share = batch.response_mask[:4].sum() / batch.response_mask.sum()

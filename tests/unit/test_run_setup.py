@@ -156,3 +156,26 @@ def test_curriculum_keys_are_checked():
         load_config(None, ["data.curriculum_iterations=-1"])
     cfg = load_config(None, ["data.world_split=hard_train", "data.curriculum_iterations=5"])
     assert cfg.data.curriculum_iterations == 5 and cfg.data.curriculum_path == ""
+
+
+def test_cli_stops_before_anything_starts_on_a_damaged_checkpoint(tmp_path, capsys):
+    from repirl_ray.cli import main
+
+    run, (older, newest) = _checkpoint(tmp_path)
+    (newest / "trainer_state.json").write_text('{"iteration": 4, "da')  # truncated
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "trainer_state.json is not valid JSON" in err and str(older) in err
+
+
+def test_cli_stops_on_ranks_the_machine_cannot_place_and_leaves_no_run_folder(tmp_path, capsys):
+    from repirl_ray.cli import main
+
+    run_dir = tmp_path / "run"
+    assert main(["train", "policy.num_workers=8", f"run_dir={run_dir}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "policy.num_workers" in err and "the cluster has CPU" in err
+    assert not run_dir.exists()
+    assert main(["train", "data.train_path=/nonexistent/train.jsonl", "data.eval_path=/nonexistent/eval.jsonl",
+                 f"run_dir={run_dir}"]) == 2
+    assert "not found" in capsys.readouterr().err and not run_dir.exists()

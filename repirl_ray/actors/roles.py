@@ -1,9 +1,11 @@
-"""Ray wrappers of the plain classes, created with the resources their config section asks for.
+"""The rollout workers as Ray actors (the RolloutGroup), and what every role's actors share:
+their environment and the check for custom resources no node offers. The learner groups are in
+learner_group.py.
 
-The classes (PolicyLearner, PRMLearner, RolloutWorker) carry no Ray decorator: `ray.remote` is
-applied here, where they are created, so the same classes run in-process in tests. Every actor
-gets an explicit fractional num_cpus: on a small machine an actor asking for a whole CPU when none
-is free waits forever, silently.
+The plain classes (RolloutWorker, PolicyLearner, PRMLearner) carry no Ray decorator: `ray.remote`
+is applied where they are created, so the same classes run in-process in tests. Every actor gets
+an explicit fractional num_cpus: on a small machine an actor asking for a whole CPU when none is
+free waits forever, silently.
 """
 
 from __future__ import annotations

@@ -35,6 +35,19 @@ def _train_records(run_dir):
     return [r for r in _records(run_dir) if "rollout/accuracy" in r]
 
 
+RESUME_KEYS = ["rollout/accuracy", "rollout/response_len", "prm/loss", "prm/ess", "policy/loss", "policy/entropy",
+               "policy/approx_kl"]
+
+
+def assert_same_iterations(whole, split, iterations, keys=RESUME_KEYS):
+    """A run resumed midway logged the same iterations, with the same numbers, as one in one go."""
+    a, b = _train_records(whole), _train_records(split)
+    assert [r["iteration"] for r in a] == list(range(1, iterations + 1)) == [r["iteration"] for r in b]
+    for ra, rb in zip(a, b):
+        for k in keys:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), (ra["iteration"], k, ra[k], rb[k])
+
+
 def test_resume_equals_uninterrupted_run(ray_session, world_cache, tmp_path):
     """4 iterations in one go == 2 iterations, then a resume for 2 more. With a curriculum of 3
     iterations on the easy split before the hard one: the checkpoint falls inside it, and both
@@ -49,12 +62,7 @@ def test_resume_equals_uninterrupted_run(ray_session, world_cache, tmp_path):
     assert latest_checkpoint(split).name == "iter_000002"
     train(resume=str(split), overrides=["iterations=4"], log_fn=lambda *_: None)
 
-    a, b = _train_records(whole), _train_records(split)
-    assert [r["iteration"] for r in a] == [1, 2, 3, 4] == [r["iteration"] for r in b]
-    keys = ["rollout/accuracy", "rollout/response_len", "prm/loss", "prm/ess", "policy/loss", "policy/entropy", "policy/approx_kl"]
-    for ra, rb in zip(a, b):
-        for k in keys:
-            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), (ra["iteration"], k, ra[k], rb[k])
+    assert_same_iterations(whole, split, 4)
     report = json.loads((whole / "data_report.json").read_text())
     assert report["curriculum"]["path"].endswith("train.jsonl") and report["train"]["path"].endswith("hard_train.jsonl")
     sa = json.loads((whole / "summary.json").read_text())
@@ -176,9 +184,4 @@ def test_two_rank_learner_groups_resume_exactly(ray_session, world_cache, tmp_pa
     assert (ckpt / "policy" / "optimizer" / "rank_1.pt").is_file() and (ckpt / "prm" / "optimizer" / "rank_1.pt").is_file()
     train(resume=str(split), overrides=["iterations=4"], log_fn=lambda *_: None)
 
-    a, b = _train_records(whole), _train_records(split)
-    assert [r["iteration"] for r in a] == [1, 2, 3, 4] == [r["iteration"] for r in b]
-    keys = ["rollout/accuracy", "rollout/response_len", "prm/loss", "prm/ess", "policy/loss", "policy/entropy", "policy/approx_kl"]
-    for ra, rb in zip(a, b):
-        for k in keys:
-            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), (ra["iteration"], k, ra[k], rb[k])
+    assert_same_iterations(whole, split, 4)

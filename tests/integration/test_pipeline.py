@@ -14,7 +14,7 @@ from repirl_ray.config import load_config
 from repirl_ray.driver import Trainer, train
 from repirl_ray.run_setup import latest_checkpoint
 from tests.conftest import TINY_RUN, TINY_WORLD, overrides
-from tests.integration.test_fault_tolerance import _kill_when, _logged, _train_records
+from tests.integration.test_fault_tolerance import RESUME_KEYS, _kill_when, _logged, _train_records, assert_same_iterations
 
 pytestmark = pytest.mark.integration
 
@@ -75,10 +75,4 @@ def test_pipelined_resume_equals_uninterrupted_run(ray_session, world_cache, tmp
     assert (ckpt / "pending" / "rollouts.npz").is_file()
     train(resume=str(split), overrides=["iterations=4"], log_fn=lambda *_: None)
 
-    a, b = _train_records(whole), _train_records(split)
-    assert [r["iteration"] for r in a] == [1, 2, 3, 4] == [r["iteration"] for r in b]
-    keys = ["rollout/accuracy", "rollout/response_len", "rollout/staleness", "prm/loss", "prm/ess", "policy/loss",
-            "policy/entropy", "policy/approx_kl"]
-    for ra, rb in zip(a, b):
-        for k in keys:
-            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), (ra["iteration"], k, ra[k], rb[k])
+    assert_same_iterations(whole, split, 4, RESUME_KEYS + ["rollout/staleness"])

@@ -15,7 +15,6 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from repirl_ray.batch import build_rollouts
 from repirl_ray.config import AdvantageConfig, IRLConfig, PolicyConfig, PRMConfig
 from repirl_ray.learners.common import checkpoint_files
 from repirl_ray.learners.distributed import free_port
@@ -23,6 +22,7 @@ from repirl_ray.learners.policy import PolicyLearner
 from repirl_ray.learners.prm import PRMLearner
 from repirl_ray.models.prm import HeadPRM
 from repirl_ray.models.tiny import build_char_tokenizer, build_tiny_qwen2
+from tests.unit.test_learners import make_rollouts
 
 K = 3  # samples per prompt: 3 prompts x 3 = 9 rows, uneven over 2 ranks (5 / 4)
 # Policy: two mini-batches (5 + 4 rows), micro-batches of 2: rank 0 runs 2 micro-batches of
@@ -37,27 +37,8 @@ PRM_CASES = {"implicit": ("implicit", "repirl"), "head": ("head", "repirl"), "pr
 
 
 def make_batch(num_prompts=3, seed=0, is_demo=False, version=0):
-    """K rollouts per prompt, outcomes alternating 1, 0, 1 (so each prompt has P and N), random
-    tokens and sampling log-probs; or one expert demo per prompt."""
-    rng = np.random.default_rng(seed)
-    prompts, responses, logps, pidx, sidx, outcome = [], [], [], [], [], []
-    per = 1 if is_demo else K
-    for p in range(num_prompts):
-        prompt = [1] + list(rng.integers(3, 20, size=2 + p))
-        for k in range(per):
-            length = int(rng.integers(3, 8))
-            responses.append(list(rng.integers(3, 20, size=length - 1)) + [2])
-            logps.append(list(-rng.uniform(0.5, 3.5, size=length)))
-            prompts.append(prompt)
-            pidx.append(p)
-            sidx.append(k)
-            outcome.append(1.0 if (is_demo or k % 2 == 0) else 0.0)
-    n = len(prompts)
-    return build_rollouts(
-        prompts, responses, None if is_demo else logps, prompt_index=pidx, sample_index=sidx, outcome=outcome,
-        format_ok=[1.0] * n, is_demo=is_demo, policy_version=-1 if is_demo else version, step_ids=None,
-        first_wrong=[-2] * n, pad_id=0,
-    )
+    """test_learners' batch, a little longer and with larger log-probs (so clipping is active)."""
+    return make_rollouts(num_prompts, seed, is_demo, version, max_len=8, logp_range=(0.5, 3.5), k=K)
 
 
 def token_rewards_for(batch, seed=7):

@@ -23,17 +23,18 @@ def tiny_dir(tmp_path_factory):
     return str(path)
 
 
-def make_rollouts(num_prompts=2, seed=0, is_demo=False):
-    """K rollouts per prompt with outcomes 1,0,1,0 and random tokens/log-probs."""
+def make_rollouts(num_prompts=2, seed=0, is_demo=False, version=0, max_len=7, logp_range=(0.1, 2.0), k=K):
+    """K rollouts per prompt with outcomes 1,0,1,0 (each prompt has P and N), random tokens and
+    sampling log-probs of policy `version`; or one expert demo per prompt."""
     rng = np.random.default_rng(seed)
     prompts, responses, logps, pidx, sidx, outcome = [], [], [], [], [], []
-    per = 1 if is_demo else K
+    per = 1 if is_demo else k
     for p in range(num_prompts):
         prompt = [1] + list(rng.integers(3, 20, size=3 + p))
         for k in range(per):
-            length = int(rng.integers(3, 7))
+            length = int(rng.integers(3, max_len))
             responses.append(list(rng.integers(3, 20, size=length - 1)) + [2])
-            logps.append(list(-rng.uniform(0.1, 2.0, size=length)))
+            logps.append(list(-rng.uniform(*logp_range, size=length)))
             prompts.append(prompt)
             pidx.append(p)
             sidx.append(k)
@@ -41,7 +42,7 @@ def make_rollouts(num_prompts=2, seed=0, is_demo=False):
     n = len(prompts)
     return build_rollouts(
         prompts, responses, None if is_demo else logps, prompt_index=pidx, sample_index=sidx, outcome=outcome,
-        format_ok=[1.0] * n, is_demo=is_demo, policy_version=-1 if is_demo else 0, step_ids=None,
+        format_ok=[1.0] * n, is_demo=is_demo, policy_version=-1 if is_demo else version, step_ids=None,
         first_wrong=[-2] * n, pad_id=0,
     )
 

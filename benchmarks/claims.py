@@ -5,11 +5,14 @@ experiment on hard problems and best-of-N with a trained PRM.
     .venv/bin/python benchmarks/claims.py                 # everything
     .venv/bin/python benchmarks/claims.py --seeds 0 --iterations 10 --modes repirl rloo   # a quick look
 
-Each run is a `repirl train` subprocess (exactly what a user runs) with its own run folder under
---out; --parallel N runs N of them at once (default 2: a run leaves much of 2 cores idle while it
-starts, evaluates and waits between phases, and its results do not depend on its neighbours:
-sampling seeds come from the iteration and the prompt). A run that needs another (ttt needs the
-repirl PRM of its seed, sft_rloo the bc run's supervised stage) waits for it. Writes --out/claims.md (tables: mean +- std over seeds, every number from this run),
+Runs go in --parallel lanes (default 2), each a process with one Ray that runs its share of the
+runs one after another, in-process, reusing its rollout workers (vLLM engines) across runs with
+the same rollout settings: a run starts from its own policy's weights pushed into them (samples
+do not depend on an engine's past: seeds are per request). So Python, Ray and vLLM start once per
+lane instead of once per run. A run that needs another (ttt needs the repirl PRM of its seed,
+sft_rloo the bc run's supervised stage) is in the same lane, after it. Each run has its own run
+folder under --out and its log under --out/logs; a finished run is not run again (rerunning the
+benchmark resumes it). Writes --out/claims.md (tables: mean +- std over seeds, every number from this run),
 learning_curves.png, hard_curves.png, bon.png, claims.json (every per-run number) and prints
 the tables. Nothing is cherry-picked: every seed that ran is in the table; a failed run is
 reported as failed.
@@ -18,13 +21,13 @@ reported as failed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import threading
-from concurrent.futures import ThreadPoolExecutor
 import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -55,34 +58,123 @@ COLUMNS = {
 }
 
 
-def run_one(name: str, config: str, overrides: list[str], out: Path, log) -> dict:
-    run_dir = out / "runs" / name
-    summary = run_dir / "summary.json"
-    if summary.is_file():  # a finished run is not run again (rerunning the benchmark resumes it)
-        log(f"  {name}: done before, reused")
-        return json.loads(summary.read_text())
-    if run_dir.exists():
-        import shutil
+# Rough cost of a run relative to rloo's (the last claims run), to balance the lanes.
+COST = {"repirl": 2.2, "repirl_head": 1.7, "rloo": 1.0, "prime": 1.8, "prm_only": 2.2, "ttt": 1.8, "bc": 1.5,
+        "sft_rloo": 0.9, "hard_repirl": 1.4, "hard_rloo": 0.6}
+NEEDS = {"ttt": "repirl", "sft_rloo": "bc"}  # run after that mode's run of the same seed (same lane)
 
-        shutil.rmtree(run_dir)
-    cmd = [str(Path(sys.executable)), "-m", "repirl_ray.cli", "train", "--config", str(ROOT / config),
-           f"run_dir={run_dir}", *overrides]
-    t0 = time.time()
-    with open(out / "logs" / f"{name}.log", "w") as logfile:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-        for line in proc.stdout:
-            logfile.write(line)
-            # A line every 10 iterations, so that long work shows progress.
-            if line.startswith("iter ") and int(line.split()[1].split("/")[0]) % 10 == 0:
-                log(f"    {name}: {line.strip()[:150]}")
-        proc.wait()
-    if proc.returncode != 0 or not summary.is_file():
-        log(f"  {name}: FAILED (exit {proc.returncode}); see {out / 'logs' / (name + '.log')}")
-        return {"failed": True}
-    result = json.loads(summary.read_text())
-    log(f"  {name}: final accuracy {result['final_accuracy']:.3f} (base {result['base_accuracy']:.3f}), "
-        f"step AUROC {result.get('step_auroc')}, {time.time() - t0:.0f} s")
-    return result
+
+def run_name(mode: str, seed: int, hard: bool) -> str:
+    return f"{'hard_' if hard else ''}{mode}-s{seed}"
+
+
+def run_overrides(mode: str, seed: int, hard: bool, iterations: int, common: list[str], out: Path, log) -> list[str] | None:
+    """The run's key=value overrides; None when a run it needs has not left what it needs."""
+    overrides = [*common, f"seed={seed}", f"name={run_name(mode, seed, hard)}"] + ([] if mode == "bc" else [f"iterations={iterations}"])
+    if hard:
+        overrides += HARD_OVERRIDES
+    if mode == "ttt":
+        # Test-time training needs a trained PRM: the repirl run of the same seed.
+        prm = sorted((out / "runs" / f"repirl-s{seed}" / "checkpoints").glob("iter_*/prm"))
+        if not prm:
+            log(f"  {run_name(mode, seed, hard)}: skipped, needs the repirl run of seed {seed} first")
+            return None
+        overrides.append(f"model.prm_path={prm[-1]}")
+    if mode == "sft_rloo":
+        # The supervised stage is the bc run's job of the same seed (same demos, steps, seed):
+        # start RLOO from its result instead of training the same model a second time.
+        sft_policy = out / "runs" / f"bc-s{seed}" / "sft_policy"
+        if (sft_policy / "config.json").is_file():
+            log(f"  {run_name(mode, seed, hard)}: starts from bc-s{seed}'s supervised stage ({sft_policy})")
+            overrides += [f"model.policy_path={sft_policy}", "sft.steps=0"]
+    return overrides
+
+
+def run_lane(runs: list[list], out: Path, iterations: int, common: list[str], lane: int) -> None:
+    """One lane: its runs in order, in this process, on one Ray, reusing rollout workers."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    from repirl_ray.config import load_config
+    from repirl_ray.driver import Trainer
+    from repirl_ray.run_setup import task_kwargs
+
+    def log(msg: str) -> None:
+        print(f"[lane {lane}] {msg}", flush=True)
+
+    # The dashboard: Ray Train's placement-group cleaner (bc's supervised stage) polls it.
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
+             log_to_driver=False)
+    engines: dict[str, object] = {}  # rollout settings -> RolloutGroup, reused across runs
+    try:
+        for mode, seed, hard in runs:
+            name = run_name(mode, seed, hard)
+            run_dir = out / "runs" / name
+            if (run_dir / "summary.json").is_file():  # rerunning the benchmark resumes it
+                log(f"{name}: done before, reused")
+                continue
+            overrides = run_overrides(mode, seed, hard, iterations, common, out, log)
+            if overrides is None:
+                continue
+            if run_dir.exists():
+                import shutil
+
+                shutil.rmtree(run_dir)
+            t0 = time.time()
+            logfile = open(out / "logs" / f"{name}.log", "w")
+
+            def run_log(line: str, name=name, logfile=logfile) -> None:
+                logfile.write(line + "\n")
+                logfile.flush()
+                # A line every 10 iterations, so that long work shows progress.
+                if line.startswith("iter ") and int(line.split()[1].split("/")[0]) % 10 == 0:
+                    log(f"{name}: {line.strip()[:140]}")
+
+            try:
+                cfg = load_config([str(ROOT / "configs" / "modes" / f"{mode}.yaml")], [*overrides, f"run_dir={run_dir}"])
+                key = json.dumps([dataclasses.asdict(cfg.rollout), cfg.data.task, cfg.model.dtype, cfg.data.chat_template,
+                                  cfg.data.max_prompt_tokens, repr(task_kwargs(cfg))], sort_keys=True)
+                log(f"{name}: started" + (" (rollout workers reused)" if key in engines else ""))
+                trainer = Trainer(cfg, run_dir, log_fn=run_log, rollout=engines.get(key))
+                engines[key] = trainer.rollout
+                try:
+                    result = trainer.train()
+                finally:
+                    trainer.shutdown()
+                log(f"{name}: final accuracy {result['final_accuracy']:.3f} (base {result['base_accuracy']:.3f}), "
+                    f"step AUROC {result.get('step_auroc')}, {time.time() - t0:.0f} s")
+            except Exception as err:  # noqa: BLE001 - a failed run is reported, the lane goes on
+                logfile.write(f"FAILED: {type(err).__name__}: {err}\n")
+                log(f"{name}: FAILED ({type(err).__name__}: {str(err)[:200]}); see {out / 'logs' / (name + '.log')}")
+                engines.clear()  # its engines may be broken: the next run starts its own
+            finally:
+                logfile.close()
+    finally:
+        ray.shutdown()
+
+
+def lanes_of(plan: list[tuple], parallel: int) -> list[list[tuple]]:
+    """The runs split into `parallel` lanes of about equal cost; a run stays after the run it needs."""
+    chains: list[list[tuple]] = []
+    for mode, seed, hard in plan:
+        if not hard and mode in NEEDS and (NEEDS[mode], seed, False) in plan:
+            continue  # it follows the run it needs, below
+        chain = [(mode, seed, hard)]
+        chain += [(m, seed, False) for m, needed in NEEDS.items() if not hard and needed == mode and (m, seed, False) in plan]
+        chains.append(chain)
+    lanes: list[list[tuple]] = [[] for _ in range(max(1, parallel))]
+    loads = [0.0] * len(lanes)
+    for chain in sorted(chains, key=lambda c: -sum(COST[("hard_" if h else "") + m] for m, _, h in c)):
+        i = loads.index(min(loads))
+        lanes[i] += chain
+        loads[i] += sum(COST[("hard_" if h else "") + m] for m, _, h in chain)
+    return [lane for lane in lanes if lane]
+
+
+def read_result(out: Path, name: str) -> dict:
+    summary = out / "runs" / name / "summary.json"
+    return json.loads(summary.read_text()) if summary.is_file() else {"failed": True}
 
 
 def training_means(run_dir: Path, last: int = 10) -> dict:
@@ -126,9 +218,16 @@ def main(argv=None) -> int:
     parser.add_argument("--hard-modes", nargs="*", default=HARD_MODES, choices=HARD_MODES)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "claims"))
     parser.add_argument("--no-bon", action="store_true")
-    parser.add_argument("--parallel", type=int, default=2, help="runs at once (default 2)")
+    parser.add_argument("--parallel", type=int, default=2, help="lanes of runs at once (default 2)")
+    parser.add_argument("--lane", help=argparse.SUPPRESS)  # internal: run these runs in this process
+    parser.add_argument("--lane-index", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--common", help=argparse.SUPPRESS)
     parser.add_argument("extra", nargs="*", metavar="key=value", help="overrides for every run")
     args = parser.parse_args(argv)
+    if args.lane:
+        run_lane([tuple(r) for r in json.loads(args.lane)], Path(args.out), args.iterations, json.loads(args.common),
+                 args.lane_index)
+        return 0
 
     out = Path(args.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -143,55 +242,31 @@ def main(argv=None) -> int:
     plan = [(m, s, False) for s in args.seeds for m in args.modes] + [(m, s, True) for s in args.seeds for m in args.hard_modes]
     log(f"claims benchmark: {len(plan)} runs ({args.modes} + early-signal {args.hard_modes}) x seeds {args.seeds}, "
         f"{args.iterations} iterations each; machine: {platform.platform()}, {os.cpu_count()} CPUs")
+    lanes = lanes_of(plan, args.parallel)
+    for i, lane in enumerate(lanes):
+        log(f"lane {i}: " + ", ".join(run_name(*r) for r in lane))
+    procs = [subprocess.Popen([sys.executable, __file__, "--lane", json.dumps(lane), "--lane-index", str(i),
+                               "--out", str(out), "--iterations", str(args.iterations), "--common", json.dumps(common)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i, lane in enumerate(lanes)]
+    def relay(proc, i):
+        with open(out / "logs" / f"lane{i}.log", "w") as lane_log:
+            for line in proc.stdout:
+                lane_log.write(line)
+                if line.startswith("[lane "):
+                    log(f"{line.rstrip()} ({time.time() - t_start:.0f} s so far)")
+
+    threads = [threading.Thread(target=relay, args=(p, i), daemon=True) for i, p in enumerate(procs)]
+    for t in threads:
+        t.start()
+    for p, t in zip(procs, threads):
+        p.wait()
+        t.join()
     results: dict[str, dict] = {}
-    done = {name: threading.Event() for name in (f"{'hard_' if h else ''}{m}-s{s}" for m, s, h in plan)}
-    started = iter(range(1, len(plan) + 1))
-    lock = threading.Lock()
-
-    def wait_for(name: str) -> None:
-        if name in done:
-            done[name].wait()
-
-    def run_planned(mode: str, seed: int, hard: bool) -> None:
-        name = f"{'hard_' if hard else ''}{mode}-s{seed}"
-        try:
-            # Behaviour cloning has no RL iterations (bc.yaml sets iterations=0).
-            overrides = [*common, f"seed={seed}", f"name={name}"] + ([] if mode == "bc" else [f"iterations={args.iterations}"])
-            if hard:
-                overrides += HARD_OVERRIDES
-            if mode == "ttt":
-                # Test-time training needs a trained PRM: the repirl run of the same seed.
-                wait_for(f"repirl-s{seed}")
-                repirl_dir = out / "runs" / f"repirl-s{seed}"
-                prm = sorted((repirl_dir / "checkpoints").glob("iter_*/prm"))
-                if not prm:
-                    log(f"  {name}: skipped, needs the repirl run of seed {seed} first")
-                    results[name] = {"failed": True, "reason": "no trained PRM"}
-                    return
-                overrides.append(f"model.prm_path={prm[-1]}")
-            if mode == "sft_rloo":
-                # The supervised stage is the bc run's job of the same seed (same demos, steps, seed):
-                # start RLOO from its result instead of training the same model a second time.
-                wait_for(f"bc-s{seed}")
-                sft_policy = out / "runs" / f"bc-s{seed}" / "sft_policy"
-                if (sft_policy / "config.json").is_file():
-                    log(f"  {name}: starts from bc-s{seed}'s supervised stage ({sft_policy})")
-                    overrides += [f"model.policy_path={sft_policy}", "sft.steps=0"]
-            with lock:
-                i = next(started)
-            log(f"[{i}/{len(plan)}] {name} ({time.time() - t_start:.0f} s so far)")
-            result = run_one(name, f"configs/modes/{mode}.yaml", overrides, out, log)
-            result.update(training_means(out / "runs" / name))
-            results[name] = result
-        finally:
-            done[name].set()
-
-    # Runs that others wait for go first, so a waiting run never holds a slot its dependency needs.
-    first = {"repirl", "bc"}
-    ordered = sorted(plan, key=lambda p: (p[0] not in first, p[2], p[1]))
-    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        for future in [pool.submit(run_planned, *p) for p in ordered]:
-            future.result()
+    for mode, seed, hard in plan:
+        name = run_name(mode, seed, hard)
+        results[name] = read_result(out, name)
+        results[name].update(training_means(out / "runs" / name))
 
     # Speed against the baseline of the same seed, measured in this same benchmark run.
     for (mode, seed, hard) in plan:
@@ -247,8 +322,8 @@ def main(argv=None) -> int:
         "",
         f"Command: `python benchmarks/claims.py --seeds {' '.join(map(str, args.seeds))} --iterations {args.iterations}"
         + (f" {' '.join(args.extra)}" if args.extra else "") + "`",
-        f"Machine: {machine}. Wall time: {wall / 60:.1f} min for {len(plan)} runs, {args.parallel} at a time "
-        "(wall times of runs that overlapped others: their ratios are indicative only).",
+        f"Machine: {machine}. Wall time: {wall / 60:.1f} min for {len(plan)} runs in {len(lanes)} lanes "
+        "(runs of different lanes overlapped: the wall-time ratios are indicative only).",
         "",
         f"## Modes ({args.iterations} iterations of 64 prompts x 4 samples; mean +- std over seeds)",
         "",

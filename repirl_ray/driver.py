@@ -79,8 +79,12 @@ class PhaseTimer:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume_from: Path | None = None, log_fn=print):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume_from: Path | None = None, log_fn=print,
+                 rollout: RolloutGroup | None = None):
+        """rollout: rollout workers to reuse (started by an earlier run with the same rollout
+        section and task); they start again from this run's policy, and outlive it."""
         self.cfg = cfg
+        self._given_rollout = rollout
         self.run_dir = Path(run_dir)
         self.log = log_fn
         self.stop_requested = False
@@ -192,11 +196,20 @@ class Trainer:
         t0 = time.time()
         common = dict(dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
         learner_common = dict(common, compute_dtype=cfg.model.compute_dtype, seed=cfg.seed)
-        self.rollout = RolloutGroup(
-            cfg.rollout, paths.policy, cfg.data.task, on_event=self._event, wait=False, seed=cfg.seed,
-            chat_template=cfg.data.chat_template, max_prompt_tokens=cfg.data.max_prompt_tokens,
-            task_kwargs=task_kwargs(cfg), **common,
-        )
+        worker_kwargs = dict(chat_template=cfg.data.chat_template, max_prompt_tokens=cfg.data.max_prompt_tokens,
+                             task_kwargs=task_kwargs(cfg), **common)
+        if self._given_rollout is not None:
+            given = self._given_rollout
+            same = {k: v for k, v in given.worker_kwargs.items() if k != "seed"} == worker_kwargs
+            if given.cfg != cfg.rollout or given.task_name != cfg.data.task or not same:
+                raise ValueError("rollout workers can be reused only by a run with the same rollout section, task, "
+                                 "prompt encoding and dtype")
+            self.rollout = self._given_rollout
+            self.rollout.on_event = self._event
+            self.rollout.reset(paths.policy, cfg.model.dtype)
+        else:
+            self.rollout = RolloutGroup(cfg.rollout, paths.policy, cfg.data.task, on_event=self._event, wait=False,
+                                        seed=cfg.seed, **worker_kwargs)
         self.policy = PolicyLearnerGroup(
             cfg.policy, paths.policy, advantage=cfg.advantage, samples_per_prompt=cfg.rollout.samples_per_prompt,
             temperature=cfg.rollout.temperature, ref_path=paths.ref, **learner_common,
@@ -522,7 +535,7 @@ class Trainer:
 
     def shutdown(self) -> None:
         for group in (getattr(self, "rollout", None), getattr(self, "policy", None), getattr(self, "prm", None)):
-            if group is not None:
+            if group is not None and group is not self._given_rollout:
                 group.shutdown()
         if getattr(self, "started_ray", False) or (getattr(self, "joined_ray", False) and ray.is_initialized()):
             ray.shutdown()

@@ -221,6 +221,30 @@ class RolloutGroup:
             except RayActorError as err:
                 self._replace(i, f"died while loading weights: {type(err).__name__}", version)
 
+    def reset(self, model_path: str, dtype: str) -> None:
+        """Start again from the weights of `model_path` (an HF folder of the engines' architecture)
+        as version 0: another run on the same engines (benchmarks/claims.py reuses them across
+        runs). Samples do not depend on what an engine sampled before: seeds are per request, and
+        loading weights resets the prefix cache."""
+        from safetensors.torch import load_file
+
+        from repirl_ray.models.policy import DTYPES
+        from repirl_ray.models.weights import weight_buckets
+
+        weights = os.path.join(model_path, "model.safetensors")
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"{weights} not found: reusing rollout engines needs a single-file HF checkpoint")
+        self._finish_loads()
+        ref = ray.put(weight_buckets(load_file(weights), DTYPES[dtype]))
+        self.model_path = model_path  # a replacement worker starts from it
+        self.weights = {0: ref}
+        self.version = 0
+        for i, load in enumerate([w.load_weights.remote(ref, 0) for w in self.workers]):
+            try:
+                ray.get(load)
+            except RayActorError as err:
+                self._replace(i, f"died while loading weights: {type(err).__name__}", 0)
+
     def _finish_loads(self) -> None:
         """Pushes made without waiting: read their results (a worker that died while loading is
         found again by the batch it was to sample next, and replaced there)."""

@@ -141,7 +141,7 @@ def run_lane(runs: list[list], out: Path, iterations: int, common: list[str], la
                 try:
                     result = trainer.train()
                 finally:
-                    trainer.shutdown()
+                    trainer.shutdown(keep_rollout=True)
                 log(f"{name}: final accuracy {result['final_accuracy']:.3f} (base {result['base_accuracy']:.3f}), "
                     f"step AUROC {result.get('step_auroc')}, {time.time() - t0:.0f} s")
             except Exception as err:  # noqa: BLE001 - a failed run is reported, the lane goes on

@@ -533,9 +533,12 @@ class Trainer:
                 out["base_hard_" + key.split("/")[1]] = value
         return out
 
-    def shutdown(self) -> None:
+    def shutdown(self, keep_rollout: bool = False) -> None:
+        """Stop the actors (and a Ray this process started). keep_rollout: leave the rollout
+        workers running for another run to reuse (they were given to this one, or it was asked)."""
+        keep = keep_rollout or self._given_rollout is not None
         for group in (getattr(self, "rollout", None), getattr(self, "policy", None), getattr(self, "prm", None)):
-            if group is not None and group is not self._given_rollout:
+            if group is not None and not (keep and group is getattr(self, "rollout", None)):
                 group.shutdown()
         if getattr(self, "started_ray", False) or (getattr(self, "joined_ray", False) and ray.is_initialized()):
             ray.shutdown()

@@ -19,21 +19,28 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 QUIET = dict(log_fn=lambda *_: None)
 
 
-def run_mode(mode, world_cache, run_dir, **extra):
+# The mode runs share their rollout workers, as benchmarks/claims.py does (their rollout settings
+# are the same): each run starts them again from its own policy.
+ENGINES: dict = {}
+
+
+def run_mode(mode, world_cache, run_dir, reuse=True, **extra):
     # The mode's own iteration count where it sets one (bc: 0), else the tiny run's 2.
     run = {k: v for k, v in TINY_RUN.items() if not (mode == "bc" and k == "iterations")}
     cfg = load_config(str(ROOT / "configs" / "modes" / f"{mode}.yaml"),
                       overrides(TINY_WORLD, run, **{"world.dir": str(world_cache), "rollout.num_workers": 1,
                                                     "sft.steps": 10, "sft.batch_size": 8, **extra}))
     run_dir.mkdir(parents=True)
-    trainer = Trainer(cfg, run_dir, **QUIET)
+    trainer = Trainer(cfg, run_dir, rollout=ENGINES.get("shared") if reuse else None, **QUIET)
+    if reuse:
+        ENGINES["shared"] = trainer.rollout
     try:
         before = trainer.policy.parameters()
         summary = trainer.train()
         after = trainer.policy.parameters()
         prm_kind = cfg.prm.kind if trainer.prm is not None else None
     finally:
-        trainer.shutdown()
+        trainer.shutdown(keep_rollout=reuse)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "rollout/accuracy" in r]
     changed = any(not np.array_equal(before[k], after[k]) for k in before)
@@ -107,3 +114,16 @@ def test_eval_and_bon_on_a_checkpoint(repirl_run, tmp_path):
         assert all(s <= o + 1e-9 for s, o in zip(curves[selector], curves["oracle"]))
     assert (out / "bon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "bon.md").read_text().count("\n") >= 5
+
+
+def test_reused_rollout_workers_sample_as_fresh_ones(ray_session, world_cache, tmp_path):
+    """A run on rollout workers another run used (their weights reset to its policy) logs the
+    same numbers as a run on fresh ones."""
+    fresh, fresh_train, _, _ = run_mode("rloo", world_cache, tmp_path / "fresh", reuse=False)
+    if "shared" not in ENGINES:  # this test alone: give the workers a run before the one compared
+        run_mode("rloo", world_cache, tmp_path / "warm-up")
+    reused, reused_train, _, _ = run_mode("rloo", world_cache, tmp_path / "reused")
+    for key in ("base_accuracy", "final_accuracy", "base_greedy_accuracy", "final_greedy_accuracy"):
+        assert fresh[key] == reused[key], key
+    for a, b in zip(fresh_train, reused_train):
+        assert a["policy/loss"] == b["policy/loss"] and a["rollout/accuracy"] == b["rollout/accuracy"]

@@ -5,11 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-<<<<<<< HEAD
-.PHONY: demo test test-unit install install-gpu world clean
-=======
-.PHONY: demo test test-unit install world world-asset clean
->>>>>>> h9d
+.PHONY: demo test test-unit install install-gpu world world-asset clean
 
 $(STAMP): pyproject.toml requirements/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -136,6 +136,12 @@ def run_lane(runs: list[list], out: Path, iterations: int, common: list[str], la
                 key = json.dumps([dataclasses.asdict(cfg.rollout), cfg.data.task, cfg.model.dtype, cfg.data.chat_template,
                                   cfg.data.max_prompt_tokens, repr(task_kwargs(cfg))], sort_keys=True)
                 log(f"{name}: started" + (" (rollout workers reused)" if key in engines else ""))
+                if key not in engines:
+                    # One set of rollout workers at a time: a lane's Ray has the cores of one run,
+                    # so a second set beside the first would wait for resources forever.
+                    for held in engines.values():
+                        held.shutdown()
+                    engines.clear()
                 trainer = Trainer(cfg, run_dir, log_fn=run_log, rollout=engines.get(key))
                 engines[key] = trainer.rollout
                 try:
@@ -147,7 +153,9 @@ def run_lane(runs: list[list], out: Path, iterations: int, common: list[str], la
             except Exception as err:  # noqa: BLE001 - a failed run is reported, the lane goes on
                 logfile.write(f"FAILED: {type(err).__name__}: {err}\n")
                 log(f"{name}: FAILED ({type(err).__name__}: {str(err)[:200]}); see {out / 'logs' / (name + '.log')}")
-                engines.clear()  # its engines may be broken: the next run starts its own
+                for held in engines.values():  # its engines may be broken: the next run starts its own
+                    held.shutdown()
+                engines.clear()
             finally:
                 logfile.close()
     finally:

@@ -360,13 +360,19 @@ def test_inside_the_sandbox():
     expected_uids = range(sandbox_uid_range().start, sandbox_uid_range().stop) if os.geteuid() == 0 else [os.getuid()]
     # The work folder is empty, but for the way to the interpreter when it lives under /tmp.
     in_tmp = {p.split("/")[2] for p in sandbox_module._interpreter_paths() if p.startswith("/tmp/")}
+    # The project is hidden, but for the way to the interpreter when its venv lives in the
+    # project (a clean clone with `make test`'s .venv, as in CI).
+    in_project = {Path(p).relative_to(PROJECT).parts[0] for p in sandbox_module._interpreter_paths()
+                  if p.startswith(str(PROJECT) + "/")}
     probe = f"""
 import os, resource, socket, sys
 def f(x):
     assert os.getcwd() == "/tmp" and set(os.listdir(".")) == {in_tmp!r}, os.listdir(".")
     assert set(os.environ) <= {{"PATH", "LANG", "PYTHONDONTWRITEBYTECODE", "HOME", "PWD", "LC_CTYPE"}}, os.environ
     assert os.getppid() == 1 and sorted(int(p) for p in os.listdir("/proc") if p.isdigit()) == [1, os.getpid()]
-    assert not os.listdir({str(PROJECT)!r})
+    seen = set(os.listdir({str(PROJECT)!r})) if os.path.isdir({str(PROJECT)!r}) else set()
+    assert seen == {in_project!r}, seen
+    assert not os.path.exists({str(PROJECT / "repirl_ray")!r}) and not os.path.exists({str(PROJECT / "README.md")!r})
     assert set(os.listdir("/root")) <= {{".pyenv"}}, os.listdir("/root")
     assert [name for _, name in socket.if_nameindex()] == ["lo"], socket.if_nameindex()
     for path in ("/usr/x", "/etc/x"):

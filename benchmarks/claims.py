@@ -107,6 +107,11 @@ def run_lane(runs: list[list], out: Path, iterations: int, common: list[str], la
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
              log_to_driver=False)
     engines: dict[str, object] = {}  # rollout settings -> RolloutGroup, reused across runs
+
+    def release(held: dict) -> None:
+        for group in held.values():
+            group.shutdown()
+        held.clear()
     try:
         for mode, seed, hard in runs:
             name = run_name(mode, seed, hard)
@@ -139,9 +144,7 @@ def run_lane(runs: list[list], out: Path, iterations: int, common: list[str], la
                 if key not in engines:
                     # One set of rollout workers at a time: a lane's Ray has the cores of one run,
                     # so a second set beside the first would wait for resources forever.
-                    for held in engines.values():
-                        held.shutdown()
-                    engines.clear()
+                    release(engines)
                 trainer = Trainer(cfg, run_dir, log_fn=run_log, rollout=engines.get(key))
                 engines[key] = trainer.rollout
                 try:
@@ -153,9 +156,7 @@ def run_lane(runs: list[list], out: Path, iterations: int, common: list[str], la
             except Exception as err:  # noqa: BLE001 - a failed run is reported, the lane goes on
                 logfile.write(f"FAILED: {type(err).__name__}: {err}\n")
                 log(f"{name}: FAILED ({type(err).__name__}: {str(err)[:200]}); see {out / 'logs' / (name + '.log')}")
-                for held in engines.values():  # its engines may be broken: the next run starts its own
-                    held.shutdown()
-                engines.clear()
+                release(engines)  # its engines may be broken: the next run starts its own
             finally:
                 logfile.close()
     finally:
@@ -185,16 +186,14 @@ def lane_pins(parallel: int) -> list[list[str]]:
     share every core with 2 threads per learner oversubscribe them (4 learners x 2 spinning
     OpenMP threads on 2 cores ran an iteration 3x slower than one lane alone). Within a lane the
     phases run one after another, so a lane needs no more cores than one phase uses."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    from repirl_ray.actors.roles import core_lists
+
+    cores = core_lists(1)[0].split(",")  # this process's cores
     if parallel <= 1 or len(cores) < parallel:
         return [[] for _ in range(max(1, parallel))]
     per = len(cores) // parallel
-    pins = []
-    for i in range(parallel):
-        mine = ",".join(str(c) for c in cores[i * per:(i + 1) * per])
-        pins.append([f"rollout.cores={mine}", f"policy.cores={mine}", f"prm.cores={mine}", f"policy.num_threads={per}",
-                     f"prm.num_threads={per}", f"sft.num_threads={per}"])
-    return pins
+    return [[f"rollout.cores={mine}", f"policy.cores={mine}", f"prm.cores={mine}", f"policy.num_threads={per}",
+             f"prm.num_threads={per}", f"sft.num_threads={per}"] for mine in core_lists(parallel)]
 
 
 def read_result(out: Path, name: str) -> dict:

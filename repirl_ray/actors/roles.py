@@ -57,7 +57,7 @@ def warn_missing_resources(role: str, resources: dict) -> None:
         )
 
 
-def _core_lists(num_workers: int, spec: str = "") -> list[str]:
+def core_lists(num_workers: int, spec: str = "") -> list[str]:
     """CPU cores of each rollout worker's vLLM threads (from `spec`, else all of this machine's):
     disjoint while there are enough cores."""
     if spec:
@@ -133,7 +133,7 @@ class RolloutGroup:
     def _start(self, index: int):
         env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
         if self.cfg.num_gpus == 0:
-            env["VLLM_CPU_OMP_THREADS_BIND"] = _core_lists(self.cfg.num_workers, self.cfg.cores)[index] if self.cfg.bind_cores else "nobind"
+            env["VLLM_CPU_OMP_THREADS_BIND"] = core_lists(self.cfg.num_workers, self.cfg.cores)[index] if self.cfg.bind_cores else "nobind"
         actor = ray.remote(RolloutWorker).options(
             num_cpus=self.cfg.num_cpus,
             num_gpus=self.cfg.num_gpus,

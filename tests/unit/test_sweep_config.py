@@ -189,3 +189,25 @@ def test_cli_sweep_dry_run_and_one_line_errors(tmp_path, capsys):
     assert main(["sweep", "--config", bad]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: sweep key 'grid.prm.bta'") and "\n" not in err
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+SWEEP_FILES = sorted(p for p in (REPO / "benchmarks" / "sweeps").glob("*.yaml") if not p.name.startswith("core"))
+
+
+def test_committed_sweep_files_and_core_pins_are_valid(monkeypatch):
+    """Every sweep the README reproduces expands to trials whose configs validate, on either
+    one-core base config; the two pins differ only in the core they name."""
+    monkeypatch.chdir(REPO)  # base_config and data paths are relative to the repository
+    assert {p.stem for p in SWEEP_FILES} >= {"prm_quality", "prm_quality_best", "regimes", "regimes_curriculum", "pipeline"}
+    pins = [load_config(f"benchmarks/sweeps/core{c}.yaml", []) for c in (0, 1)]
+    for c, cfg in enumerate(pins):
+        assert (cfg.rollout.cores, cfg.policy.cores, cfg.prm.cores) == (str(c),) * 3
+        assert cfg.policy.num_threads == cfg.prm.num_threads == 1
+    for path in SWEEP_FILES:
+        for c in (0, 1):
+            spec = load_sweep(str(path), [f"base_config=benchmarks/sweeps/core{c}.yaml"])
+            trials = expand_trials(spec)
+            configs = validate_trials(spec, trials)
+            assert len(configs) == len(trials) == len({t.key for t in trials}) > 0, path.name
+            assert all(cfg.policy.cores == str(c) for cfg in configs), path.name

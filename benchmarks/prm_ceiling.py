@@ -1,0 +1,300 @@
+"""What bounds the PRM's step AUROC on the built-in world? Three measured reference points on
+the runs' fixed PRM set (the base policy's samples of the held-out prompts, as `repirl train`
+draws it), and where a demo-trained PRM loses its AUROC.
+
+    .venv/bin/python benchmarks/prm_ceiling.py                       # ~5 min on 2 cores
+    .venv/bin/python benchmarks/prm_ceiling.py --prm runs/sweeps/prm_quality_best/trials/*/checkpoints/latest/prm
+
+1. Oracle checkers that read the text: `local` scores a step 1 when its own arithmetic is right
+   (a op b = c, mod 100, the prompt's op and operand at that index), `chained` also requires its
+   left-hand value to be the previous step's written result. A step label is prefix
+   correctness (ALGORITHM.md section 5: the first wrong step and every later one are wrong), so
+   a step after a mistake that computes correctly from the wrong value is labelled wrong while
+   both checkers pass it: their AUROC is what a PRM that judges each step on its own reaches.
+2. Supervised ceiling: the same PRM (same kind, beta, initialisation from the base policy)
+   fitted on the ground-truth step labels of the base policy's samples of *training* prompts
+   (binary cross-entropy on each step's summed token rewards), scored on the fixed set after
+   each pass. A demo-trained PRM never sees a step label; this is what the model and the
+   step-sum score reach when it does.
+3. Any PRM checkpoint given with --prm (e.g. a sweep trial's final PRM), scored on the same set.
+
+Every row also splits the AUROC: correct steps against the first wrong step only, and against
+the steps after it only; and gives the AUROC of the prefix minimum (each step scored by the
+lowest step score up to it, as PURE's min-form credit does), which matches the labels' prefix
+semantics. Writes benchmarks/results/prm_ceiling.md (and .json) and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from repirl_ray import algo  # noqa: E402
+from repirl_ray.batch import Rollouts, load_rollouts  # noqa: E402
+from repirl_ray.config import load_config  # noqa: E402
+from repirl_ray.learners.prm import PRMLearner, step_quality  # noqa: E402
+from repirl_ray.models.sequence import model_inputs  # noqa: E402
+from repirl_ray.run_setup import load_run_data, resolve_paths, task_kwargs  # noqa: E402
+from repirl_ray.tasks.arithmetic import parse_prompt  # noqa: E402
+
+_STEP = re.compile(r"(\d+)([+\-*])(\d+)=(\d+);", re.ASCII)
+_ANSWER = re.compile(r"#(\d+)", re.ASCII)
+
+
+def num_steps(batch: Rollouts, i: int) -> int:
+    """The steps step_scores() pools for row i (the step ids' max + 1)."""
+    ids = batch.step_ids[i]
+    return int(ids.max()) + 1 if (ids >= 0).any() else 0
+
+
+def oracle_scores(batch: Rollouts, texts: list[str], prompts: list[str], modulus: int) -> dict[str, list[list[float]]]:
+    """Per row, per step: 1.0 when the `local` / `chained` checker passes the step, else 0.0."""
+    out = {"local": [], "chained": []}
+    for i, (text, prompt) in enumerate(zip(texts, prompts)):
+        start, ops = parse_prompt(prompt)
+        spans, begin = [], 0
+        while begin < len(text):
+            end = text.find(";", begin)
+            end = len(text) if end < 0 else end + 1
+            spans.append(text[begin:end])
+            begin = end
+        local, chained, prev = [], [], start % modulus
+        for k, seg in enumerate(spans[: num_steps(batch, i)]):
+            m, a = _STEP.fullmatch(seg), _ANSWER.fullmatch(seg)
+            if m and k < len(ops):
+                lhs, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+                value = {"+": lhs + b, "-": lhs - b, "*": lhs * b}[op] % modulus
+                ok = (op, b) == ops[k] and value == c
+                local.append(float(ok))
+                chained.append(float(ok and lhs == prev))
+                prev = c
+            elif a and k == len(ops):  # the answer repeats the last written result
+                local.append(float(int(a[1]) == prev))
+                chained.append(float(int(a[1]) == prev))
+            else:  # malformed, an answer too early, or text after the answer
+                local.append(0.0)
+                chained.append(0.0)
+        out["local"].append(local)
+        out["chained"].append(chained)
+    return out
+
+
+def split_auroc(step_scores: list[list[float]], first_wrong: list[int | None]) -> dict[str, float]:
+    """AUROC over all steps; of the correct steps against the first wrong step only and against
+    the steps after it only; and over all steps with each step scored by the lowest score up to
+    it (prefix min: a step label is the correctness of the whole prefix)."""
+    scores, labels = algo.step_auroc_inputs(step_scores, first_wrong)
+    prefix_min = [np.minimum.accumulate(s).tolist() if len(s) else [] for s in step_scores]
+    pos = [s for s, y in zip(scores, labels) if y == 1]
+    first, after = [], []
+    for sample, fw in zip(step_scores, first_wrong):
+        if fw is not None:
+            first += sample[fw: fw + 1]
+            after += sample[fw + 1:]
+    return {
+        "step_auroc": algo.auroc(scores, labels),
+        "vs_first_wrong": algo.auroc(pos + first, [1] * len(pos) + [0] * len(first)),
+        "vs_after_first_wrong": algo.auroc(pos + after, [1] * len(pos) + [0] * len(after)),
+        "prefix_min": algo.auroc(*algo.step_auroc_inputs(prefix_min, first_wrong)),
+    }
+
+
+def prm_step_scores(learner: PRMLearner, batch: Rollouts) -> list[list[float]]:
+    rewards, _ = learner.score_batch(batch)
+    return [algo.step_scores(rewards[i], batch.step_ids[i]) for i in range(len(batch))]
+
+
+def label(path: str) -> str:
+    """A checkpoint's run folder relative to the sweep (trials/<trial>/checkpoints/...)."""
+    parts = Path(path).resolve().parts
+    return "/".join(parts[parts.index("trials") + 1:]) if "trials" in parts else path
+
+
+def first_wrongs(batch: Rollouts) -> list[int | None]:
+    return [None if f < 0 else int(f) for f in batch.first_wrong]
+
+
+def step_targets(batch: Rollouts) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, S] labels (1 = before the first wrong step) and a mask of the steps each row has."""
+    s = max(num_steps(batch, i) for i in range(len(batch)))
+    k = torch.arange(s)[None, :]
+    n = torch.tensor([num_steps(batch, i) for i in range(len(batch))])[:, None]
+    fw = torch.from_numpy(batch.first_wrong.astype(np.int64))[:, None]
+    labels = ((fw < 0) | (k < fw)).float()
+    return labels, (k < n).float()
+
+
+def fit_supervised(learner: PRMLearner, train: Rollouts, fixed: Rollouts, passes: int, micro: int, lr: float, log) -> list[dict]:
+    """Binary cross-entropy of each step's summed token rewards (plus one learned bias, which
+    AUROC ignores) against its ground-truth label; the fixed set's AUROC after each pass."""
+    labels, mask = step_targets(train)
+    bias = torch.zeros((), requires_grad=True)
+    params = [p for p in learner.prm.parameters() if p.requires_grad] + [bias]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng(0)
+    curve = []
+    for p in range(1, passes + 1):
+        t0, losses = time.perf_counter(), []
+        learner.prm.train()
+        for rows in np.array_split(rng.permutation(len(train)), max(1, len(train) // micro)):
+            inputs = model_inputs(train, rows)
+            r = learner.prm.token_rewards(inputs).float()  # [b, T]
+            ids = torch.from_numpy(train.step_ids[rows].astype(np.int64))
+            width = labels.shape[1]
+            # Summed token rewards per step: tokens outside any step (id -1) go to a dropped column.
+            sums = torch.zeros(len(rows), width + 1).scatter_add(1, torch.where(ids < 0, width, ids), r)[:, :width]
+            m = mask[rows]
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(sums + bias, labels[rows], reduction="none")
+            loss = (bce * m).sum() / m.sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+        learner.prm.eval()
+        with torch.no_grad():
+            row = {"pass": p, "loss": float(np.mean(losses)), "s": time.perf_counter() - t0,
+                   **split_auroc(prm_step_scores(learner, fixed), first_wrongs(fixed))}
+        curve.append(row)
+        log(f"  pass {p}/{passes}: loss {row['loss']:.4f}, fixed-set step AUROC {row['step_auroc']:.3f} "
+            f"(vs first wrong {row['vs_first_wrong']:.3f}, vs after {row['vs_after_first_wrong']:.3f}, prefix min "
+            f"{row['prefix_min']:.3f}), {row['s']:.1f} s")
+    return curve
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-prompts", type=int, default=1024, help="training prompts sampled for the supervised fit")
+    parser.add_argument("--passes", type=int, default=6, help="passes over the supervised data")
+    parser.add_argument("--micro", type=int, default=64, help="rows per supervised step")
+    parser.add_argument("--lr", type=float, default=1e-4, help="supervised AdamW learning rate")
+    parser.add_argument("--kinds", default="implicit,head", help="PRM kinds to fit on the labels")
+    parser.add_argument("--prm", nargs="*", default=[], help="PRM checkpoint folders to score on the fixed set")
+    parser.add_argument("--fixed-set", default="", help="a run's prm_eval_eval.npz: check that the set drawn here is the same")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "prm_ceiling.md"))
+    parser.add_argument("overrides", nargs="*", help="run-config key=value (the world, seed, eval.num_prompts, prm.beta ...)")
+    args = parser.parse_args(argv)
+    t_start = time.time()
+    log = lambda msg: print(f"[{time.time() - t_start:6.1f}s] {msg}", flush=True)  # noqa: E731
+
+    # The runs' eval settings of the sweeps (benchmarks/sweeps/prm_quality.yaml) unless overridden.
+    cfg = load_config(None, ["eval.num_prompts=128", "rollout.num_workers=1", *args.overrides])
+    torch.set_num_threads(cfg.prm.num_threads)
+    paths = resolve_paths(cfg, log)
+    data, _ = load_run_data(cfg, paths, {}, log)
+    eval_problems = data["eval"][: cfg.eval.num_prompts]
+    train_problems = data["train"][: args.train_prompts]
+
+    from repirl_ray.rollout.worker import RolloutWorker
+
+    worker = RolloutWorker(cfg.rollout, paths.policy, cfg.data.task, dtype=cfg.model.dtype, seed=cfg.seed,
+                           chat_template=cfg.data.chat_template, max_prompt_tokens=cfg.data.max_prompt_tokens,
+                           trust_remote_code=cfg.model.trust_remote_code, task_kwargs=task_kwargs(cfg))
+    # The fixed set exactly as the driver draws it at the first evaluation (driver.evaluate).
+    fixed, _, _ = worker.generate(eval_problems, list(range(len(eval_problems))), n=cfg.eval.samples_per_prompt,
+                                  temperature=cfg.rollout.temperature, seed=10_007 + cfg.seed)
+    same = None
+    if args.fixed_set:
+        given = load_rollouts(args.fixed_set)
+        same = given.response_ids.shape == fixed.response_ids.shape and bool((given.response_ids == fixed.response_ids).all())
+        log(f"fixed set drawn here {'is' if same else 'is NOT'} the one in {args.fixed_set}")
+        fixed = given
+    train, _, _ = worker.generate(train_problems, list(range(len(train_problems))), n=cfg.rollout.samples_per_prompt,
+                                  temperature=cfg.rollout.temperature, seed=cfg.seed)
+    del worker
+    fw = first_wrongs(fixed)
+    n_steps = sum(num_steps(fixed, i) for i in range(len(fixed)))
+    n_first = sum(f is not None and f < num_steps(fixed, i) for i, f in enumerate(fw))
+    n_after = sum(max(0, num_steps(fixed, i) - f - 1) for i, f in enumerate(fw) if f is not None)
+    log(f"fixed set: {len(fixed)} samples, {n_steps} steps ({n_steps - n_first - n_after} correct, {n_first} first wrong, "
+        f"{n_after} after the first wrong); accuracy {fixed.outcome.mean():.3f}. Supervised data: {len(train)} samples "
+        f"of {len(train_problems)} training prompts, accuracy {train.outcome.mean():.3f}")
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(paths.policy, trust_remote_code=cfg.model.trust_remote_code)
+    texts = [tok.decode(fixed.response_ids[i][fixed.response_mask[i] > 0], skip_special_tokens=True) for i in range(len(fixed))]
+    prompts = [eval_problems[int(p)].prompt for p in fixed.prompt_index]
+    rows = []
+    for name, scores in oracle_scores(fixed, texts, prompts, cfg.world.modulus).items():
+        rows.append({"scorer": f"oracle: {name} checker", **split_auroc(scores, fw)})
+        log(f"{rows[-1]['scorer']}: {rows[-1]['step_auroc']:.3f}")
+
+    curves = {}
+    for kind in [k for k in args.kinds.split(",") if k]:
+        kcfg = load_config(None, ["eval.num_prompts=128", *args.overrides, f"prm.kind={kind}"])
+        learner = PRMLearner(kcfg.prm, kcfg.irl, paths.policy, ref_path=paths.ref, seed=kcfg.seed)
+        log(f"supervised {kind} PRM (lr {args.lr}, {args.passes} passes of {len(train)} samples):")
+        curve = fit_supervised(learner, train, fixed, args.passes, args.micro, args.lr, log)
+        best = max(curve, key=lambda r: r["step_auroc"])
+        rows.append({"scorer": f"supervised {kind} PRM on step labels (best of {args.passes} passes: {best['pass']})",
+                     **{k: best[k] for k in ("step_auroc", "vs_first_wrong", "vs_after_first_wrong", "prefix_min")}})
+        curves[kind] = curve
+        del learner
+
+    for path in args.prm:
+        meta = json.loads((Path(path) / "prm.json").read_text()) if (Path(path) / "prm.json").is_file() else {}
+        kind = meta.get("kind", cfg.prm.kind)
+        kcfg = load_config(None, [*args.overrides, f"prm.kind={kind}"] + ([f"prm.beta={meta['beta']}"] if "beta" in meta else []))
+        learner = PRMLearner(kcfg.prm, kcfg.irl, path, ref_path=paths.ref, seed=kcfg.seed)
+        learner.prm.eval()
+        with torch.no_grad():
+            rows.append({"scorer": f"checkpoint {label(path)}", **split_auroc(prm_step_scores(learner, fixed), fw)})
+        log(f"{rows[-1]['scorer']}: {rows[-1]['step_auroc']:.3f}")
+        del learner
+
+    machine = f"{platform.node() or 'unknown'}: {torch.get_num_threads()} torch threads, {__import__('os').cpu_count()} cores, {platform.platform()}"
+    lines = [
+        "# What bounds step AUROC on the built-in world",
+        "",
+        f"Fixed PRM set: {len(fixed)} base-policy samples of {len(eval_problems)} held-out prompts (seed {cfg.seed}), "
+        f"{n_steps} steps: {n_steps - n_first - n_after} correct, {n_first} first wrong, {n_after} after the first wrong. "
+        + ("" if same is None else f"Same set as {args.fixed_set}: {same}. ")
+        + f"Supervised data: {len(train)} samples of {len(train_problems)} training prompts. "
+        f"Wall time {time.time() - t_start:.0f} s on {machine}.",
+        "",
+        "Columns: AUROC over all steps (the runs' `eval/step_auroc`); of the correct steps against the first wrong step "
+        "only; against the steps after it only; over all steps with each scored by the lowest step score up to it (prefix min).",
+        "",
+        "| scorer | step AUROC | vs first wrong | vs after first wrong | prefix-min AUROC |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['scorer']} | {r['step_auroc']:.3f} | {r['vs_first_wrong']:.3f} | {r['vs_after_first_wrong']:.3f} | {r['prefix_min']:.3f} |")
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        m = re.match(r"checkpoint \d+-variant=(.+)-seed=\d+/", r["scorer"])
+        if m:
+            groups.setdefault(m[1], []).append(r)
+    if groups:
+        lines += ["", "Checkpoints by sweep variant (mean +- std over seeds):", "",
+                  "| variant | n | step AUROC | vs first wrong | vs after first wrong | prefix-min AUROC |", "|---|---|---|---|---|---|"]
+        keys = ("step_auroc", "vs_first_wrong", "vs_after_first_wrong", "prefix_min")
+        for variant, rs in sorted(groups.items(), key=lambda kv: -np.mean([r["prefix_min"] for r in kv[1]])):
+            cells = [f"{np.mean([r[k] for r in rs]):.3f} +- {np.std([r[k] for r in rs], ddof=1) if len(rs) > 1 else 0:.3f}" for k in keys]
+            lines.append(f"| {variant} | {len(rs)} | " + " | ".join(cells) + " |")
+    for kind, curve in curves.items():
+        lines += ["", f"Supervised {kind} PRM by pass: " + ", ".join(f"{c['pass']}: {c['step_auroc']:.3f}" for c in curve)]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table)
+    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "curves": curves, "same_fixed_set": same,
+                                                     "overrides": args.overrides}, indent=1, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

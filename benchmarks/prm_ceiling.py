@@ -96,7 +96,7 @@ def split_auroc(step_scores: list[list[float]], first_wrong: list[int | None]) -
     the steps after it only; and over all steps with each step scored by the lowest score up to
     it (prefix min: a step label is the correctness of the whole prefix)."""
     scores, labels = algo.step_auroc_inputs(step_scores, first_wrong)
-    prefix_min = [np.minimum.accumulate(s).tolist() if len(s) else [] for s in step_scores]
+    prefix_min = algo.prefix_min(step_scores)
     pos = [s for s, y in zip(scores, labels) if y == 1]
     first, after = [], []
     for sample, fw in zip(step_scores, first_wrong):

@@ -93,7 +93,7 @@ def evaluate_checkpoint(checkpoint: str, *, samples: int = 8, split: str = "eval
             out[f"pass@{k}"] = value
         if session.prm is not None:
             _, stats = session.score(refs)
-            for key in ("step_auroc", "first_error_acc"):
+            for key in ("step_auroc", "step_auroc_prefix_min", "first_error_acc"):
                 if f"prm/{key}" in stats:
                     out[f"prm_{key}"] = stats[f"prm/{key}"]
             fixed = session.run_dir / f"prm_eval_{'eval' if split == 'eval' else 'eval_hard'}.npz"

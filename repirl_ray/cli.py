@@ -32,7 +32,7 @@ USER_ERRORS = (ConfigError, DataError, ModelPathError, FileNotFoundError, FileEx
 def _print_summary(summary: dict) -> None:
     keys = [
         "base_accuracy", "final_accuracy", "base_greedy_accuracy", "final_greedy_accuracy",
-        "base_step_auroc", "step_auroc", "first_error_acc", "iterations", "wall_s", "peak_rss_gib",
+        "base_step_auroc", "step_auroc", "step_auroc_prefix_min", "first_error_acc", "iterations", "wall_s", "peak_rss_gib",
     ]
     print("summary:")
     for k in keys:

@@ -353,7 +353,7 @@ class Trainer:
             sets = (("", [fixed]),) if fresh else (("", [fixed]), ("_onpolicy", sampled.rollouts))
             for suffix, parts in sets:
                 _, stats = self.prm.score(None, parts)
-                for key in ("step_auroc", "first_error_acc"):
+                for key in ("step_auroc", "step_auroc_prefix_min", "first_error_acc"):
                     if f"prm/{key}" in stats:
                         out[f"{tag}/{key}{suffix}"] = stats[f"prm/{key}"]
                         if fresh:
@@ -516,6 +516,7 @@ class Trainer:
             "base_greedy_accuracy": base.get("eval/greedy_accuracy"),
             "final_greedy_accuracy": final.get("eval/greedy_accuracy"),
             "step_auroc": final.get("eval/step_auroc"),
+            "step_auroc_prefix_min": final.get("eval/step_auroc_prefix_min"),
             "base_step_auroc": base.get("eval/step_auroc"),
             "first_error_acc": final.get("eval/first_error_acc"),
             "step_auroc_onpolicy": final.get("eval/step_auroc_onpolicy"),

@@ -325,6 +325,7 @@ RUN_PANELS = (
     ("PRM step AUROC", "step AUROC", [
         ("prm/step_auroc", "training batch (on-policy)", "line", "left"),
         ("eval/step_auroc", "held-out, fixed base-policy set", "points", "left"),
+        ("eval/step_auroc_prefix_min", "held-out, fixed set, prefix min", "points", "left"),
     ]),
     ("importance weights", "ESS (samples)", [
         ("prm/ess", "ESS over the batch", "line", "left"),

@@ -3,6 +3,8 @@
 - step AUROC: token rewards summed per reasoning step; a step before the first wrong step is
   labelled correct (1), the first wrong step and every later one wrong (0) (section 5,
   prm/step_auroc).
+- prefix-min step AUROC: the same, each step scored by the lowest step score up to it; the
+  labels mark the correctness of the whole prefix, which a per-step score cannot see.
 - first-error localisation: does the lowest-scored step coincide with the first wrong step?
 - best-of-N (highest score) and majority vote over final answers (section 7).
 
@@ -86,6 +88,22 @@ def step_auroc_inputs(
             scores.append(float(score))
             labels.append(1 if first_wrong is None or k < first_wrong else 0)
     return scores, labels
+
+
+def prefix_min(step_scores_list: Sequence[Sequence[float]]) -> List[List[float]]:
+    """Each step scored by the lowest step score up to and including it: [[3, 1, 2]] -> [[3, 1, 1]].
+
+    A step label is the correctness of the whole prefix (a step after the first mistake is
+    wrong even when its own arithmetic is right), so the prefix minimum is the score that
+    matches it; it is the form PURE's min-form credit takes."""
+    out: List[List[float]] = []
+    for sample in step_scores_list:
+        low, mins = math.inf, []
+        for score in sample:
+            low = min(low, float(score))
+            mins.append(low)
+        out.append(mins)
+    return out
 
 
 def first_error_localisation(

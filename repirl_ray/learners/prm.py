@@ -271,7 +271,8 @@ class PRMLearner:
 
 
 def step_quality(token_rewards: np.ndarray, batch: Rollouts) -> dict[str, float]:
-    """Step AUROC and first-error localisation of token rewards summed per step (ALGORITHM.md s5).
+    """Step AUROC (per step, and of the prefix minimum) and first-error localisation of token
+    rewards summed per step (ALGORITHM.md s5).
 
     Label 1 = a step before the first wrong step, 0 = the first wrong step and after. Rows without
     step labels (first_wrong == -2) are left out; {} when no row has them."""
@@ -286,5 +287,6 @@ def step_quality(token_rewards: np.ndarray, batch: Rollouts) -> dict[str, float]
     localisable = [(s, f) for s, f in zip(per_sample, first_wrongs) if f is None or f < len(s)]
     return {
         "step_auroc": algo.auroc(scores, labels),
+        "step_auroc_prefix_min": algo.auroc(*algo.step_auroc_inputs(algo.prefix_min(per_sample), first_wrongs)),
         "first_error_acc": algo.first_error_localisation([s for s, _ in localisable], [f for _, f in localisable]),
     }

@@ -19,7 +19,7 @@ EXPECTED_METRICS = {
     "rollout/accuracy", "rollout/response_len", "rollout/kept", "prm/loss", "prm/ess", "prm/reward_pos",
     "prm/reward_neg", "policy/loss", "policy/entropy", "policy/clipfrac", "policy/approx_kl",
     "timing/rollout", "timing/prm", "timing/score", "timing/policy", "timing/sync", "timing/iteration",
-    "prm/step_auroc", "rollout/policy_version",
+    "prm/step_auroc", "prm/step_auroc_prefix_min", "rollout/policy_version",
 }
 
 
@@ -54,6 +54,7 @@ def test_two_iterations_change_every_parameter(ray_session, world_cache, tmp_pat
     assert summary["iterations"] == 2
     # The metric is computed, not just present: a step AUROC of the PRM on the fixed eval set.
     assert 0.0 <= summary["step_auroc"] <= 1.0
+    assert 0.0 <= summary["step_auroc_prefix_min"] <= 1.0
     for key in ("base_accuracy", "final_accuracy", "step_auroc", "wall_s", "peak_rss_gib",
                 "base_greedy_accuracy", "final_greedy_accuracy"):
         assert key in summary

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from repirl_ray.algo.metrics import (
+    prefix_min,
     auroc,
     best_of_n,
     first_error_localisation,
@@ -66,6 +67,17 @@ def test_step_auroc_inputs_labels():
     assert labels == [1, 0, 0, 1, 1]
     # correct steps all score above wrong ones -> AUROC 1
     assert auroc(scores, labels) == 1.0
+
+
+def test_prefix_min_and_its_auroc_by_hand():
+    assert prefix_min([[3.0, 1.0, 2.0], [], [0.5]]) == [[3.0, 1.0, 1.0], [], [0.5]]
+    # A perfect checker of each step's own arithmetic: the first wrong step (1) scores 0, the
+    # step after it was computed right from the wrong value and scores 1.
+    steps, first_wrong = [[1.0, 0.0, 1.0], [1.0, 1.0]], [1, None]
+    # Per step: positives 1, 1, 1 against negatives 0 and 1: (3 + 3 * 0.5) / 6 = 0.75.
+    assert auroc(*step_auroc_inputs(steps, first_wrong)) == pytest.approx(0.75)
+    # Prefix min scores the step after the mistake 0 as well: AUROC 1.
+    assert auroc(*step_auroc_inputs(prefix_min(steps), first_wrong)) == 1.0
 
 
 def test_first_error_localisation():

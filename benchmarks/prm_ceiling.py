@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     parser.add_argument("--passes", type=int, default=6, help="passes over the supervised data")
     parser.add_argument("--micro", type=int, default=64, help="rows per supervised step")
     parser.add_argument("--lr", type=float, default=1e-4, help="supervised AdamW learning rate")
-    parser.add_argument("--kinds", default="implicit,head", help="PRM kinds to fit on the labels")
+    parser.add_argument("--kinds", default="implicit,head", help="PRM kinds to fit on the labels ('' = none: only score --prm)")
     parser.add_argument("--prm", nargs="*", default=[], help="PRM checkpoint folders to score on the fixed set")
     parser.add_argument("--fixed-set", default="", help="a run's prm_eval_eval.npz: check that the set drawn here is the same")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "prm_ceiling.md"))
@@ -210,16 +210,20 @@ def main(argv=None) -> int:
         same = given.response_ids.shape == fixed.response_ids.shape and bool((given.response_ids == fixed.response_ids).all())
         log(f"fixed set drawn here {'is' if same else 'is NOT'} the one in {args.fixed_set}")
         fixed = given
-    train, _, _ = worker.generate(train_problems, list(range(len(train_problems))), n=cfg.rollout.samples_per_prompt,
-                                  temperature=cfg.rollout.temperature, seed=cfg.seed)
+    kinds = [k for k in args.kinds.split(",") if k]
+    train = None
+    if kinds:  # only the supervised fit needs the training prompts' samples
+        train, _, _ = worker.generate(train_problems, list(range(len(train_problems))), n=cfg.rollout.samples_per_prompt,
+                                      temperature=cfg.rollout.temperature, seed=cfg.seed)
     del worker
     fw = first_wrongs(fixed)
     n_steps = sum(num_steps(fixed, i) for i in range(len(fixed)))
     n_first = sum(f is not None and f < num_steps(fixed, i) for i, f in enumerate(fw))
     n_after = sum(max(0, num_steps(fixed, i) - f - 1) for i, f in enumerate(fw) if f is not None)
     log(f"fixed set: {len(fixed)} samples, {n_steps} steps ({n_steps - n_first - n_after} correct, {n_first} first wrong, "
-        f"{n_after} after the first wrong); accuracy {fixed.outcome.mean():.3f}. Supervised data: {len(train)} samples "
-        f"of {len(train_problems)} training prompts, accuracy {train.outcome.mean():.3f}")
+        f"{n_after} after the first wrong); accuracy {fixed.outcome.mean():.3f}"
+        + (f". Supervised data: {len(train)} samples of {len(train_problems)} training prompts, accuracy "
+           f"{train.outcome.mean():.3f}" if train is not None else ""))
 
     from transformers import AutoTokenizer
 
@@ -232,7 +236,7 @@ def main(argv=None) -> int:
         log(f"{rows[-1]['scorer']}: {rows[-1]['step_auroc']:.3f}")
 
     curves = {}
-    for kind in [k for k in args.kinds.split(",") if k]:
+    for kind in kinds:
         kcfg = load_config(None, ["eval.num_prompts=128", *args.overrides, f"prm.kind={kind}"])
         learner = PRMLearner(kcfg.prm, kcfg.irl, paths.policy, ref_path=paths.ref, seed=kcfg.seed)
         log(f"supervised {kind} PRM (lr {args.lr}, {args.passes} passes of {len(train)} samples):")
@@ -261,8 +265,8 @@ def main(argv=None) -> int:
         f"Fixed PRM set: {len(fixed)} base-policy samples of {len(eval_problems)} held-out prompts (seed {cfg.seed}), "
         f"{n_steps} steps: {n_steps - n_first - n_after} correct, {n_first} first wrong, {n_after} after the first wrong. "
         + ("" if same is None else f"Same set as {args.fixed_set}: {same}. ")
-        + f"Supervised data: {len(train)} samples of {len(train_problems)} training prompts. "
-        f"Wall time {time.time() - t_start:.0f} s on {machine}.",
+        + (f"Supervised data: {len(train)} samples of {len(train_problems)} training prompts. " if train is not None else "")
+        + f"Wall time {time.time() - t_start:.0f} s on {machine}.",
         "",
         "Columns: AUROC over all steps (the runs' `eval/step_auroc`); of the correct steps against the first wrong step "
         "only; against the steps after it only; over all steps with each scored by the lowest step score up to it (prefix min).",

@@ -185,6 +185,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "prm_ceiling.md"))
     parser.add_argument("overrides", nargs="*", help="run-config key=value (the world, seed, eval.num_prompts, prm.beta ...)")
     args = parser.parse_args(argv)
+    for path in args.prm:
+        if not (Path(path) / "config.json").is_file():
+            parser.error(f"--prm {path}: not a PRM checkpoint folder (no config.json); give run-config overrides "
+                         "before --prm, which takes every argument after it")
     t_start = time.time()
     log = lambda msg: print(f"[{time.time() - t_start:6.1f}s] {msg}", flush=True)  # noqa: E731
 
@@ -276,13 +280,16 @@ def main(argv=None) -> int:
     ]
     for r in rows:
         lines.append(f"| {r['scorer']} | {r['step_auroc']:.3f} | {r['vs_first_wrong']:.3f} | {r['vs_after_first_wrong']:.3f} | {r['prefix_min']:.3f} |")
-    groups: dict[str, list[dict]] = {}
+    # One row per (variant, seed): a variant run again with the same seed in a second sweep is the
+    # same run (the runs are deterministic), and counting it twice would shrink the spread.
+    by_seed: dict[str, dict[str, dict]] = {}
     for r in rows:
-        m = re.match(r"checkpoint \d+-variant=(.+)-seed=\d+/", r["scorer"])
+        m = re.match(r"checkpoint \d+-variant=(.+)-seed=(\d+)/", r["scorer"])
         if m:
-            groups.setdefault(m[1], []).append(r)
+            by_seed.setdefault(m[1], {}).setdefault(m[2], r)
+    groups = {variant: list(seeds.values()) for variant, seeds in by_seed.items()}
     if groups:
-        lines += ["", "Checkpoints by sweep variant (mean +- std over seeds):", "",
+        lines += ["", "Checkpoints by sweep variant (mean +- std over seeds; a seed that ran in two sweeps counted once):", "",
                   "| variant | n | step AUROC | vs first wrong | vs after first wrong | prefix-min AUROC |", "|---|---|---|---|---|---|"]
         keys = ("step_auroc", "vs_first_wrong", "vs_after_first_wrong", "prefix_min")
         for variant, rs in sorted(groups.items(), key=lambda kv: -np.mean([r["prefix_min"] for r in kv[1]])):

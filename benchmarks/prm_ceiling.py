@@ -2,7 +2,7 @@
 the runs' fixed PRM set (the base policy's samples of the held-out prompts, as `repirl train`
 draws it), and where a demo-trained PRM loses its AUROC.
 
-    .venv/bin/python benchmarks/prm_ceiling.py                       # ~5 min on 2 cores
+    .venv/bin/python benchmarks/prm_ceiling.py                       # 13 min on one shared core here
     .venv/bin/python benchmarks/prm_ceiling.py --prm runs/sweeps/prm_quality_best/trials/*/checkpoints/latest/prm
 
 1. Oracle checkers that read the text: `local` scores a step 1 when its own arithmetic is right

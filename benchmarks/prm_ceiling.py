@@ -3,7 +3,7 @@ the runs' fixed PRM set (the base policy's samples of the held-out prompts, as `
 draws it), and where a demo-trained PRM loses its AUROC.
 
     .venv/bin/python benchmarks/prm_ceiling.py                       # 13 min on one shared core here
-    .venv/bin/python benchmarks/prm_ceiling.py --prm runs/sweeps/prm_quality_best/trials/*/checkpoints/latest/prm
+    .venv/bin/python benchmarks/prm_ceiling.py --kinds '' --prm runs/sweeps/prm_quality*/trials/*/checkpoints/iter_0000[24]0/prm
 
 1. Oracle checkers that read the text: `local` scores a step 1 when its own arithmetic is right
    (a op b = c, mod 100, the prompt's op and operand at that index), `chained` also requires its

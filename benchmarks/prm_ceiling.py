@@ -47,10 +47,8 @@ from repirl_ray.config import load_config  # noqa: E402
 from repirl_ray.learners.prm import PRMLearner, step_quality  # noqa: E402
 from repirl_ray.models.sequence import model_inputs  # noqa: E402
 from repirl_ray.run_setup import load_run_data, resolve_paths, task_kwargs  # noqa: E402
-from repirl_ray.tasks.arithmetic import parse_prompt  # noqa: E402
-
-_STEP = re.compile(r"(\d+)([+\-*])(\d+)=(\d+);", re.ASCII)
-_ANSWER = re.compile(r"#(\d+)", re.ASCII)
+from repirl_ray.tasks.arithmetic import _ANSWER_RE, _STEP_RE, ArithmeticSpec, ArithmeticTask, _apply, parse_prompt  # noqa: E402
+from repirl_ray.tasks.base import Problem  # noqa: E402
 
 
 def num_steps(batch: Rollouts, i: int) -> int:
@@ -59,24 +57,21 @@ def num_steps(batch: Rollouts, i: int) -> int:
     return int(ids.max()) + 1 if (ids >= 0).any() else 0
 
 
-def oracle_scores(batch: Rollouts, texts: list[str], prompts: list[str], modulus: int) -> dict[str, list[list[float]]]:
-    """Per row, per step: 1.0 when the `local` / `chained` checker passes the step, else 0.0."""
+def oracle_scores(batch: Rollouts, texts: list[str], problems: list[Problem], modulus: int) -> dict[str, list[list[float]]]:
+    """Per row, per step: 1.0 when the `local` / `chained` checker passes the step, else 0.0.
+    Steps are the task's own segments (ArithmeticTask.step_labels)."""
+    task = ArithmeticTask(ArithmeticSpec(modulus=modulus))
     out = {"local": [], "chained": []}
-    for i, (text, prompt) in enumerate(zip(texts, prompts)):
-        start, ops = parse_prompt(prompt)
-        spans, begin = [], 0
-        while begin < len(text):
-            end = text.find(";", begin)
-            end = len(text) if end < 0 else end + 1
-            spans.append(text[begin:end])
-            begin = end
+    for i, (text, problem) in enumerate(zip(texts, problems)):
+        start, ops = parse_prompt(problem.prompt)
+        spans = [text[a:b] for a, b in task.step_labels(problem, text).spans]
         local, chained, prev = [], [], start % modulus
         for k, seg in enumerate(spans[: num_steps(batch, i)]):
-            m, a = _STEP.fullmatch(seg), _ANSWER.fullmatch(seg)
+            m = _STEP_RE.fullmatch(seg[:-1]) if seg.endswith(";") else None
+            a = _ANSWER_RE.fullmatch(seg)
             if m and k < len(ops):
                 lhs, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
-                value = {"+": lhs + b, "-": lhs - b, "*": lhs * b}[op] % modulus
-                ok = (op, b) == ops[k] and value == c
+                ok = (op, b) == ops[k] and _apply(lhs, op, b, modulus) == c
                 local.append(float(ok))
                 chained.append(float(ok and lhs == prev))
                 prev = c
@@ -233,9 +228,9 @@ def main(argv=None) -> int:
 
     tok = AutoTokenizer.from_pretrained(paths.policy, trust_remote_code=cfg.model.trust_remote_code)
     texts = [tok.decode(fixed.response_ids[i][fixed.response_mask[i] > 0], skip_special_tokens=True) for i in range(len(fixed))]
-    prompts = [eval_problems[int(p)].prompt for p in fixed.prompt_index]
+    problems = [eval_problems[int(p)] for p in fixed.prompt_index]
     rows = []
-    for name, scores in oracle_scores(fixed, texts, prompts, cfg.world.modulus).items():
+    for name, scores in oracle_scores(fixed, texts, problems, cfg.world.modulus).items():
         rows.append({"scorer": f"oracle: {name} checker", **split_auroc(scores, fw)})
         log(f"{rows[-1]['scorer']}: {rows[-1]['step_auroc']:.3f}")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from repirl_ray import evaluation
+from repirl_ray import algo, evaluation
 from repirl_ray.actors.learner_group import PRMLearnerGroup
 from repirl_ray.actors.roles import RolloutGroup
 from repirl_ray.batch import Rollouts, load_rollouts
@@ -93,7 +93,7 @@ def evaluate_checkpoint(checkpoint: str, *, samples: int = 8, split: str = "eval
             out[f"pass@{k}"] = value
         if session.prm is not None:
             _, stats = session.score(refs)
-            for key in ("step_auroc", "step_auroc_prefix_min", "first_error_acc"):
+            for key in algo.STEP_QUALITY_KEYS:
                 if f"prm/{key}" in stats:
                     out[f"prm_{key}"] = stats[f"prm/{key}"]
             fixed = session.run_dir / f"prm_eval_{'eval' if split == 'eval' else 'eval_hard'}.npz"

@@ -353,7 +353,7 @@ class Trainer:
             sets = (("", [fixed]),) if fresh else (("", [fixed]), ("_onpolicy", sampled.rollouts))
             for suffix, parts in sets:
                 _, stats = self.prm.score(None, parts)
-                for key in ("step_auroc", "step_auroc_prefix_min", "first_error_acc"):
+                for key in algo.STEP_QUALITY_KEYS:
                     if f"prm/{key}" in stats:
                         out[f"{tag}/{key}{suffix}"] = stats[f"prm/{key}"]
                         if fresh:

@@ -16,6 +16,7 @@ from repirl_ray.algo.advantages import (
 )
 from repirl_ray.algo.filtering import expand_to_rows, filter_prompts
 from repirl_ray.algo.metrics import (
+    STEP_QUALITY_KEYS,
     auroc,
     best_of_n,
     first_error_localisation,
@@ -40,6 +41,7 @@ from repirl_ray.algo.prm_loss import (
 from repirl_ray.algo.stats import loss_denominator, masked_mean, masked_sum, masked_whiten
 
 __all__ = [
+    "STEP_QUALITY_KEYS",
     "PRMCoefficients",
     "auroc",
     "best_of_n",

@@ -18,6 +18,11 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 
+# The PRM quality numbers a scorer of labelled steps reports (PRMLearner's step_quality), as runs
+# and `repirl assess` log them.
+STEP_QUALITY_KEYS = ("step_auroc", "step_auroc_prefix_min", "first_error_acc")
+
+
 def _as_1d(values) -> torch.Tensor:
     """Lists, numpy arrays and tensors (any device, with or without grad) -> float64 CPU [n]."""
     if isinstance(values, torch.Tensor):

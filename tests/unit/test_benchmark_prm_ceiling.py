@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from repirl_ray.tasks.base import Problem
+
 SPEC = importlib.util.spec_from_file_location("prm_ceiling", Path(__file__).resolve().parents[2] / "benchmarks" / "prm_ceiling.py")
 prm_ceiling = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(prm_ceiling)
@@ -30,7 +32,8 @@ def test_oracle_checkers_pass_carried_forward_steps_and_fail_the_first_mistake()
         "7+5=12;12*8=96;95-5=90;#90",  # step 2 starts from a wrong value (not the previous result)
         "7+5=12;12*9=8;#8",            # wrong operand at step 1, answer too early
     ]
-    out = prm_ceiling.oracle_scores(rows_with_steps(4, 4, 4, 3), texts, ["7+5*8-5:"] * 4, 100)
+    problem = Problem(id="p", prompt="7+5*8-5:", answer="91")
+    out = prm_ceiling.oracle_scores(rows_with_steps(4, 4, 4, 3), texts, [problem] * 4, 100)
     assert out["local"] == [[1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1], [1, 0, 0]]
     assert out["chained"] == [[1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 0, 1], [1, 0, 0]]
 

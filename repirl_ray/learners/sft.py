@@ -20,7 +20,7 @@ import torch
 
 from repirl_ray.batch import build_rollouts
 from repirl_ray.utils import atomic_write_json
-from repirl_ray.models.prompts import PromptEncoder
+from repirl_ray.models.prompts import PromptEncoder, encode_response
 from repirl_ray.models.sequence import model_inputs, response_logprobs
 
 
@@ -32,7 +32,7 @@ def encode_pairs(tokenizer, pairs: list[tuple[str, str]], chat_template: bool = 
     the rollout workers encode them."""
     encode = PromptEncoder(tokenizer, chat_template, max_prompt_tokens)
     prompts = [encode(p) for p, _ in pairs]
-    responses = [tokenizer(r, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for _, r in pairs]
+    responses = [encode_response(tokenizer, r) for _, r in pairs]
     return prompts, responses
 
 
@@ -94,7 +94,7 @@ def sft_train(
     pad_id: int,
     weight_decay: float = 0.0,
     warmup_frac: float = 0.05,
-    log_every: int = 32,
+    log_every: int = 0,
     report: Callable[[dict], None] | None = None,
 ) -> dict:
     """AdamW with linear warm-up then cosine decay to 10 % of lr; one batch drawn per step (the
@@ -111,6 +111,8 @@ def sft_train(
     if dist:
         trained = torch.nn.parallel.DistributedDataParallel(model)
     warmup = max(1, int(warmup_frac * steps))
+    # About ten progress lines a job (0 = that); a 135M model's step takes seconds on a CPU.
+    log_every = log_every or max(1, min(32, steps // 10))
 
     def lr_at(step: int) -> float:
         if step < warmup:

@@ -15,19 +15,32 @@ class ModelPathError(FileNotFoundError):
     pass
 
 
-def check_model_path(path: str, key: str) -> None:
-    """A local-looking path that does not exist is a typo, not a hub name: say so up front."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def check_model_path(path: str, key: str, *, tokenizer: bool = False) -> None:
+    """A local-looking path that does not exist is a typo, not a hub name: say so up front.
+    tokenizer: the folder must also hold a tokenizer (the policy's: prompts are encoded with it)."""
+    from repirl_ray.models.packaged import PACKAGED, is_packaged
+
     if not path:
         raise ModelPathError(f"config key '{key}' is empty: give a model folder in HF format or a hub name")
+    if is_packaged(path):
+        return  # converted from its PyPI package on first use (models/packaged.py)
     # Hub names are "org/name"; anything else that is not a folder here is a missing path.
     looks_local = path.startswith((".", "/", "~")) or path.count("/") >= 2
     if looks_local and not os.path.isdir(os.path.expanduser(path)):
         raise ModelPathError(
             f"config key '{key}': model folder not found: {path} (run `repirl make-world` for the built-in model, "
-            "or give an HF model folder / hub name)"
+            f"give an HF model folder / hub name, or a packaged model: {', '.join(PACKAGED)})"
         )
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise ModelPathError(f"config key '{key}': {path} has no config.json; it is not a model folder in HF format")
+    if tokenizer and os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        raise ModelPathError(
+            f"config key '{key}': {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the "
+            "tokenizer into the folder (tokenizer.save_pretrained) so vLLM and the learners encode alike"
+        )
 
 
 def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False, key: str = "model.policy_path"):

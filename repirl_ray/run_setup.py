@@ -15,7 +15,7 @@ import platform
 import time
 from pathlib import Path
 
-from repirl_ray.config import ConfigError, TrainConfig, needs_demos
+from repirl_ray.config import ConfigError, TrainConfig, has_prm_learner, needs_demos
 from repirl_ray.models.policy import check_model_path
 from repirl_ray.tasks.dataset import DataReport, check_prompts, read_split
 from repirl_ray.tasks.dataset import task_kwargs as dataset_task_kwargs
@@ -76,7 +76,7 @@ def check_given_paths(cfg: TrainConfig) -> None:
     for key in ("model.policy_path", "model.prm_path", "model.ref_path"):
         section, name = key.split(".")
         path = getattr(getattr(cfg, section), name)
-        if path and not (key == "model.prm_path" and cfg.prm.kind == "none"):
+        if path and not (key == "model.prm_path" and not has_prm_learner(cfg)):
             check_model_path(path, key)
     if cfg.data.task == "code":
         from repirl_ray.tasks.sandbox import check_sandbox
@@ -195,7 +195,7 @@ def role_demands(cfg: TrainConfig) -> dict[str, list[dict[str, float]]]:
 
     demands = {"rollout": [bundle(cfg.rollout)] * cfg.rollout.num_workers,
                "policy": [bundle(cfg.policy)] * cfg.policy.num_workers}
-    if cfg.prm.kind != "none":
+    if has_prm_learner(cfg):
         demands["prm"] = [bundle(cfg.prm)] * cfg.prm.num_workers
     return demands
 
@@ -360,7 +360,7 @@ def check_checkpoint(ckpt: Path, cfg: TrainConfig) -> dict:
         if key not in state:
             raise CheckpointError(f"checkpoint {ckpt} is damaged: {state_path} has no '{key}'{hint}")
     roles = {"policy": cfg.policy.num_workers}
-    if cfg.prm.kind != "none":
+    if has_prm_learner(cfg):
         roles["prm"] = cfg.prm.num_workers
     for role, ranks in roles.items():
         saved = int(state.get("ranks", {}).get(role, 1))

@@ -22,7 +22,7 @@ from repirl_ray.actors.roles import RolloutGroup
 from repirl_ray.batch import Rollouts, load_rollouts
 from repirl_ray.config import ConfigError, load_config
 from repirl_ray.run_setup import init_ray, read_data_split, resolve_paths, task_kwargs
-from repirl_ray.learners.prm import null_step_quality, step_quality
+from repirl_ray.learners.prm import null_metrics, null_step_quality, step_quality
 from repirl_ray.models.prm import read_prm_meta
 from repirl_ray.utils import atomic_write_json
 
@@ -102,7 +102,7 @@ def evaluate_checkpoint(checkpoint: str, *, samples: int = 8, split: str = "eval
             if fixed.is_file():
                 batch = load_rollouts(fixed)
                 rewards, _ = session.score([ray.put(batch)])
-                for key, value in {**step_quality(rewards, batch), **null_step_quality(batch, seed=cfg.seed)}.items():
+                for key, value in {**step_quality(rewards, batch), **null_metrics(null_step_quality(batch, seed=cfg.seed))}.items():
                     out[f"prm_{key}_fixed_set"] = value
         atomic_write_json(session.ckpt / f"eval_{split}.json", out)
         return out

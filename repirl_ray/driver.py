@@ -35,7 +35,7 @@ from repirl_ray.batch import Rollouts, load_rollouts, save_rollouts
 from repirl_ray.config import ConfigError, TrainConfig, has_prm_learner, load_config, save_config
 from repirl_ray.data import PromptStream, limit_demos
 from repirl_ray.evaluation import plot_run_curves
-from repirl_ray.learners.prm import null_step_quality
+from repirl_ray.learners.prm import null_metrics, null_step_quality
 from repirl_ray.metrics import MemoryMonitor, MetricsLogger, format_progress
 from repirl_ray.tasks import Task, build_task
 from repirl_ray.run_setup import (
@@ -393,7 +393,7 @@ class Trainer:
                 batch, _ = Rollouts.gather(None, ray.get(rollouts))
                 save_rollouts(batch, path)
             self._prm_sets[tag] = ray.put(batch)
-            self._prm_nulls[tag] = null_step_quality(batch, seed=self.cfg.seed)
+            self._prm_nulls[tag] = null_metrics(null_step_quality(batch, seed=self.cfg.seed))
         return self._prm_sets[tag]
 
     def _evaluate_all(self) -> dict:

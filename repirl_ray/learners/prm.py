@@ -286,22 +286,24 @@ def step_quality(token_rewards: np.ndarray, batch: Rollouts) -> dict[str, float]
     return algo.step_quality_metrics(per_sample, _first_wrongs(batch, labelled))
 
 
-def null_step_quality(batch: Rollouts, seed: int = 0) -> dict[str, float]:
-    """step_quality of the scorers that read nothing of a step (algo.null_step_scores: random,
-    minus the step index, minus the response length), keyed `<key>_null_<scorer>`; the distance
-    of a PRM's numbers from these is what it knows. {} without step labels."""
+def null_step_quality(batch: Rollouts, seed: int = 0) -> dict[str, dict[str, float]]:
+    """step_quality of each scorer that reads nothing of a step (algo.null_step_scores: random,
+    minus the step index, minus the response length), by scorer; the distance of a PRM's numbers
+    from these is what it knows. {} without step labels. Logged as `<key>_null_<scorer>`."""
     labelled = np.flatnonzero(batch.first_wrong != -2)
     if len(labelled) == 0:
         return {}
     ids = batch.step_ids[labelled]
     num_steps = [int(row.max()) + 1 if (row >= 0).any() else 0 for row in ids]
     lengths = batch.response_len[labelled].tolist()
-    out = {}
-    for scorer in algo.NULL_SCORERS:
-        scores = algo.null_step_scores(scorer, num_steps, lengths, seed)
-        for key, value in algo.step_quality_metrics(scores, _first_wrongs(batch, labelled)).items():
-            out[f"{key}_null_{scorer}"] = value
-    return out
+    first_wrongs = _first_wrongs(batch, labelled)
+    return {scorer: algo.step_quality_metrics(algo.null_step_scores(scorer, num_steps, lengths, seed), first_wrongs)
+            for scorer in algo.NULL_SCORERS}
+
+
+def null_metrics(nulls: dict[str, dict[str, float]]) -> dict[str, float]:
+    """null_step_quality's numbers as metric keys: `<key>_null_<scorer>`."""
+    return {f"{key}_null_{scorer}": value for scorer, quality in nulls.items() for key, value in quality.items()}
 
 
 def _first_wrongs(batch: Rollouts, rows: np.ndarray) -> list[int | None]:

@@ -9,7 +9,7 @@ from repirl_ray.algo import NULL_SCORERS, STEP_QUALITY_KEYS
 from repirl_ray.batch import Rollouts, build_rollouts
 from repirl_ray.config import AdvantageConfig, IRLConfig, PolicyConfig, PRMConfig
 from repirl_ray.learners.policy import PolicyLearner
-from repirl_ray.learners.prm import PRMLearner, null_step_quality, step_quality
+from repirl_ray.learners.prm import PRMLearner, null_metrics, null_step_quality, step_quality
 from repirl_ray.models.tiny import build_char_tokenizer, build_tiny_qwen2
 
 K = 4
@@ -197,7 +197,7 @@ def test_step_quality_by_hand():
     assert q["step_auroc"] == 1.0
     assert q["first_error_acc"] == 1.0  # argmin of (0.6, 0.1, 0.2) is step 1 = the first wrong
     assert q["step_auroc_first_wrong"] == 1.0 and q["step_auroc_after_first_wrong"] == 1.0
-    nulls = null_step_quality(batch)
+    nulls = null_metrics(null_step_quality(batch))
     # Minus the step index: positives 0, -1, -2 (sample 0) and 0 against -1, -2 (sample 1):
     # 2 + 1.5 + 0.5 + 2 = 6 of 8 pairs; its lowest step (2) is not the first wrong (1).
     assert nulls["step_auroc_null_position"] == pytest.approx(0.75)

@@ -345,6 +345,8 @@ RUN_PANELS = (
         ("prm/step_auroc", "training batch (on-policy)", "line", "left"),
         ("eval/step_auroc", "held-out, fixed base-policy set", "points", "left"),
         ("eval/step_auroc_prefix_min", "held-out, fixed set, prefix min", "points", "left"),
+        # The floor the labels' structure gives a scorer that knows only the step's position.
+        ("eval/step_auroc_null_position", "null: minus the step index (fixed set)", "points", "left"),
     ]),
     ("importance weights", "ESS (samples)", [
         ("prm/ess", "ESS over the batch", "line", "left"),

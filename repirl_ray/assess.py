@@ -124,7 +124,7 @@ def best_of_n_checkpoint(checkpoint: str, *, n_max: int = 32, split: str = "eval
         rewards, _ = session.score(refs)
         batch, _ = Rollouts.gather(None, ray.get(refs))
         mask = torch.from_numpy(batch.response_mask)
-        rewards_t = torch.from_numpy(np.asarray(rewards, np.float32))
+        rewards_t = torch.tensor(rewards, dtype=torch.float32)  # a copy: arrays from the object store are read-only
         mean_reward = algo.mean_token_reward(rewards_t, mask).numpy()
         # The worst step: the min-form return at the first token (steps from the task's labels;
         # without them every token is a step).

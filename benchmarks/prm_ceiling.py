@@ -18,10 +18,16 @@ draws it), and where a demo-trained PRM loses its AUROC.
    step-sum score reach when it does.
 3. Any PRM checkpoint given with --prm (e.g. a sweep trial's final PRM), scored on the same set.
 
+4. Null scorers that read nothing of a step (algo.null_step_scores): random, minus the step
+   index, minus the response length. The labels' structure alone gives them AUROC above 0.5 (a
+   step after a first mistake is wrong, so later steps are more often wrong; a prefix minimum
+   never rises), so every other row is read against them.
+
 Every row also splits the AUROC: correct steps against the first wrong step only, and against
 the steps after it only; and gives the AUROC of the prefix minimum (each step scored by the
 lowest step score up to it, as PURE's min-form credit does), which matches the labels' prefix
-semantics. Writes benchmarks/results/prm_ceiling.md (and .json) and prints it.
+semantics, split the same way; and first-error localisation (algo.step_quality_metrics, the
+numbers runs log). Writes benchmarks/results/prm_ceiling.md (and .json) and prints it.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from repirl_ray import algo  # noqa: E402
 from repirl_ray.batch import Rollouts, load_rollouts  # noqa: E402
 from repirl_ray.config import load_config  # noqa: E402
-from repirl_ray.learners.prm import PRMLearner, step_quality  # noqa: E402
+from repirl_ray.learners.prm import PRMLearner, null_step_quality  # noqa: E402
 from repirl_ray.models.sequence import model_inputs  # noqa: E402
 from repirl_ray.run_setup import load_run_data, resolve_paths, task_kwargs  # noqa: E402
 from repirl_ray.tasks.arithmetic import _ANSWER_RE, _STEP_RE, ArithmeticSpec, ArithmeticTask, _apply, parse_prompt  # noqa: E402
@@ -86,24 +92,17 @@ def oracle_scores(batch: Rollouts, texts: list[str], problems: list[Problem], mo
     return out
 
 
-def split_auroc(step_scores: list[list[float]], first_wrong: list[int | None]) -> dict[str, float]:
-    """AUROC over all steps; of the correct steps against the first wrong step only and against
-    the steps after it only; and over all steps with each step scored by the lowest score up to
-    it (prefix min: a step label is the correctness of the whole prefix)."""
-    scores, labels = algo.step_auroc_inputs(step_scores, first_wrong)
-    prefix_min = algo.prefix_min(step_scores)
-    pos = [s for s, y in zip(scores, labels) if y == 1]
-    first, after = [], []
-    for sample, fw in zip(step_scores, first_wrong):
-        if fw is not None:
-            first += sample[fw: fw + 1]
-            after += sample[fw + 1:]
-    return {
-        "step_auroc": algo.auroc(scores, labels),
-        "vs_first_wrong": algo.auroc(pos + first, [1] * len(pos) + [0] * len(first)),
-        "vs_after_first_wrong": algo.auroc(pos + after, [1] * len(pos) + [0] * len(after)),
-        "prefix_min": algo.auroc(*algo.step_auroc_inputs(prefix_min, first_wrong)),
-    }
+# Table columns: algo.STEP_QUALITY_KEYS, in this order, with their headers.
+COLUMNS = {
+    "step_auroc": "step AUROC",
+    "step_auroc_first_wrong": "vs first wrong",
+    "step_auroc_after_first_wrong": "vs after first wrong",
+    "step_auroc_prefix_min": "prefix-min AUROC",
+    "step_auroc_prefix_min_first_wrong": "prefix-min vs first wrong",
+    "step_auroc_prefix_min_after_first_wrong": "prefix-min vs after",
+    "first_error_acc": "first-error acc",
+}
+NULL_LABELS = {"random": "random scores", "position": "minus the step index", "length": "minus the response length"}
 
 
 def prm_step_scores(learner: PRMLearner, batch: Rollouts) -> list[list[float]]:
@@ -160,11 +159,11 @@ def fit_supervised(learner: PRMLearner, train: Rollouts, fixed: Rollouts, passes
         learner.prm.eval()
         with torch.no_grad():
             row = {"pass": p, "loss": float(np.mean(losses)), "s": time.perf_counter() - t0,
-                   **split_auroc(prm_step_scores(learner, fixed), first_wrongs(fixed))}
+                   **algo.step_quality_metrics(prm_step_scores(learner, fixed), first_wrongs(fixed))}
         curve.append(row)
         log(f"  pass {p}/{passes}: loss {row['loss']:.4f}, fixed-set step AUROC {row['step_auroc']:.3f} "
-            f"(vs first wrong {row['vs_first_wrong']:.3f}, vs after {row['vs_after_first_wrong']:.3f}, prefix min "
-            f"{row['prefix_min']:.3f}), {row['s']:.1f} s")
+            f"(vs first wrong {row['step_auroc_first_wrong']:.3f}, vs after {row['step_auroc_after_first_wrong']:.3f}, "
+            f"prefix min {row['step_auroc_prefix_min']:.3f}), {row['s']:.1f} s")
     return curve
 
 
@@ -230,8 +229,11 @@ def main(argv=None) -> int:
     texts = [tok.decode(fixed.response_ids[i][fixed.response_mask[i] > 0], skip_special_tokens=True) for i in range(len(fixed))]
     problems = [eval_problems[int(p)] for p in fixed.prompt_index]
     rows = []
+    for scorer, q in null_step_quality(fixed, seed=cfg.seed).items():
+        rows.append({"scorer": f"null: {NULL_LABELS[scorer]}", **q})
+        log(f"{rows[-1]['scorer']}: {rows[-1]['step_auroc']:.3f}")
     for name, scores in oracle_scores(fixed, texts, problems, cfg.world.modulus).items():
-        rows.append({"scorer": f"oracle: {name} checker", **split_auroc(scores, fw)})
+        rows.append({"scorer": f"oracle: {name} checker", **algo.step_quality_metrics(scores, fw)})
         log(f"{rows[-1]['scorer']}: {rows[-1]['step_auroc']:.3f}")
 
     curves = {}
@@ -242,18 +244,19 @@ def main(argv=None) -> int:
         curve = fit_supervised(learner, train, fixed, args.passes, args.micro, args.lr, log)
         best = max(curve, key=lambda r: r["step_auroc"])
         rows.append({"scorer": f"supervised {kind} PRM on step labels (best of {args.passes} passes: {best['pass']})",
-                     **{k: best[k] for k in ("step_auroc", "vs_first_wrong", "vs_after_first_wrong", "prefix_min")}})
+                     **{k: best[k] for k in COLUMNS}})
         curves[kind] = curve
         del learner
 
     for path in args.prm:
         meta = json.loads((Path(path) / "prm.json").read_text()) if (Path(path) / "prm.json").is_file() else {}
         kind = meta.get("kind", cfg.prm.kind)
-        kcfg = load_config(None, [*args.overrides, f"prm.kind={kind}"] + ([f"prm.beta={meta['beta']}"] if "beta" in meta else []))
+        kcfg = load_config(None, [*args.overrides, f"prm.kind={kind}"] + ([f"prm.beta={meta['beta']}"] if "beta" in meta else [])
+                           + ([f"prm.head={meta['head']}"] if "head" in meta else []))
         learner = PRMLearner(kcfg.prm, kcfg.irl, path, ref_path=paths.ref, seed=kcfg.seed)
         learner.prm.eval()
         with torch.no_grad():
-            rows.append({"scorer": f"checkpoint {label(path)}", **split_auroc(prm_step_scores(learner, fixed), fw)})
+            rows.append({"scorer": f"checkpoint {label(path)}", **algo.step_quality_metrics(prm_step_scores(learner, fixed), fw)})
         log(f"{rows[-1]['scorer']}: {rows[-1]['step_auroc']:.3f}")
         del learner
 
@@ -267,14 +270,16 @@ def main(argv=None) -> int:
         + (f"Supervised data: {len(train)} samples of {len(train_problems)} training prompts. " if train is not None else "")
         + f"Wall time {time.time() - t_start:.0f} s on {machine}.",
         "",
-        "Columns: AUROC over all steps (the runs' `eval/step_auroc`); of the correct steps against the first wrong step "
-        "only; against the steps after it only; over all steps with each scored by the lowest step score up to it (prefix min).",
+        "Columns (the runs' `eval/<key>`, algo.STEP_QUALITY_KEYS): AUROC over all steps; of the correct steps against the "
+        "first wrong steps only; against the steps after them only; the same three with each step scored by the lowest step "
+        "score up to it (prefix min); the share of samples with a wrong step whose lowest-scored step is the first wrong one. "
+        "The null rows are what the labels' structure gives a scorer that reads nothing of a step.",
         "",
-        "| scorer | step AUROC | vs first wrong | vs after first wrong | prefix-min AUROC |",
-        "|---|---|---|---|---|",
+        "| scorer | " + " | ".join(COLUMNS.values()) + " |",
+        "|---" * (len(COLUMNS) + 1) + "|",
     ]
     for r in rows:
-        lines.append(f"| {r['scorer']} | {r['step_auroc']:.3f} | {r['vs_first_wrong']:.3f} | {r['vs_after_first_wrong']:.3f} | {r['prefix_min']:.3f} |")
+        lines.append(f"| {r['scorer']} | " + " | ".join(f"{r[k]:.3f}" for k in COLUMNS) + " |")
     # One row per (variant, seed): a variant run again with the same seed in a second sweep is the
     # same run (the runs are deterministic), and counting it twice would shrink the spread.
     by_seed: dict[str, dict[str, dict]] = {}
@@ -285,9 +290,9 @@ def main(argv=None) -> int:
     groups = {variant: list(seeds.values()) for variant, seeds in by_seed.items()}
     if groups:
         lines += ["", "Checkpoints by sweep variant (mean +- std over seeds; a seed that ran in two sweeps counted once):", "",
-                  "| variant | n | step AUROC | vs first wrong | vs after first wrong | prefix-min AUROC |", "|---|---|---|---|---|---|"]
-        keys = ("step_auroc", "vs_first_wrong", "vs_after_first_wrong", "prefix_min")
-        for variant, rs in sorted(groups.items(), key=lambda kv: -np.mean([r["prefix_min"] for r in kv[1]])):
+                  "| variant | n | " + " | ".join(COLUMNS.values()) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
+        keys = tuple(COLUMNS)
+        for variant, rs in sorted(groups.items(), key=lambda kv: -np.mean([r["step_auroc_prefix_min"] for r in kv[1]])):
             cells = [f"{np.mean([r[k] for r in rs]):.3f} +- {np.std([r[k] for r in rs], ddof=1) if len(rs) > 1 else 0:.3f}" for k in keys]
             lines.append(f"| {variant} | {len(rs)} | " + " | ".join(cells) + " |")
     for kind, curve in curves.items():

@@ -1,5 +1,6 @@
 """Using a trained checkpoint: `repirl eval` (policy accuracy, PRM quality) and `repirl bon`
-(best-of-N by the PRM against majority vote and a random pick; ALGORITHM.md section 7).
+(best-of-N by the PRM's selectors against majority vote, a random pick and the oracle;
+ALGORITHM.md section 7).
 
 A checkpoint folder is runs/<run>/checkpoints/iter_NNNNNN; the run's config.yaml says which
 task, world and settings it was trained with. Both commands start their own actors: rollout
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import ray
+import torch
 
 from repirl_ray import algo, evaluation
 from repirl_ray.actors.learner_group import PRMLearnerGroup
@@ -20,7 +22,7 @@ from repirl_ray.actors.roles import RolloutGroup
 from repirl_ray.batch import Rollouts, load_rollouts
 from repirl_ray.config import ConfigError, load_config
 from repirl_ray.run_setup import init_ray, read_data_split, resolve_paths, task_kwargs
-from repirl_ray.learners.prm import step_quality
+from repirl_ray.learners.prm import null_metrics, null_step_quality, step_quality
 from repirl_ray.models.prm import read_prm_meta
 from repirl_ray.utils import atomic_write_json
 
@@ -56,7 +58,7 @@ class CheckpointSession:
         meta = read_prm_meta(str(self.ckpt / "prm")) if (self.ckpt / "prm").is_dir() else None
         if meta is not None:
             # The checkpoint's own kind; scoring needs one rank (a checkpoint holds whole weights).
-            prm_cfg = dataclasses.replace(cfg.prm, kind=meta["kind"], num_workers=1)
+            prm_cfg = dataclasses.replace(cfg.prm, kind=meta["kind"], head=meta.get("head", "linear"), num_workers=1)
             self.prm = PRMLearnerGroup(prm_cfg, cfg.irl, str(self.ckpt / "prm"), dtype=cfg.model.dtype,
                                        compute_dtype=cfg.model.compute_dtype, trust_remote_code=cfg.model.trust_remote_code)
 
@@ -100,7 +102,7 @@ def evaluate_checkpoint(checkpoint: str, *, samples: int = 8, split: str = "eval
             if fixed.is_file():
                 batch = load_rollouts(fixed)
                 rewards, _ = session.score([ray.put(batch)])
-                for key, value in step_quality(rewards, batch).items():
+                for key, value in {**step_quality(rewards, batch), **null_metrics(null_step_quality(batch, seed=cfg.seed))}.items():
                     out[f"prm_{key}_fixed_set"] = value
         atomic_write_json(session.ckpt / f"eval_{split}.json", out)
         return out
@@ -110,8 +112,9 @@ def evaluate_checkpoint(checkpoint: str, *, samples: int = 8, split: str = "eval
 
 def best_of_n_checkpoint(checkpoint: str, *, n_max: int = 32, split: str = "eval", out_dir: str | None = None,
                          overrides=(), log=print) -> dict:
-    """Best-of-N by the PRM's mean token reward, against majority vote over final answers and a
-    random pick, for N = 1, 2, 4, ..., n_max; writes bon.json, bon.md and bon.png."""
+    """Best-of-N by the PRM (its mean token reward, its worst step, the PRM-weighted vote of the
+    released code), against majority vote over final answers, a random pick and the oracle, for
+    N = 1, 2, 4, ..., n_max; writes bon.json, bon.md and bon.png."""
     session = CheckpointSession(checkpoint, overrides, split, log)
     try:
         if session.prm is None:
@@ -120,16 +123,22 @@ def best_of_n_checkpoint(checkpoint: str, *, n_max: int = 32, split: str = "eval
         refs, summaries = session.sample(n_max, cfg.rollout.temperature)
         rewards, _ = session.score(refs)
         batch, _ = Rollouts.gather(None, ray.get(refs))
-        mean_reward = (rewards * batch.response_mask).sum(1) / np.maximum(batch.response_mask.sum(1), 1)
+        mask = torch.from_numpy(batch.response_mask)
+        rewards_t = torch.tensor(rewards, dtype=torch.float32)  # a copy: arrays from the object store are read-only
+        mean_reward = algo.mean_token_reward(rewards_t, mask).numpy()
+        # The worst step: the min-form return at the first token (steps from the task's labels;
+        # without them every token is a step).
+        worst_step = algo.min_form_returns(rewards_t, mask, torch.from_numpy(batch.step_ids.astype(np.int64)))[:, 0].numpy()
         p = len(session.problems)
         # The shards come back in prompt order, n_max rows per prompt.
         order = np.lexsort((batch.sample_index, batch.prompt_index))
         scores = mean_reward[order].reshape(p, n_max)
+        min_step = worst_step[order].reshape(p, n_max)
         correct = batch.outcome[order].reshape(p, n_max)
         answers_flat = [a for s in summaries for a in s["answers"]]
         answers = [[answers_flat[i] for i in order[j * n_max:(j + 1) * n_max]] for j in range(p)]
         ns = [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= n_max]
-        curves = evaluation.best_of_n_curves(scores, correct, answers, ns=ns, seed=cfg.seed)
+        curves = evaluation.best_of_n_curves(scores, correct, answers, ns=ns, seed=cfg.seed, min_step_scores=min_step)
         out = Path(out_dir) if out_dir else session.ckpt
         out.mkdir(parents=True, exist_ok=True)
         table = evaluation.format_bon_table(curves)

@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("bon", help="best-of-N by the PRM against majority vote and random, N = 1..32")
+    p = sub.add_parser("bon", help="best-of-N by the PRM (mean reward, worst step, weighted vote) against majority vote, random and the oracle, N = 1..32")
     p.add_argument("--checkpoint", required=True, metavar="DIR")
     p.add_argument("--n", type=int, default=32, help="largest N (default 32)")
     p.add_argument("--split", default="eval", choices=["eval", "hard"])

@@ -202,6 +202,11 @@ class PRMConfig:
     # the base policy's held-out samples): head 0.63, implicit 0.77; the tiny model's last-layer state
     # at a_t carries little of whether a_t was right, its log-probs do. prm.kind=head is the paper's.
     kind: str = "implicit"
+    # oracle: no learned PRM; the process reward is +-1 per step from the task's step labels
+    # (ALGORITHM.md section 3), for tasks that label steps: the bound on what a PRM can add.
+    # head: the scalar head on the PRM's last hidden state: linear (one bias-free row, zero-initialised)
+    # | mlp_tanh (the authors' released head: H -> 1024 -> 1024 -> 1, ReLU, then tanh; default init, biases)
+    head: str = "linear"
     update: str = "before"  # before (paper) | after | none (frozen PRM)
     loss: str = "repirl"  # repirl (IRL objective) | prime (cross-entropy on outcomes)
     beta: float = 0.05  # beta_prm of the implicit PRM
@@ -230,6 +235,12 @@ class IRLConfig:
     pseudo_expert: bool = True
     normalise_over: str = "prompt"  # prompt | batch
     reward_l2: float = 2.0  # paper: 0; 2.0 keeps the built-in world's PRM from drifting
+    # paper: coef w_hat on N, -1/|P| on P | released (the authors' code, micro-batch 1): +1/M on N,
+    # -1/M on P, M = rows of the PRM step; importance weights all 1
+    loss_form: str = "paper"
+    # own: each prompt's own demos | shuffled: demos of other training problems (the released
+    # code's expert loader is not aligned with the prompts)
+    demo_pairing: str = "own"
 
 
 @dataclass
@@ -241,6 +252,11 @@ class AdvantageConfig:
     # How token rewards become the process return (ALGORITHM.md section 3): sum (the paper's
     # reverse cumulative sum) | min (PURE's min-form: the minimum of the remaining step rewards).
     process_credit: str = "sum"
+    # The authors' released code: batch_max divides the token rewards by the batch's largest
+    # |return-to-go|; position takes the leave-one-out baseline at each token over the siblings
+    # still active there (both channels) instead of per sequence.
+    process_norm: str = "none"  # none | batch_max
+    baseline: str = "sequence"  # sequence | position
 
 
 @dataclass
@@ -316,20 +332,34 @@ _CHOICES = {
     "data.answer_from": ("", "field", "boxed", "hash"),
     "data.world_split": ("train", "hard_train", "eval"),
     "code.sandbox": ("bwrap", "process"),
-    "prm.kind": ("head", "implicit", "none"),
+    "prm.kind": ("head", "implicit", "none", "oracle"),
+    "prm.head": ("linear", "mlp_tanh"),
     "prm.update": ("before", "after", "none"),
     "prm.loss": ("repirl", "prime"),
     "irl.weight_reward": ("sum", "mean"),
     "irl.normalise_over": ("prompt", "batch"),
+    "irl.loss_form": ("paper", "released"),
+    "irl.demo_pairing": ("own", "shuffled"),
     "advantage.process_credit": ("sum", "min"),
+    "advantage.process_norm": ("none", "batch_max"),
+    "advantage.baseline": ("sequence", "position"),
 }
 
 
 def needs_demos(cfg: "TrainConfig") -> bool:
     """Expert demos are read by the IRL step (a PRM that learns with the rePIRL loss) and by the
     supervised stage; training data without them is fine otherwise (rloo, prime, TTT)."""
-    irl = cfg.prm.kind != "none" and cfg.prm.update != "none" and cfg.prm.loss == "repirl"
-    return (irl and cfg.data.max_demos_per_problem != 0) or cfg.sft.steps > 0
+    return (irl_step(cfg) and cfg.data.max_demos_per_problem != 0) or cfg.sft.steps > 0
+
+
+def has_prm_learner(cfg: "TrainConfig") -> bool:
+    """A PRM model and its learner group exist (every prm.kind but none and oracle)."""
+    return cfg.prm.kind not in ("none", "oracle")
+
+
+def irl_step(cfg: "TrainConfig") -> bool:
+    """A PRM learns with the rePIRL loss every iteration (not none, oracle, frozen or PRIME)."""
+    return has_prm_learner(cfg) and cfg.prm.update != "none" and cfg.prm.loss == "repirl"
 
 
 def _get(cfg: Any, dotted: str) -> Any:
@@ -445,7 +475,11 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.prm.kind == "none":
         if cfg.advantage.c_process != 0.0:
             raise ConfigError("config key 'advantage.c_process': must be 0 when prm.kind is none (there is no PRM to score with)")
-    if cfg.prm.update == "none" and cfg.prm.kind != "none" and not cfg.model.prm_path:
+    if cfg.prm.kind == "oracle" and cfg.advantage.c_process == 0.0:
+        raise ConfigError("config key 'advantage.c_process': prm.kind=oracle is a process reward; give it a weight (c_process != 0)")
+    if cfg.prm.head != "linear" and cfg.prm.kind != "head":
+        raise ConfigError(f"config key 'prm.head': {cfg.prm.head} is a head of the head PRM; set prm.kind=head")
+    if cfg.prm.update == "none" and has_prm_learner(cfg) and not cfg.model.prm_path:
         raise ConfigError(
             "config key 'model.prm_path': a frozen PRM (prm.update=none) must be a trained one; give its "
             "checkpoint, e.g. model.prm_path=runs/<run>/checkpoints/iter_000100/prm"
@@ -458,8 +492,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"config key 'data.max_demos_per_problem': must be -1 (all), 0 or more, got {cfg.data.max_demos_per_problem}"
         )
-    irl_step = cfg.prm.kind != "none" and cfg.prm.update != "none" and cfg.prm.loss == "repirl"
-    if irl_step and cfg.data.max_demos_per_problem == 0 and not cfg.irl.pseudo_expert:
+    if irl_step(cfg) and cfg.data.max_demos_per_problem == 0 and not cfg.irl.pseudo_expert:
         raise ConfigError(
             "config key 'data.max_demos_per_problem': 0 demos with irl.pseudo_expert=false leaves the IRL step no "
             "positive trajectory (every update would be skipped); keep demos or set irl.pseudo_expert=true"

@@ -32,10 +32,12 @@ from repirl_ray import algo
 from repirl_ray.actors.learner_group import LearnerDied, PolicyLearnerGroup, PRMLearnerGroup
 from repirl_ray.actors.roles import RolloutGroup, Sampled
 from repirl_ray.batch import Rollouts, load_rollouts, save_rollouts
-from repirl_ray.config import TrainConfig, load_config, save_config
+from repirl_ray.config import ConfigError, TrainConfig, has_prm_learner, load_config, save_config
 from repirl_ray.data import PromptStream, limit_demos
 from repirl_ray.evaluation import plot_run_curves
+from repirl_ray.learners.prm import null_metrics, null_step_quality
 from repirl_ray.metrics import MemoryMonitor, MetricsLogger, format_progress
+from repirl_ray.tasks import Task, build_task
 from repirl_ray.run_setup import (
     CHECKPOINTS,
     LATEST,
@@ -96,6 +98,7 @@ class Trainer:
         self._wall_offset = 0.0
         self._t0 = self._t_created = time.time()
         self._prm_sets: dict = {}
+        self._prm_nulls: dict = {}  # per eval split: the null scorers' step quality on its fixed set
         try:
             state = self._setup_checks(resume_from)
             self._setup_data()
@@ -116,6 +119,12 @@ class Trainer:
         cluster: each a one-line error before any actor (or the world's warm-up) starts."""
         cfg = self.cfg
         check_given_paths(cfg)
+        if cfg.prm.kind == "oracle":
+            if type(build_task(cfg.data.task, **task_kwargs(cfg))).step_labels is Task.step_labels:
+                raise ConfigError(
+                    f"config key 'prm.kind': oracle rewards steps from the task's step labels, and the {cfg.data.task} "
+                    "task has none; use a task that labels steps (data.task=arithmetic) or a learned PRM"
+                )
         self._given_data = read_given_data(cfg)  # rows and demos, before the world and Ray
         state = check_checkpoint(resume_from, cfg) if resume_from is not None else None
         self.joined_ray = bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
@@ -212,10 +221,11 @@ class Trainer:
                                         seed=cfg.seed, **worker_kwargs)
         self.policy = PolicyLearnerGroup(
             cfg.policy, paths.policy, advantage=cfg.advantage, samples_per_prompt=cfg.rollout.samples_per_prompt,
-            temperature=cfg.rollout.temperature, ref_path=paths.ref, **learner_common,
+            temperature=cfg.rollout.temperature, ref_path=paths.ref, oracle_process_reward=cfg.prm.kind == "oracle",
+            **learner_common,
         )
         self.prm = None
-        if cfg.prm.kind != "none":
+        if has_prm_learner(cfg):
             self.prm = PRMLearnerGroup(cfg.prm, cfg.irl, paths.prm, ref_path=paths.ref, **learner_common)
         self.rollout.wait_ready()
         self.log(f"rollout workers ready in {time.time() - t0:.1f} s: {cfg.rollout.num_workers} x vLLM; learners "
@@ -234,9 +244,17 @@ class Trainer:
         """Hand the batch of iteration `index` (0-based) to the rollout workers."""
         stream = self.curriculum_stream if index < self.cfg.data.curriculum_iterations else self.stream
         problems, _ = stream.next_batch()
+        demo_problems = None
+        if self.cfg.irl.demo_pairing == "shuffled":
+            # The released code's expert loader is not aligned with the prompts: each slot's demos
+            # come from a training problem drawn at random (seeded by the iteration, so a resumed
+            # run draws the same ones), with that problem's own prompt.
+            rng = np.random.default_rng([self.cfg.seed, index, 1])
+            pool = stream.problems
+            demo_problems = [pool[i] for i in rng.choice(len(pool), size=len(problems), replace=len(pool) < len(problems))]
         return self.rollout.submit(
             problems, n=self.cfg.rollout.samples_per_prompt, temperature=self.cfg.rollout.temperature,
-            seed=self.cfg.seed * 100_003 + index, with_demos=self.prm is not None,
+            seed=self.cfg.seed * 100_003 + index, with_demos=self.prm is not None, demo_problems=demo_problems,
         )
 
     def _next_batch(self) -> Sampled:
@@ -359,6 +377,9 @@ class Trainer:
                         out[f"{tag}/{key}{suffix}"] = stats[f"prm/{key}"]
                         if fresh:
                             out[f"{tag}/{key}_onpolicy"] = stats[f"prm/{key}"]
+            # The same numbers of scorers that read nothing of a step, on the fixed set: a PRM's
+            # distance from them is what it knows (constant over the run).
+            out.update({f"{tag}/{k}": v for k, v in self._prm_nulls[tag].items()})
         out[f"timing/{tag}"] = time.perf_counter() - t0
         return out
 
@@ -373,6 +394,7 @@ class Trainer:
                 batch, _ = Rollouts.gather(None, ray.get(rollouts))
                 save_rollouts(batch, path)
             self._prm_sets[tag] = ray.put(batch)
+            self._prm_nulls[tag] = null_metrics(null_step_quality(batch, seed=self.cfg.seed))
         return self._prm_sets[tag]
 
     def _evaluate_all(self) -> dict:
@@ -519,6 +541,8 @@ class Trainer:
             "final_greedy_accuracy": final.get("eval/greedy_accuracy"),
             "step_auroc": final.get("eval/step_auroc"),
             "step_auroc_prefix_min": final.get("eval/step_auroc_prefix_min"),
+            "step_auroc_first_wrong": final.get("eval/step_auroc_first_wrong"),
+            "step_auroc_after_first_wrong": final.get("eval/step_auroc_after_first_wrong"),
             "base_step_auroc": base.get("eval/step_auroc"),
             "first_error_acc": final.get("eval/first_error_acc"),
             "step_auroc_onpolicy": final.get("eval/step_auroc_onpolicy"),
@@ -530,6 +554,8 @@ class Trainer:
             "machine": machine_info(),
         }
         for key, value in final.items():
+            if key.startswith("eval/") and key[len("eval/"):].startswith(NULL_SUMMARY_KEYS):
+                out[key[len("eval/"):]] = value
             if key.startswith("eval_hard/"):
                 out["final_hard_" + key.split("/")[1]] = value
         for key, value in base.items():
@@ -546,6 +572,10 @@ class Trainer:
                 group.shutdown()
         if getattr(self, "started_ray", False) or (getattr(self, "joined_ray", False) and ray.is_initialized()):
             ray.shutdown()
+
+
+# The null scorers' numbers a run's summary.json keeps (every one is in metrics.jsonl).
+NULL_SUMMARY_KEYS = ("step_auroc_null", "step_auroc_prefix_min_null", "first_error_acc_null")
 
 
 def format_base(m: dict) -> str:

@@ -1,8 +1,9 @@
 """Evaluation summaries for a trained PRM and for learning curves (ALGORITHM.md sections 5, 7).
 
 - pass@k: the unbiased estimator of Chen et al. (2021) from n samples of which c are correct.
-- best-of-N curves: accuracy as N grows when one answer is picked per prompt by the PRM
-  (highest score), by majority vote, at random, and by an oracle (any correct answer).
+- best-of-N curves: accuracy as N grows when one answer is picked per prompt by the PRM (the
+  highest mean token reward, the highest worst step, the PRM-weighted vote of the released
+  code), by majority vote, at random, and by an oracle (any correct answer).
 - markdown tables and PNG plots of those curves and of learning curves over seeds.
 
 Pure: numpy, torch (through repirl_ray.algo) and matplotlib only; no Ray, no vLLM.
@@ -19,10 +20,10 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from repirl_ray.algo.metrics import best_of_n, majority_vote
+from repirl_ray.algo.metrics import best_of_n, majority_vote, prm_weighted_vote
 from repirl_ray.utils import atomic_write_bytes
 
-SELECTORS = ("prm", "majority", "random", "oracle")
+SELECTORS = ("prm_mean", "prm_min_step", "prm_vote", "majority", "random", "oracle")
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,16 +108,21 @@ def best_of_n_curves(
     ns: Iterable[int] = (1, 2, 4, 8, 16, 32),
     num_subsets: int = 16,
     seed: int = 0,
+    min_step_scores=None,
 ) -> dict:
-    """Accuracy of four ways to pick one of n samples per prompt, for each n in ns (n <= N).
+    """Accuracy of the ways to pick one of n samples per prompt, for each n in ns (n <= N).
 
-    scores: [P, N] PRM scores (e.g. mean token reward; NaN never wins); correct: [P, N] 0/1;
-    answers: P lists of N extracted final answers (None = none found).
+    scores: [P, N] PRM scores, each sample's mean token reward (NaN never wins); correct: [P, N]
+    0/1; answers: P lists of N extracted final answers (None = none found); min_step_scores:
+    [P, N] each sample's lowest step reward, or None (then prm_min_step is left out).
 
     For each n, each prompt gets the same subsets of its N samples for every selector (see
     `_subsets`: the full set when n == N, all C(N, n) subsets when there are at most
     `num_subsets`, else `num_subsets` random ones). On each subset:
-      prm      - the sample with the highest score, the first on ties (algo.best_of_n);
+      prm_mean     - the sample with the highest score, the first on ties (algo.best_of_n);
+      prm_min_step - the same by min_step_scores (the highest worst step);
+      prm_vote     - algo.prm_weighted_vote: answers grouped, each group scored by
+                     sum of exp(score), the best group's top sample (the released code's);
       majority - algo.majority_vote, ties broken by a seeded random.Random;
       random   - a uniform random pick, taken as its exact expectation: the subset's mean
                  correctness (no sampling noise);
@@ -127,14 +133,18 @@ def best_of_n_curves(
     Each n uses its own random streams seeded from (seed, n), so the value at one n does not
     depend on which other ns were asked for. ns larger than N are left out.
 
-    Returns {"n": [...], "prm": [...], "prm_se": [...], "majority": ..., "majority_se": ...,
-    "random": ..., "random_se": ..., "oracle": ..., "oracle_se": ..., "num_prompts": P,
+    Returns {"n": [...], "selectors": [the selectors computed, in SELECTORS order],
+    "prm_mean": [...], "prm_mean_se": [...], ... for each selector, "num_prompts": P,
     "num_samples": N}.
     """
-    s = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores, dtype=np.float64)
+    s = _as_float_matrix(scores)
     c = _as_01_matrix(correct, "best_of_n_curves", "correct")
     if s.shape != c.shape:
         raise ValueError(f"best_of_n_curves: scores {s.shape} and correct {c.shape} differ")
+    m = None if min_step_scores is None else _as_float_matrix(min_step_scores)
+    if m is not None and m.shape != c.shape:
+        raise ValueError(f"best_of_n_curves: min_step_scores {m.shape} and correct {c.shape} differ")
+    selectors = [k for k in SELECTORS if not (k == "prm_min_step" and m is None)]
     num_prompts, num_total = c.shape
     if len(answers) != num_prompts or any(len(a) != num_total for a in answers):
         raise ValueError(f"best_of_n_curves: answers must be {num_prompts} lists of {num_total}")
@@ -145,30 +155,38 @@ def best_of_n_curves(
         raise ValueError(f"best_of_n_curves: every n must be >= 1, got {ns}")
     ns_kept = sorted({n for n in ns if n <= num_total})
 
-    out: dict = {"n": ns_kept, "num_prompts": num_prompts, "num_samples": num_total}
-    for key in SELECTORS:
+    out: dict = {"n": ns_kept, "selectors": selectors, "num_prompts": num_prompts, "num_samples": num_total}
+    for key in selectors:
         out[key], out[key + "_se"] = [], []
     for n in ns_kept:
         subset_rng = np.random.default_rng([int(seed), n])
         vote_rng = random.Random(int(seed) * 1_000_003 + n)
-        per_prompt = {key: [] for key in SELECTORS}
+        per_prompt = {key: [] for key in selectors}
         for p in range(num_prompts):
             subsets = _subsets(num_total, n, num_subsets, subset_rng)
-            picked_prm, picked_maj = [], []
+            picked = {key: [] for key in ("prm_mean", "prm_min_step", "prm_vote", "majority")}
             for idx in subsets:
-                picked_prm.append(c[p, idx[best_of_n(s[p, idx])]])
                 sub_answers = [answers[p][i] for i in idx]
-                picked_maj.append(c[p, idx[majority_vote(sub_answers, vote_rng)]])
+                picked["prm_mean"].append(c[p, idx[best_of_n(s[p, idx])]])
+                if m is not None:
+                    picked["prm_min_step"].append(c[p, idx[best_of_n(m[p, idx])]])
+                picked["prm_vote"].append(c[p, idx[prm_weighted_vote(s[p, idx], sub_answers)]])
+                picked["majority"].append(c[p, idx[majority_vote(sub_answers, vote_rng)]])
+            for key, values in picked.items():
+                if values:
+                    per_prompt[key].append(float(np.mean(values)))
             sub_correct = c[p][subsets]  # [S, n]
-            per_prompt["prm"].append(float(np.mean(picked_prm)))
-            per_prompt["majority"].append(float(np.mean(picked_maj)))
             per_prompt["random"].append(float(sub_correct.mean()))
             per_prompt["oracle"].append(float(sub_correct.max(axis=1).mean()))
-        for key in SELECTORS:
+        for key in selectors:
             mean, se = _mean_se(per_prompt[key])
             out[key].append(mean)
             out[key + "_se"].append(se)
     return out
+
+
+def _as_float_matrix(values) -> np.ndarray:
+    return np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64)
 
 
 def _fmt_mean_pm(mean: float, spread: float, decimals: int) -> str:
@@ -178,11 +196,12 @@ def _fmt_mean_pm(mean: float, spread: float, decimals: int) -> str:
 
 
 def format_bon_table(curves: Mapping, decimals: int = 3) -> str:
-    """Markdown table of `best_of_n_curves` output: one row per n, columns prm / majority /
-    random / oracle as "mean +- se" (the +- part left out where se is NaN)."""
-    lines = ["| N | " + " | ".join(SELECTORS) + " |", "|---" * (len(SELECTORS) + 1) + "|"]
+    """Markdown table of `best_of_n_curves` output: one row per n, one column per selector
+    computed, as "mean +- se" (the +- part left out where se is NaN)."""
+    selectors = curves["selectors"]
+    lines = ["| N | " + " | ".join(selectors) + " |", "|---" * (len(selectors) + 1) + "|"]
     for i, n in enumerate(curves["n"]):
-        cells = [_fmt_mean_pm(curves[k][i], curves[k + "_se"][i], decimals) for k in SELECTORS]
+        cells = [_fmt_mean_pm(curves[k][i], curves[k + "_se"][i], decimals) for k in selectors]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -213,8 +232,8 @@ def plot_bon(curves: Mapping, path, title: str = "best-of-N") -> None:
     with a +- se band; written to a temporary file and renamed into place."""
     fig, ax = _new_figure()
     x = np.asarray(curves["n"], dtype=np.float64)
-    styles = {"prm": "o-", "majority": "s-", "random": "^--", "oracle": "v:"}
-    for key in SELECTORS:
+    styles = {"prm_mean": "o-", "prm_min_step": "D-", "prm_vote": "P-", "majority": "s-", "random": "^--", "oracle": "v:"}
+    for key in curves["selectors"]:
         y = np.asarray(curves[key], dtype=np.float64)
         se = np.asarray(curves[key + "_se"], dtype=np.float64)
         (line,) = ax.plot(x, y, styles[key], label=key)
@@ -326,6 +345,8 @@ RUN_PANELS = (
         ("prm/step_auroc", "training batch (on-policy)", "line", "left"),
         ("eval/step_auroc", "held-out, fixed base-policy set", "points", "left"),
         ("eval/step_auroc_prefix_min", "held-out, fixed set, prefix min", "points", "left"),
+        # The floor the labels' structure gives a scorer that knows only the step's position.
+        ("eval/step_auroc_null_position", "null: minus the step index (fixed set)", "points", "left"),
     ]),
     ("importance weights", "ESS (samples)", [
         ("prm/ess", "ESS over the batch", "line", "left"),

@@ -15,7 +15,7 @@ import platform
 import time
 from pathlib import Path
 
-from repirl_ray.config import ConfigError, TrainConfig, needs_demos
+from repirl_ray.config import ConfigError, TrainConfig, has_prm_learner, needs_demos
 from repirl_ray.models.packaged import resolve_model
 from repirl_ray.models.policy import check_model_path
 from repirl_ray.tasks.dataset import REASONING_GYM, DataReport, check_prompts, read_split
@@ -80,7 +80,7 @@ def check_given_paths(cfg: TrainConfig) -> None:
     for key in ("model.policy_path", "model.prm_path", "model.ref_path"):
         section, name = key.split(".")
         path = getattr(getattr(cfg, section), name)
-        if path and not (key == "model.prm_path" and cfg.prm.kind == "none"):
+        if path and not (key == "model.prm_path" and not has_prm_learner(cfg)):
             check_model_path(path, key, tokenizer=key == "model.policy_path")
     if cfg.data.task == "code":
         from repirl_ray.tasks.sandbox import check_sandbox
@@ -220,7 +220,7 @@ def role_demands(cfg: TrainConfig) -> dict[str, list[dict[str, float]]]:
 
     demands = {"rollout": [bundle(cfg.rollout)] * cfg.rollout.num_workers,
                "policy": [bundle(cfg.policy)] * cfg.policy.num_workers}
-    if cfg.prm.kind != "none":
+    if has_prm_learner(cfg):
         demands["prm"] = [bundle(cfg.prm)] * cfg.prm.num_workers
     return demands
 
@@ -385,7 +385,7 @@ def check_checkpoint(ckpt: Path, cfg: TrainConfig) -> dict:
         if key not in state:
             raise CheckpointError(f"checkpoint {ckpt} is damaged: {state_path} has no '{key}'{hint}")
     roles = {"policy": cfg.policy.num_workers}
-    if cfg.prm.kind != "none":
+    if has_prm_learner(cfg):
         roles["prm"] = cfg.prm.num_workers
     for role, ranks in roles.items():
         saved = int(state.get("ranks", {}).get(role, 1))

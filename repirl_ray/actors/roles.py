@@ -97,6 +97,7 @@ class _Pending:
     version: int  # the weights the workers hold when they reach this batch
     shards: list[tuple[int, int]]
     refs: dict[int, tuple]  # shard -> (rollouts, demos, summary) refs
+    demo_problems: list | None = None  # whose demos fill each slot (None: the slot's own problem)
 
 
 class RolloutGroup:
@@ -161,15 +162,18 @@ class RolloutGroup:
 
     def _submit_shard(self, pending: _Pending, j: int) -> None:
         a, b = pending.shards[j]
+        demo_problems = pending.demo_problems[a:b] if pending.demo_problems is not None else None
         pending.refs[j] = tuple(self.workers[j].generate.options(num_returns=3).remote(
-            pending.problems[a:b], list(range(a, b)), **pending.kwargs
+            pending.problems[a:b], list(range(a, b)), **pending.kwargs, demo_problems=demo_problems
         ))
 
-    def submit(self, problems: list[Problem], *, n: int, temperature: float, seed: int, with_demos: bool) -> _Pending:
+    def submit(self, problems: list[Problem], *, n: int, temperature: float, seed: int, with_demos: bool,
+               demo_problems: list[Problem] | None = None) -> _Pending:
         """Hand n samples per problem to the workers; returns at once. Prompt slot i of this batch
-        is prompt_index i in the rollouts."""
+        is prompt_index i in the rollouts. demo_problems: whose demos fill slot i (None = its own
+        problem's; irl.demo_pairing)."""
         pending = _Pending(problems, dict(n=n, temperature=temperature, seed=seed, with_demos=with_demos),
-                           self.version, self.shards(len(problems)), {})
+                           self.version, self.shards(len(problems)), {}, demo_problems)
         for j, (a, b) in enumerate(pending.shards):
             if a < b:
                 self._submit_shard(pending, j)

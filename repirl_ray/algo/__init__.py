@@ -5,24 +5,33 @@ worked out by hand in tests/unit/test_algo_*.py.
 """
 
 from repirl_ray.algo.advantages import (
+    batch_max_normalise,
     mean_token_reward,
     min_form_returns,
+    oracle_token_rewards,
+    position_rloo,
     process_advantages,
     reverse_cumsum,
     rloo_advantages,
     rloo_process_rewards,
     rloo_sequence_advantages,
+    sequence_channel_advantages,
     step_segments,
 )
 from repirl_ray.algo.filtering import expand_to_rows, filter_prompts
 from repirl_ray.algo.metrics import (
+    NULL_SCORERS,
     STEP_QUALITY_KEYS,
     auroc,
     best_of_n,
     first_error_localisation,
-    prefix_min,
     majority_vote,
+    null_step_scores,
+    prefix_min,
+    prm_weighted_vote,
     step_auroc_inputs,
+    step_auroc_split,
+    step_quality_metrics,
     step_scores,
 )
 from repirl_ray.algo.policy_loss import entropy_from_logits, policy_loss, ppo_clip_loss, truncated_importance_weights
@@ -41,16 +50,17 @@ from repirl_ray.algo.prm_loss import (
 from repirl_ray.algo.stats import loss_denominator, masked_mean, masked_sum, masked_whiten
 
 __all__ = [
+    "NULL_SCORERS",
     "STEP_QUALITY_KEYS",
     "PRMCoefficients",
     "auroc",
+    "batch_max_normalise",
     "best_of_n",
     "effective_sample_size",
     "entropy_from_logits",
     "expand_to_rows",
     "filter_prompts",
     "first_error_localisation",
-    "prefix_min",
     "implicit_token_rewards",
     "importance_log_weights",
     "loss_denominator",
@@ -63,6 +73,7 @@ __all__ = [
     "normalised_weights",
     "policy_loss",
     "ppo_clip_loss",
+    "prefix_min",
     "prime_bce_loss",
     "process_advantages",
     "repirl_prm_coefficients",
@@ -75,7 +86,7 @@ __all__ = [
     "split_positive_negative",
     "step_auroc_inputs",
     "step_scores",
-    "truncated_importance_weights",
     "step_segments",
+    "truncated_importance_weights",
     "within_prompt_ess",
 ]

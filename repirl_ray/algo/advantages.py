@@ -88,6 +88,58 @@ def reverse_cumsum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 _PROCESS_CREDIT = ("sum", "min")
+_BASELINES = ("sequence", "position")
+_PROCESS_NORMS = ("none", "batch_max")
+
+
+def position_rloo(returns: torch.Tensor, mask: torch.Tensor, samples_per_prompt: int) -> torch.Tensor:
+    """A_{i,t} = G^i_t - mean of G^j_t over the other samples j of i's prompt still active at t
+    (mask[j, t] true); 0 baseline where none is (`advantage.baseline: position`, the authors'
+    released code). Responses are right-padded, so "active at t" = longer than t tokens.
+
+    returns: [B, T] per-token returns G; mask: [B, T] -> [B, T], zero outside the mask.
+    """
+    num_prompts = _check_groups(returns.shape[0], samples_per_prompt)
+    keep = mask.bool()
+    g = torch.where(keep, returns.detach(), torch.zeros_like(returns)).view(num_prompts, samples_per_prompt, -1)
+    active = keep.to(g.dtype).view(num_prompts, samples_per_prompt, -1)
+    others_sum = g.sum(dim=1, keepdim=True) - g
+    others_count = active.sum(dim=1, keepdim=True) - active
+    baseline = others_sum / others_count.clamp(min=1.0)  # others_sum is 0 where the count is
+    out = (g - baseline).view_as(returns)
+    return torch.where(keep, out, torch.zeros_like(out))
+
+
+def batch_max_normalise(token_rewards: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """r / (max over the batch's rows and tokens of |sum_{s >= t} r_s| + eps)
+    (`advantage.process_norm: batch_max`, the authors' released code): the largest return-to-go
+    of the batch becomes about 1 in magnitude, whatever the PRM's scale.
+
+    token_rewards: [B, T], mask: [B, T] -> [B, T], zero outside the mask.
+    """
+    r = token_rewards.detach()
+    scale = reverse_cumsum(r, mask).abs().max() if r.numel() else r.new_zeros(())
+    out = r / (scale + eps)
+    return torch.where(mask.bool(), out, torch.zeros_like(out))
+
+
+def sequence_channel_advantages(
+    values: torch.Tensor, mask: torch.Tensor, samples_per_prompt: int, baseline: str = "sequence"
+) -> torch.Tensor:
+    """A sequence-level reward (outcome, format) as a per-token advantage [B, T] (section 3).
+
+    "sequence": rloo_sequence_advantages(values), the same on every token of a sample.
+    "position": the value is the reward of the last token, so its return is the value on every
+    token, and the baseline at t is the mean over the siblings still active at t (position_rloo).
+    values: [B]; mask: [B, T] -> [B, T], zero outside the mask.
+    """
+    v = _as_float(values)
+    if baseline == "sequence":
+        out = rloo_sequence_advantages(v, samples_per_prompt)[:, None].expand(mask.shape)
+        return torch.where(mask.bool(), out, torch.zeros_like(out))
+    if baseline != "position":
+        raise ValueError(f"advantage.baseline must be one of {_BASELINES}, got {baseline!r}")
+    return position_rloo(v[:, None].expand(mask.shape), mask, samples_per_prompt)
 
 
 def step_segments(mask: torch.Tensor, step_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -138,18 +190,37 @@ def process_advantages(
     samples_per_prompt: int,
     process_credit: str = "sum",
     step_ids: Optional[torch.Tensor] = None,
+    baseline: str = "sequence",
+    process_norm: str = "none",
 ) -> torch.Tensor:
     """The process channel A^p [B, T] (section 3), before its coefficient and whitening.
 
-    "sum" (the paper's): reverse_cumsum(rloo_process_rewards(r)), step_ids unused.
-    "min" (PURE): A^p_{i,t} = G^i_t - mean_{j != i, same prompt} G^j_0, G = min_form_returns;
-    the baseline is the other samples' worst step reward (a per-sample constant, so it leaves
-    the policy gradient unbiased); a row without tokens has G_0 = 0.
+    process_norm "batch_max" first divides r by the batch's largest |return-to-go|
+    (batch_max_normalise); "none" leaves it.
+    baseline "sequence":
+      "sum" (the paper's): reverse_cumsum(rloo_process_rewards(r)), step_ids unused.
+      "min" (PURE): A^p_{i,t} = G^i_t - mean_{j != i, same prompt} G^j_0, G = min_form_returns;
+      the baseline is the other samples' worst step reward (a per-sample constant, so it leaves
+      the policy gradient unbiased); a row without tokens has G_0 = 0.
+    baseline "position" (the released code): A^p = position_rloo(G), G = reverse_cumsum(r)
+    ("sum") or min_form_returns(r) ("min"): the baseline at t is the siblings' return at t.
     """
+    if process_credit not in _PROCESS_CREDIT:
+        raise ValueError(f"advantage.process_credit must be one of {_PROCESS_CREDIT}, got {process_credit!r}")
+    if baseline not in _BASELINES:
+        raise ValueError(f"advantage.baseline must be one of {_BASELINES}, got {baseline!r}")
+    if process_norm not in _PROCESS_NORMS:
+        raise ValueError(f"advantage.process_norm must be one of {_PROCESS_NORMS}, got {process_norm!r}")
+    if process_norm == "batch_max":
+        token_rewards = batch_max_normalise(token_rewards, mask)
+    if baseline == "position":
+        if process_credit == "sum":
+            returns = reverse_cumsum(token_rewards.detach(), mask)
+        else:
+            returns = min_form_returns(token_rewards, mask, step_ids)
+        return position_rloo(returns, mask, samples_per_prompt)
     if process_credit == "sum":
         return reverse_cumsum(rloo_process_rewards(token_rewards, mask, samples_per_prompt), mask)
-    if process_credit != "min":
-        raise ValueError(f"advantage.process_credit must be one of {_PROCESS_CREDIT}, got {process_credit!r}")
     num_prompts = _check_groups(token_rewards.shape[0], samples_per_prompt)
     returns = min_form_returns(token_rewards, mask, step_ids)
     value = returns[:, 0].view(num_prompts, samples_per_prompt)  # G_0 (0 for an empty row)
@@ -170,6 +241,8 @@ def rloo_advantages(
     c_format: float = 0.0,
     process_credit: str = "sum",
     step_ids: Optional[torch.Tensor] = None,
+    baseline: str = "sequence",
+    process_norm: str = "none",
 ) -> torch.Tensor:
     """A_{i,t} = c_o A^o_i + c_f A^f_i + c_p A^p_{i,t}, optionally whitened (section 3).
 
@@ -181,32 +254,66 @@ def rloo_advantages(
     A^o and A^f are RLOO over each prompt's group, broadcast over the sample's tokens;
     A^p = process_advantages(r, process_credit, step_ids): the paper's reverse cumulative sum
     of RLOO'd token rewards ("sum"), or PURE's min-form ("min"; step_ids: [B, T] or None, see
-    `step_segments`). Whitening is over all response tokens of
-    the batch (not per prompt). A channel whose coefficient is 0 is not computed.
+    `step_segments`). baseline and process_norm: see `sequence_channel_advantages` and
+    `process_advantages` ("sequence" and "none" are the paper's). Whitening is over all
+    response tokens of the batch (not per prompt). A channel whose coefficient is 0 is not
+    computed.
     """
     keep = mask.bool()
     dtype = token_rewards.dtype if token_rewards is not None else _as_float(outcomes).dtype
     advantages = torch.zeros(keep.shape, dtype=dtype, device=mask.device)
     if c_outcome != 0:
-        a_outcome = rloo_sequence_advantages(_as_float(outcomes), samples_per_prompt).to(dtype)
-        advantages = advantages + c_outcome * a_outcome[:, None]
+        a_outcome = sequence_channel_advantages(outcomes, mask, samples_per_prompt, baseline).to(dtype)
+        advantages = advantages + c_outcome * a_outcome
     if c_format != 0:
         if format_rewards is None:
             raise ValueError(
                 f"rloo_advantages: c_format = {c_format} but format_rewards is None; pass the "
                 "per-sample format rewards or set the format coefficient to 0"
             )
-        a_format = rloo_sequence_advantages(_as_float(format_rewards), samples_per_prompt).to(dtype)
-        advantages = advantages + c_format * a_format[:, None]
+        a_format = sequence_channel_advantages(format_rewards, mask, samples_per_prompt, baseline).to(dtype)
+        advantages = advantages + c_format * a_format
     if c_process != 0:
         if token_rewards is None:
             raise ValueError(
                 f"rloo_advantages: c_process = {c_process} but token_rewards is None; rescore "
                 "the rollouts with the PRM or set the process coefficient to 0"
             )
-        a_process = process_advantages(token_rewards, mask, samples_per_prompt, process_credit, step_ids)
+        a_process = process_advantages(
+            token_rewards, mask, samples_per_prompt, process_credit, step_ids, baseline, process_norm
+        )
         advantages = advantages + c_process * a_process
     advantages = torch.where(keep, advantages, torch.zeros_like(advantages))
     if whiten:
         advantages = masked_whiten(advantages, mask)
     return advantages
+
+
+def oracle_token_rewards(step_ids: torch.Tensor, first_wrong: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The oracle process reward of a task with step labels (`prm.kind: oracle`, section 3):
+    +1 on the last token of every correct step, -1 on the last token of the first wrong step and
+    of every step after it (a step label is the correctness of the whole prefix), 0 elsewhere.
+
+    step_ids: [B, T] the task's step index of each token (-1 = in no step, e.g. EOS); first_wrong:
+    [B] index of the first wrong step, -1 when every step is correct, -2 when the row has no
+    step labels (a ValueError); mask: [B, T]. A step's last token is the last token carrying its
+    id. Summed per step it scores each step +-1, so its step AUROC is 1. Returns [B, T] float32.
+    """
+    fw = first_wrong.to(torch.int64)
+    unlabelled = torch.nonzero(fw == -2).flatten().tolist()
+    if unlabelled:
+        raise ValueError(
+            f"oracle_token_rewards: rows {unlabelled[:10]} have no step labels; prm.kind=oracle needs a task "
+            "that labels steps (the arithmetic world)"
+        )
+    ids = step_ids.to(torch.int64)
+    in_step = mask.bool() & (ids >= 0)
+    position = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    safe_ids = torch.where(in_step, ids, torch.zeros_like(ids))
+    last_of_step = torch.full_like(ids, -1).scatter_reduce(
+        1, safe_ids, torch.where(in_step, position, torch.full_like(position, -1)), reduce="amax"
+    )
+    is_last = in_step & (position == last_of_step.gather(1, safe_ids))
+    correct = (fw[:, None] < 0) | (ids < fw[:, None])
+    sign = torch.where(correct, torch.ones_like(ids), -torch.ones_like(ids))
+    return torch.where(is_last, sign, torch.zeros_like(ids)).to(torch.float32)

@@ -6,21 +6,36 @@
 - prefix-min step AUROC: the same, each step scored by the lowest step score up to it; the
   labels mark the correctness of the whole prefix, which a per-step score cannot see.
 - first-error localisation: does the lowest-scored step coincide with the first wrong step?
-- best-of-N (highest score) and majority vote over final answers (section 7).
+- each AUROC split: the correct steps against the first wrong steps only (local error
+  detection), and against the steps after a first mistake only.
+- null scorers (random, minus the step index, minus the response length): what a scorer that
+  knows nothing of the steps' content gets from the labels' structure alone.
+- best-of-N (highest score, the PRM-weighted vote) and majority vote over final answers (section 7).
 
 Inputs may be Python lists, numpy arrays or torch tensors; outputs are Python numbers.
 """
 
 import math
 import random
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 
-# The PRM quality numbers a scorer of labelled steps reports (PRMLearner's step_quality), as runs
-# and `repirl assess` log them.
-STEP_QUALITY_KEYS = ("step_auroc", "step_auroc_prefix_min", "first_error_acc")
+# The PRM quality numbers a scorer of labelled steps reports (`step_quality_metrics`), as runs and
+# `repirl eval` log them.
+STEP_QUALITY_KEYS = (
+    "step_auroc",
+    "step_auroc_first_wrong",
+    "step_auroc_after_first_wrong",
+    "step_auroc_prefix_min",
+    "step_auroc_prefix_min_first_wrong",
+    "step_auroc_prefix_min_after_first_wrong",
+    "first_error_acc",
+)
+
+# Scorers that read nothing of a step's content (`null_step_scores`).
+NULL_SCORERS = ("random", "position", "length")
 
 
 def _as_1d(values) -> torch.Tensor:
@@ -111,6 +126,80 @@ def prefix_min(step_scores_list: Sequence[Sequence[float]]) -> List[List[float]]
     return out
 
 
+def step_auroc_split(
+    step_scores_list: Sequence[Sequence[float]], first_wrong_list: Sequence[Optional[int]]
+) -> Dict[str, float]:
+    """AUROC of the steps, whole and split by the kind of wrong step (arguments as in
+    `step_auroc_inputs`):
+
+    - "all": every correct step against every wrong one (`step_auroc_inputs`);
+    - "first_wrong": the correct steps (of all samples) against the first wrong steps only:
+      local error detection, where the scorer must see the mistake itself;
+    - "after_first_wrong": the correct steps against the steps after a first mistake only,
+      which a scorer can rank low from position or from a running minimum alone.
+
+    A first_wrong index past a sample's last step (it stopped early) adds no wrong step. NaN
+    where a class is empty."""
+    scores, labels = step_auroc_inputs(step_scores_list, first_wrong_list)
+    positives = [s for s, y in zip(scores, labels) if y == 1]
+    first: List[float] = []
+    after: List[float] = []
+    for sample, first_wrong in zip(step_scores_list, first_wrong_list):
+        if first_wrong is not None:
+            first += [float(x) for x in sample[first_wrong: first_wrong + 1]]
+            after += [float(x) for x in sample[first_wrong + 1:]]
+    pos_labels = [1] * len(positives)
+    return {
+        "all": auroc(scores, labels),
+        "first_wrong": auroc(positives + first, pos_labels + [0] * len(first)),
+        "after_first_wrong": auroc(positives + after, pos_labels + [0] * len(after)),
+    }
+
+
+def step_quality_metrics(
+    step_scores_list: Sequence[Sequence[float]], first_wrong_list: Sequence[Optional[int]]
+) -> Dict[str, float]:
+    """Every STEP_QUALITY_KEYS number of one scorer: the split step AUROC of the step scores and
+    of their prefix minimum, and first-error localisation (samples that stop early with every
+    present step right, first_wrong == len(steps), have nothing to localise and are left out)."""
+    out: Dict[str, float] = {}
+    for prefix, scores in (("step_auroc", step_scores_list), ("step_auroc_prefix_min", prefix_min(step_scores_list))):
+        for part, value in step_auroc_split(scores, first_wrong_list).items():
+            out[prefix if part == "all" else f"{prefix}_{part}"] = value
+    localisable = [(s, f) for s, f in zip(step_scores_list, first_wrong_list) if f is None or f < len(s)]
+    out["first_error_acc"] = first_error_localisation([s for s, _ in localisable], [f for _, f in localisable])
+    return out
+
+
+def null_step_scores(
+    kind: str, num_steps: Sequence[int], response_lengths: Sequence[float], seed: int = 0
+) -> List[List[float]]:
+    """Step scores of a scorer that reads nothing of the steps' content, one list per sample:
+
+    - "random": independent uniform [0, 1) scores (torch generator seeded with `seed`);
+    - "position": minus the step index (0, -1, -2, ...): later steps look worse, and every step
+      after a first mistake is labelled wrong, so position alone ranks many pairs right;
+    - "length": minus the sample's response length (in tokens) on each of its steps: longer
+      responses look worse; all steps of a sample tie.
+
+    num_steps[i], response_lengths[i]: sample i's step count and response length."""
+    if len(num_steps) != len(response_lengths):
+        raise ValueError(f"null_step_scores: {len(num_steps)} step counts but {len(response_lengths)} response lengths")
+    if kind == "random":
+        generator = torch.Generator().manual_seed(seed)
+        flat = torch.rand(int(sum(num_steps)), generator=generator, dtype=torch.float64).tolist()
+        out, start = [], 0
+        for n in num_steps:
+            out.append(flat[start: start + n])
+            start += n
+        return out
+    if kind == "position":
+        return [[-float(k) for k in range(n)] for n in num_steps]
+    if kind == "length":
+        return [[-float(length)] * n for n, length in zip(num_steps, response_lengths)]
+    raise ValueError(f"null_step_scores: kind {kind!r} is not one of {', '.join(NULL_SCORERS)}")
+
+
 def first_error_localisation(
     step_scores_list: Sequence[Sequence[float]], first_wrong_list: Sequence[Optional[int]]
 ) -> float:
@@ -172,3 +261,30 @@ def best_of_n(scores) -> int:
     # torch.argmax returns the first maximum, and would pick NaN as the maximum.
     s = torch.where(torch.isnan(s), torch.full_like(s, float("-inf")), s)
     return int(torch.argmax(s))
+
+
+def prm_weighted_vote(scores, answers: Sequence[Optional[str]]) -> int:
+    """Index of the sample chosen by the PRM-weighted vote of the authors' released evaluation
+    (its commit 7b18380): samples grouped by final answer, each group scored by
+    sum over its samples of exp(score); the best group's highest-scored sample wins.
+
+    scores: [n] (e.g. mean token rewards); answers[i]: sample i's answer, None when none was
+    found. None answers form no group unless every answer is None (then `best_of_n` over all).
+    Ties: the group seen first, then the first sample; a NaN score adds nothing to its group and
+    never wins inside it. exp is taken after subtracting the largest score (the same argmax,
+    no overflow)."""
+    s = _as_1d(scores)
+    if s.numel() != len(answers):
+        raise ValueError(f"prm_weighted_vote: {s.numel()} scores but {len(answers)} answers")
+    if s.numel() == 0:
+        raise ValueError("prm_weighted_vote: no scores")
+    finite = torch.where(torch.isnan(s), torch.full_like(s, float("-inf")), s)
+    if not any(a is not None for a in answers) or bool(torch.isinf(finite).all()):
+        return best_of_n(s)
+    weights = torch.exp(finite - finite.max())
+    groups: Dict[str, List[int]] = {}  # insertion-ordered: the first group seen wins a tie
+    for i, answer in enumerate(answers):
+        if answer is not None:
+            groups.setdefault(answer, []).append(i)
+    best = max(groups.values(), key=lambda rows: float(weights[rows].sum()))
+    return best[best_of_n(finite[best])]

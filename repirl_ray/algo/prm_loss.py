@@ -11,7 +11,10 @@ Points the paper leaves open or departs from, each switchable (`irl.*`, decided 
 ALGORITHM.md section 2): `weight_reward` (`sum`, the paper, or `mean`: weights from rbar
 instead of R), `normalise_over` (`prompt`, the default: one softmax per prompt, since the
 partition function belongs to a prompt; or `batch`: one softmax over all the batch's
-negatives), and the `reward_l2` penalty (not in the paper).
+negatives), and the `reward_l2` penalty (not in the paper). `loss_form: released` is the
+authors' released code (ALGORITHM.md section 2): at its micro-batch of one row the softmax is
+over one negative, so every weight is 1, and each row's loss is divided by the M rows of the
+step: coef = +1/M on N and -1/M on P (unbalanced when |P| != |N|).
 
 Micro-batching: once the weights are fixed, L_prm is *linear* in the per-sample rbar_phi:
 L_prm = sum_i coef_i rbar_phi(tau_i), coef = w_hat on N and -1/|P| on P. The weights need the
@@ -29,6 +32,7 @@ from repirl_ray.algo.stats import loss_denominator, masked_sum
 
 _WEIGHT_REWARDS = ("sum", "mean")
 _NORMALISE_OVER = ("prompt", "batch")
+_LOSS_FORMS = ("paper", "released")
 
 
 def split_positive_negative(
@@ -190,6 +194,7 @@ def repirl_prm_coefficients(
     pseudo_expert: bool,
     weight_reward: str,
     normalise_over: str,
+    loss_form: str = "paper",
 ) -> PRMCoefficients:
     """Coefficients of L_prm for a whole batch (section 2), computed once, without gradient.
 
@@ -197,22 +202,31 @@ def repirl_prm_coefficients(
     rbar_phi: [B] from a no-grad PRM forward; sampling_logprob_sum: [B] log pi_theta(tau), any
     value (even NaN) on demos, which have none; prompt_index: [B] int64.
     See the module docstring for why the loss is split into coefficients and micro-batches.
+
+    loss_form "paper": coef = w_hat on N, -1/|P| on P. "released" (`irl.loss_form`, the
+    authors' code): coef = +1/M on N, -1/M on P, M = B rows; every importance weight is 1, so
+    ess = |N| and ess_within = 1 (0 when N is empty), and the rewards and log-probs are unused.
     """
+    if loss_form not in _LOSS_FORMS:
+        raise ValueError(f"irl.loss_form must be one of {_LOSS_FORMS}, got {loss_form!r}")
     is_pos, is_neg = split_positive_negative(outcomes, is_demo, pseudo_expert)
     num_pos, num_neg = int(is_pos.sum()), int(is_neg.sum())
-    log_w = importance_log_weights(
-        trajectory_reward, mean_reward, sampling_logprob_sum, weight_reward
-    )
-    w_hat = normalised_weights(log_w, is_neg, prompt_index, normalise_over)
-    ess = effective_sample_size(w_hat, is_neg)
+    if loss_form == "released":
+        log_w = torch.zeros_like(mean_reward.detach())  # w = 1 on every negative
+        w_hat = is_neg.to(log_w.dtype) / max(num_neg, 1)
+        # At one row per micro-batch the paper's loss is +rbar on a negative (a softmax over one
+        # negative is 1) and -rbar on a positive, each divided by the M accumulated rows.
+        coef = (is_neg.to(log_w.dtype) - is_pos.to(log_w.dtype)) / is_pos.numel()
+    else:
+        log_w = importance_log_weights(trajectory_reward, mean_reward, sampling_logprob_sum, weight_reward)
+        w_hat = normalised_weights(log_w, is_neg, prompt_index, normalise_over)
+        coef = w_hat - is_pos.to(w_hat.dtype) / max(num_pos, 1)
     if num_pos == 0:
         # No expert term: the loss would only push every negative's reward down. Skip.
-        coef = torch.zeros_like(w_hat)
-    else:
-        coef = w_hat - is_pos.to(w_hat.dtype) / num_pos
+        coef = torch.zeros_like(coef)
     return PRMCoefficients(
         coef=coef.detach(),
-        ess=ess,
+        ess=effective_sample_size(w_hat, is_neg),
         ess_within=within_prompt_ess(log_w, is_neg, prompt_index),
         num_pos=num_pos,
         num_neg=num_neg,

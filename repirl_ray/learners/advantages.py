@@ -43,14 +43,17 @@ def batch_advantages(
         c_format=cfg.c_format,
         process_credit=cfg.process_credit,
         step_ids=step_ids,
+        baseline=cfg.baseline,
+        process_norm=cfg.process_norm,
     )
     stats = {"advantage/abs_mean": float(algo.masked_mean(advantages.abs(), mask))}
     if cfg.c_outcome != 0:
-        a_outcome = algo.rloo_sequence_advantages(outcome, samples_per_prompt)[:, None].expand_as(mask)
+        a_outcome = algo.sequence_channel_advantages(outcome, mask, samples_per_prompt, cfg.baseline)
         stats["advantage/outcome_abs_mean"] = abs(cfg.c_outcome) * float(algo.masked_mean(a_outcome.abs(), mask))
     if rewards is not None:
         if cfg.c_process != 0:
-            a_process = algo.process_advantages(rewards, mask, samples_per_prompt, cfg.process_credit, step_ids)
+            a_process = algo.process_advantages(rewards, mask, samples_per_prompt, cfg.process_credit, step_ids,
+                                                cfg.baseline, cfg.process_norm)
             stats["advantage/process_abs_mean"] = abs(cfg.c_process) * float(algo.masked_mean(a_process.abs(), mask))
         rbar = algo.mean_token_reward(rewards, mask)
         correct = batch.outcome > 0.5
@@ -59,3 +62,13 @@ def batch_advantages(
         if (~correct).any():
             stats["advantage/rbar_wrong"] = float(rbar[~correct].mean())
     return advantages.numpy(), stats
+
+
+def oracle_rewards(batch: Rollouts) -> np.ndarray:
+    """The oracle process reward of every row [B, T] from its step labels (`prm.kind: oracle`,
+    algo.oracle_token_rewards): +1 at the end of each correct step, -1 at the end of the first
+    wrong step and of each later one."""
+    return algo.oracle_token_rewards(
+        torch.from_numpy(batch.step_ids.astype(np.int64)), torch.from_numpy(batch.first_wrong.astype(np.int64)),
+        torch.from_numpy(batch.response_mask),
+    ).numpy()

@@ -22,7 +22,7 @@ from transformers import AutoTokenizer
 from repirl_ray import algo
 from repirl_ray.batch import Rollouts
 from repirl_ray.config import AdvantageConfig, PolicyConfig
-from repirl_ray.learners.advantages import batch_advantages
+from repirl_ray.learners.advantages import batch_advantages, oracle_rewards
 from repirl_ray.learners.common import (
     MetricSum,
     chunks,
@@ -56,17 +56,21 @@ class PolicyLearner:
         seed: int = 0,
         ref_path: str = "",
         trust_remote_code: bool = False,
+        oracle_process_reward: bool = False,
         rank: int = 0,
         world_size: int = 1,
         dist_url: str = "",
     ):
         """dtype: of the weights pushed to vLLM and of saved HF folders (model.dtype); the
-        master weights and AdamW moments are float32, forward/backward run in compute_dtype."""
+        master weights and AdamW moments are float32, forward/backward run in compute_dtype.
+        oracle_process_reward (prm.kind=oracle): the process channel's token rewards come from
+        the rows' step labels (learners/advantages.oracle_rewards), not from a PRM."""
         torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(seed)
         self.cfg = cfg
         self.advantage = advantage or AdvantageConfig()
         self.samples_per_prompt = samples_per_prompt
+        self.oracle_process_reward = oracle_process_reward
         self.temperature = temperature
         self.dtype = dtype
         self.device = learner_device(cfg.num_gpus)
@@ -90,9 +94,11 @@ class PolicyLearner:
 
         parts: the rollout workers' shards (demo shards are ignored); token_rewards: the updated
         PRM's rewards of the same rows [B, T] (PRMLearner.score with the same keep_prompts), or
-        None without a PRM. Every rank computes the whole batch's advantages (whitening is over
+        None without a PRM (with the oracle process reward, computed here). Every rank computes the whole batch's advantages (whitening is over
         the whole batch), then trains on its share of the rows."""
         batch, _ = Rollouts.gather(keep_prompts, parts)
+        if self.oracle_process_reward:
+            token_rewards = oracle_rewards(batch)
         advantages, adv_stats = batch_advantages(batch, token_rewards, self.advantage, self.samples_per_prompt)
         metrics = self.ppo_update(batch, advantages)
         metrics.update(adv_stats)
@@ -112,8 +118,16 @@ class PolicyLearner:
         old_t, is_weights = sampler_t, None
         if cfg.old_logprobs == "recompute":
             old_t = self._logprobs_all(batch)
-            is_weights, tis = algo.truncated_importance_weights(old_t, sampler_t, torch.from_numpy(batch.response_mask), cfg.tis_cap)
-            metrics.update({f"policy/{k}": float(v) for k, v in tis.items()})
+            mask_t = torch.from_numpy(batch.response_mask)
+            is_weights, _ = algo.truncated_importance_weights(old_t, sampler_t, mask_t, cfg.tis_cap)
+            # The gap is the kernels' alone only on rows sampled by the weights this learner
+            # holds; rows of an older version (pipelined loop) add the policy's lag, logged apart.
+            current = torch.from_numpy(batch.policy_version == self.version)[:, None]
+            for rows, suffix in ((current, ""), (~current, "_lag")):
+                if bool((mask_t.bool() & rows).any()):
+                    _, tis = algo.truncated_importance_weights(old_t, sampler_t, mask_t * rows, cfg.tis_cap)
+                    metrics[f"policy/logprob_{'lag' if suffix else 'mismatch'}"] = float(tis["logprob_mismatch"])
+                    metrics[f"policy/tis_capped_frac{suffix}"] = float(tis["tis_capped_frac"])
         # In sampler mode the mismatch is free to measure on the first mini-batch: before the
         # first optimizer step the learner holds the weights that sampled the batch (when every
         # row's policy_version is this learner's version), so its log-probs there are pi_old's.

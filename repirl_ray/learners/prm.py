@@ -71,7 +71,8 @@ class PRMLearner:
         self.dtype = dtype
         self.device = learner_device(cfg.num_gpus)
         self.ranks = start_ranks(rank, world_size, dist_url, compute_dtype, self.device)
-        self.prm = load_prm(cfg.kind, model_path, ref_path, cfg.beta, "float32", trust_remote_code, ref_dtype=compute_dtype)
+        self.prm = load_prm(cfg.kind, model_path, ref_path, cfg.beta, "float32", trust_remote_code, ref_dtype=compute_dtype,
+                            head=cfg.head)
         self.trainable = prepare_trainable(
             self.prm.trainable,
             gradient_checkpointing=cfg.gradient_checkpointing, compute_dtype=compute_dtype, ranks=self.ranks, device=self.device,
@@ -133,6 +134,7 @@ class PRMLearner:
                 pseudo_expert=irl.pseudo_expert,
                 weight_reward=irl.weight_reward,
                 normalise_over=irl.normalise_over,
+                loss_form=irl.loss_form,
             )
             counts["num_pos"] += int(coefs.num_pos)
             counts["num_neg"] += int(coefs.num_neg)
@@ -271,8 +273,9 @@ class PRMLearner:
 
 
 def step_quality(token_rewards: np.ndarray, batch: Rollouts) -> dict[str, float]:
-    """Step AUROC (per step, and of the prefix minimum) and first-error localisation of token
-    rewards summed per step (ALGORITHM.md s5).
+    """algo.STEP_QUALITY_KEYS of token rewards summed per step (ALGORITHM.md s5): step AUROC (whole,
+    against the first wrong steps, against the steps after them), the same of the prefix minimum,
+    and first-error localisation.
 
     Label 1 = a step before the first wrong step, 0 = the first wrong step and after. Rows without
     step labels (first_wrong == -2) are left out; {} when no row has them."""
@@ -280,13 +283,28 @@ def step_quality(token_rewards: np.ndarray, batch: Rollouts) -> dict[str, float]
     if len(labelled) == 0:
         return {}
     per_sample = [algo.step_scores(token_rewards[i], batch.step_ids[i]) for i in labelled]
-    first_wrongs = [None if batch.first_wrong[i] < 0 else int(batch.first_wrong[i]) for i in labelled]
-    scores, labels = algo.step_auroc_inputs(per_sample, first_wrongs)
-    # A response that stops early with every present step right has first_wrong == len(steps):
-    # no present step is wrong, so it has nothing to localise.
-    localisable = [(s, f) for s, f in zip(per_sample, first_wrongs) if f is None or f < len(s)]
-    return {
-        "step_auroc": algo.auroc(scores, labels),
-        "step_auroc_prefix_min": algo.auroc(*algo.step_auroc_inputs(algo.prefix_min(per_sample), first_wrongs)),
-        "first_error_acc": algo.first_error_localisation([s for s, _ in localisable], [f for _, f in localisable]),
-    }
+    return algo.step_quality_metrics(per_sample, _first_wrongs(batch, labelled))
+
+
+def null_step_quality(batch: Rollouts, seed: int = 0) -> dict[str, dict[str, float]]:
+    """step_quality of each scorer that reads nothing of a step (algo.null_step_scores: random,
+    minus the step index, minus the response length), by scorer; the distance of a PRM's numbers
+    from these is what it knows. {} without step labels. Logged as `<key>_null_<scorer>`."""
+    labelled = np.flatnonzero(batch.first_wrong != -2)
+    if len(labelled) == 0:
+        return {}
+    ids = batch.step_ids[labelled]
+    num_steps = [int(row.max()) + 1 if (row >= 0).any() else 0 for row in ids]
+    lengths = batch.response_len[labelled].tolist()
+    first_wrongs = _first_wrongs(batch, labelled)
+    return {scorer: algo.step_quality_metrics(algo.null_step_scores(scorer, num_steps, lengths, seed), first_wrongs)
+            for scorer in algo.NULL_SCORERS}
+
+
+def null_metrics(nulls: dict[str, dict[str, float]]) -> dict[str, float]:
+    """null_step_quality's numbers as metric keys: `<key>_null_<scorer>`."""
+    return {f"{key}_null_{scorer}": value for scorer, quality in nulls.items() for key, value in quality.items()}
+
+
+def _first_wrongs(batch: Rollouts, rows: np.ndarray) -> list[int | None]:
+    return [None if batch.first_wrong[i] < 0 else int(batch.first_wrong[i]) for i in rows]

@@ -1,8 +1,11 @@
 """The process reward model r_phi(s_t, a_t): one scalar per response token (ALGORITHM.md s1).
 
-- HeadPRM (`prm.kind: head`, the paper's): a copy of the base model with a linear head; the
+- HeadPRM (`prm.kind: head`, the paper's): a copy of the base model with a scalar head; the
   reward of token a_t is read at a_t's own position (the state that has just seen a_t). Stored as
-  an HF token-classification model with one label, so `from_pretrained` reloads it.
+  an HF token-classification model with one label, so `from_pretrained` reloads it. `prm.head`:
+  linear (one bias-free row, zero-initialised) or mlp_tanh (the authors' released head,
+  H -> 1024 -> 1024 -> 1 with ReLU and a final tanh, PyTorch's default init, biases; its
+  weights are stored under `score.*` beside the model's, and prm.json names the head).
 - ImplicitPRM (`prm.kind: implicit`, PRIME's): r = beta * (log pi_phi(a_t|s_t) - log pi_ref(a_t|s_t)),
   pi_phi trainable, pi_ref frozen. pi_phi is stored as an HF causal LM, beside a prm.json that
   names pi_ref and beta.
@@ -24,15 +27,33 @@ from repirl_ray.utils import atomic_write_json
 PRM_META = "prm.json"
 
 
+# The released head's hidden width (the authors' rm.py), kept for the tiny world too: it makes the
+# head larger than the tiny model, but a narrower one would be a third head, not the released one.
+MLP_HEAD_WIDTH = 1024
+HEADS = ("linear", "mlp_tanh")
+
+
+def mlp_tanh_head(hidden_size: int) -> nn.Module:
+    """The released PRM head: Linear(H, 1024), ReLU, Linear(1024, 1024), ReLU, Linear(1024, 1),
+    Tanh; PyTorch's default initialisation (seeded by the caller's torch.manual_seed), biases."""
+    return nn.Sequential(
+        nn.Linear(hidden_size, MLP_HEAD_WIDTH), nn.ReLU(),
+        nn.Linear(MLP_HEAD_WIDTH, MLP_HEAD_WIDTH), nn.ReLU(),
+        nn.Linear(MLP_HEAD_WIDTH, 1), nn.Tanh(),
+    )
+
+
 class HeadPRM(nn.Module):
     kind = "head"
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, head: str = "linear"):
         super().__init__()
         self.model = model
+        self.head = head
 
     @classmethod
-    def from_pretrained(cls, path: str, dtype: str = "float32", trust_remote_code: bool = False) -> "HeadPRM":
+    def from_pretrained(cls, path: str, dtype: str = "float32", trust_remote_code: bool = False,
+                        head: str = "linear") -> "HeadPRM":
         check_model_path(path, "model.prm_path")
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         trained = any("ForTokenClassification" in a for a in (config.architectures or []))
@@ -44,11 +65,20 @@ class HeadPRM(nn.Module):
         model = AutoModelForTokenClassification.from_pretrained(
             path, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
         )
-        if not trained:
+        if head == "mlp_tanh":
+            # transformers builds (and, for a trained one, warns about) a linear score; the MLP
+            # replaces it, and a trained one's score.* weights are read from the folder here.
+            model.score = mlp_tanh_head(config.hidden_size).to(DTYPES[dtype])
+            if trained:
+                from safetensors.torch import load_file
+
+                stored = load_file(os.path.join(path, "model.safetensors"))
+                model.score.load_state_dict({k[len("score."):]: v for k, v in stored.items() if k.startswith("score.")})
+        elif not trained:
             # A fresh head starts at r = 0 on every token, so the first importance weights are
             # the proposal's alone and the policy sees no process reward before the PRM learns.
             nn.init.zeros_(model.score.weight)
-        return cls(model)
+        return cls(model, head)
 
     def token_rewards(self, inputs: ModelInputs) -> torch.Tensor:
         """r_phi(s_t, a_t) for every response token [B, T]; 0 on padding."""
@@ -70,7 +100,7 @@ class HeadPRM(nn.Module):
         self.save_meta(out_dir)
 
     def save_meta(self, out_dir: str) -> None:
-        atomic_write_json(os.path.join(out_dir, PRM_META), {"kind": "head"})
+        atomic_write_json(os.path.join(out_dir, PRM_META), {"kind": "head", "head": self.head})
 
 
 class ImplicitPRM(nn.Module):
@@ -125,11 +155,13 @@ def load_prm(
     dtype: str = "float32",
     trust_remote_code: bool = False,
     ref_dtype: str = "",
+    head: str = "linear",
 ) -> HeadPRM | ImplicitPRM:
     """Build a PRM from a base model, or reload a trained one (a folder holding prm.json).
 
-    dtype: of the trainable weights; ref_dtype: of the frozen pi_ref ("" = dtype). A learner
-    keeps fp32 masters and may hold pi_ref in its compute dtype."""
+    dtype: of the trainable weights; ref_dtype: of the frozen pi_ref ("" = dtype); head: the
+    head PRM's head (prm.head). A learner keeps fp32 masters and may hold pi_ref in its compute
+    dtype."""
     meta = read_prm_meta(path) if os.path.isdir(path) else None
     if meta is not None and meta["kind"] != kind:
         raise ValueError(
@@ -137,7 +169,13 @@ def load_prm(
             f"set prm.kind={meta['kind']} or point model.prm_path at a base model"
         )
     if kind == "head":
-        return HeadPRM.from_pretrained(path, dtype, trust_remote_code)
+        trained_head = meta.get("head", "linear") if meta is not None else head
+        if trained_head != head:
+            raise ValueError(
+                f"config key 'prm.head' is {head!r} but {path} holds a head PRM with a {trained_head!r} head; "
+                f"set prm.head={trained_head}"
+            )
+        return HeadPRM.from_pretrained(path, dtype, trust_remote_code, head)
     if kind == "implicit":
         if meta is not None:
             if meta["beta"] != beta:

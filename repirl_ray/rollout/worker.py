@@ -96,11 +96,14 @@ class RolloutWorker:
         temperature: float,
         seed: int,
         with_demos: bool = False,
+        demo_problems: list[Problem] | None = None,
     ) -> tuple[Rollouts, Rollouts | None, dict]:
         """n samples per problem (temperature 0: greedy, n = 1), verified.
 
         Returns the rollouts, the problems' expert demos as a batch (when asked) and a small
-        summary (outcomes per row) that the driver reads without fetching the batch."""
+        summary (outcomes per row) that the driver reads without fetching the batch.
+        demo_problems[i] (irl.demo_pairing=shuffled): the problem whose demos, with its own
+        prompt, fill slot i instead of problems[i]'s."""
         t0 = time.perf_counter()
         prompts = [self.encode(self.task.format_prompt(p), p.id) for p in problems]
         seeds = [prompt_seed(seed, i) for i in prompt_indices]
@@ -124,12 +127,14 @@ class RolloutWorker:
         demos = None
         if with_demos:
             drows = dict(prompt=[], response=[], logps=[], pidx=[], sidx=[], outcome=[], fmt=[], steps=[], first_wrong=[])
+            sources = problems if demo_problems is None else demo_problems
+            source_prompts = prompts if demo_problems is None else [self.encode(self.task.format_prompt(p), p.id) for p in sources]
             demo_ids = [
                 [encode_response(self.tokenizer, demo) for demo in p.demos]
-                for p in problems
+                for p in sources
             ]
-            dverdicts = self._verify([(p, ids) for p, group in zip(problems, demo_ids) for ids in group])
-            for problem, pidx, prompt, group in zip(problems, prompt_indices, prompts, demo_ids):
+            dverdicts = self._verify([(p, ids) for p, group in zip(sources, demo_ids) for ids in group])
+            for problem, pidx, prompt, group in zip(sources, prompt_indices, source_prompts, demo_ids):
                 for k, ids in enumerate(group):
                     self._add_row(drows, problem, pidx, k, prompt, ids, None, [], next(dverdicts))
             demos = self._to_batch(drows, is_demo=True, version=-1) if drows["prompt"] else None

@@ -56,10 +56,12 @@ def repirl_run(ray_session, world_cache, tmp_path_factory):
 def test_repirl(repirl_run):
     _, (summary, train, changed, kind) = repirl_run
     assert kind == "implicit" and changed and len(train) == 2
-    assert all("prm/ess" in r and "prm/step_auroc" in r for r in train)
+    assert all("prm/ess" in r and "prm/step_auroc" in r and "prm/step_auroc_first_wrong" in r for r in train)
+    # The null scorers on the fixed set, beside the PRM's numbers.
+    assert 0 <= summary["step_auroc_null_position"] <= 1 and "first_error_acc_null_random" in summary
 
 
-@pytest.mark.parametrize("mode", ["repirl_head", "rloo", "prime", "prm_only", "sft_rloo"])
+@pytest.mark.parametrize("mode", ["repirl_head", "rloo", "prime", "prm_only", "sft_rloo", "repirl_released", "oracle"])
 def test_mode_runs_two_iterations(mode, ray_session, world_cache, tmp_path):
     summary, train, changed, kind = run_mode(mode, world_cache, tmp_path / mode)
     assert summary["iterations"] == 2 and [r["iteration"] for r in train] == [1, 2]
@@ -75,6 +77,27 @@ def test_mode_runs_two_iterations(mode, ray_session, world_cache, tmp_path):
         assert "rollout/format_ok" in train[0]
     if mode == "sft_rloo":
         assert (tmp_path / mode / "sft_policy" / "config.json").is_file()
+    if mode == "repirl_released":
+        # Every importance weight 1: the ESS is the number of negatives.
+        assert kind == "head" and train[0]["prm/ess"] == train[0]["prm/num_neg"] and train[0]["prm/ess_within"] == 1.0
+        prm = json.loads((latest_checkpoint(tmp_path / mode) / "prm" / "prm.json").read_text())
+        assert prm == {"kind": "head", "head": "mlp_tanh"}
+    if mode == "oracle":
+        # No PRM learner: the process reward comes from the step labels.
+        assert kind is None and not any(k.startswith("prm/") for k in train[0])
+        assert train[0]["advantage/process_abs_mean"] > 0
+
+
+def test_pipelined_recompute_logs_the_kernel_mismatch_apart_from_the_lag(ray_session, world_cache, tmp_path):
+    """fp32 sampler and learner, pipelined: batch 1 is on-policy, so its gap is the kernels' alone
+    (about 1e-6); later batches were sampled one version behind, and their gap is logged as the lag."""
+    _, train, _, _ = run_mode("oracle", world_cache, tmp_path / "pipelined", iterations=3, **{
+        "pipeline.off_policy_steps": 1, "policy.old_logprobs": "recompute"})
+    assert [r["rollout/staleness"] for r in train] == [0, 1, 1]
+    assert train[0]["policy/logprob_mismatch"] <= 1e-4 and "policy/logprob_lag" not in train[0]
+    for r in train[1:]:
+        assert "policy/logprob_mismatch" not in r
+        assert r["policy/logprob_lag"] > 10 * train[0]["policy/logprob_mismatch"]  # lr 1e-2 moves the policy
 
 
 def test_behaviour_cloning_is_supervised_only(ray_session, world_cache, tmp_path):
@@ -110,7 +133,8 @@ def test_eval_and_bon_on_a_checkpoint(repirl_run, tmp_path):
     bon = best_of_n_checkpoint(str(ckpt), n_max=4, out_dir=str(out), overrides=["eval.num_prompts=6"], log=lambda *_: None)
     curves = bon["curves"]
     assert curves["n"] == [1, 2, 4]
-    for selector in ("prm", "majority", "random"):
+    assert curves["selectors"] == ["prm_mean", "prm_min_step", "prm_vote", "majority", "random", "oracle"]
+    for selector in ("prm_mean", "prm_min_step", "prm_vote", "majority", "random"):
         assert all(s <= o + 1e-9 for s, o in zip(curves[selector], curves["oracle"]))
     assert (out / "bon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "bon.md").read_text().count("\n") >= 5

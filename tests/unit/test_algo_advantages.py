@@ -5,15 +5,20 @@ import torch
 from torch.testing import assert_close
 
 from repirl_ray.algo.advantages import (
+    batch_max_normalise,
     mean_token_reward,
     min_form_returns,
+    oracle_token_rewards,
+    position_rloo,
     process_advantages,
     reverse_cumsum,
     rloo_advantages,
     rloo_process_rewards,
     rloo_sequence_advantages,
+    sequence_channel_advantages,
     step_segments,
 )
+from repirl_ray.algo.metrics import auroc, step_auroc_inputs, step_scores
 from repirl_ray.algo.stats import masked_mean, masked_whiten
 
 F64 = torch.float64
@@ -174,3 +179,88 @@ def test_min_form_is_not_raised_by_a_high_reward_step():
     assert reverse_cumsum(hacked, mask)[0, 0] > reverse_cumsum(base, mask)[0, 0] + 9
     assert_close(min_form_returns(hacked, mask)[0, :2], min_form_returns(base, mask)[0, :2])
     assert_close(min_form_returns(base, mask), t([[-1.0, -1.0, 0.2]]))
+
+
+# ---- The released recipe's advantages: advantage.baseline = position, process_norm = batch_max ----
+# One prompt, K = 3, rows of 3, 2 and 1 tokens (99 = padding).
+POS_REWARDS = t([[1, 1, 1], [2, 2, 99], [3, 99, 99]])
+POS_MASK = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+
+
+def test_position_baseline_process_channel_hand_values():
+    # G = reverse cumsum: a (3, 2, 1), b (4, 2), c (3). Baseline at t: mean of the other rows'
+    # G_t over those still active at t, 0 where none is.
+    # a: t0 3 - (4 + 3) / 2 = -0.5; t1 2 - 2 = 0; t2 1 - 0 = 1
+    # b: t0 4 - (3 + 3) / 2 = 1;    t1 2 - 2 = 0
+    # c: t0 3 - (3 + 4) / 2 = -0.5
+    expected = t([[-0.5, 0, 1], [1, 0, 0], [-0.5, 0, 0]])
+    assert_close(process_advantages(POS_REWARDS, POS_MASK, 3, baseline="position"), expected)
+    assert_close(position_rloo(reverse_cumsum(POS_REWARDS, POS_MASK), POS_MASK, 3), expected)
+    # The 2 x 2 batch above: row 0 G (6, 5, 3) against row 1's (4) at t0 only; row 3 against an
+    # empty row 2 (baseline 0 everywhere).
+    assert_close(process_advantages(REWARDS, MASK, 2, baseline="position"),
+                 t([[2, 5, 3], [-2, 0, 0], [0, 0, 0], [0, -1, 0]]))
+
+
+def test_position_baseline_turns_a_constant_reward_into_a_length_bonus():
+    ones = torch.where(POS_MASK, t([[1.0] * 3] * 3), t([[0.0] * 3] * 3))
+    # Per-sequence baseline: r - mean of the others' rbar = 1 - 1 = 0 on every token.
+    assert_close(process_advantages(ones, POS_MASK, 3), torch.zeros(3, 3, dtype=F64))
+    # Per position: a (3, 2, 1) - ((2 + 1) / 2, 1, 0) = (1.5, 1, 1); b (2, 1) - ((3 + 1) / 2, 2)
+    # = (0, -1); c 1 - (3 + 2) / 2 = -1.5: the longest sample gains.
+    assert_close(process_advantages(ones, POS_MASK, 3, baseline="position"),
+                 t([[1.5, 1, 1], [0, -1, 0], [-1.5, 0, 0]]))
+
+
+def test_position_baseline_outcome_channel_hand_values():
+    # o = (1, 0, 1) on the last token: the return is o on every token of the sample.
+    # a: t0 1 - (0 + 1) / 2 = 0.5; t1 1 - 0 (b active) = 1; t2 1 - 0 (none active) = 1
+    # b: t0 0 - (1 + 1) / 2 = -1;  t1 0 - 1 = -1
+    # c: t0 1 - (1 + 0) / 2 = 0.5
+    a = sequence_channel_advantages(t([1, 0, 1]), POS_MASK, 3, "position")
+    assert_close(a, t([[0.5, 1, 1], [-1, -1, 0], [0.5, 0, 0]]))
+    # "sequence": the RLOO advantage (1 - 0.5, 0 - 1, 1 - 0.5) on every token
+    assert_close(sequence_channel_advantages(t([1, 0, 1]), POS_MASK, 3), t([[0.5, 0.5, 0.5], [-1, -1, 0], [0.5, 0, 0]]))
+    with pytest.raises(ValueError, match="advantage.baseline"):
+        sequence_channel_advantages(t([1, 0, 1]), POS_MASK, 3, "per_token")
+
+
+def test_batch_max_normalise_hand_values():
+    # Largest |reverse cumsum| of the 2 x 2 batch: 6 (row 0, t0).
+    expected = t([[1, 2, 3], [4, 0, 0], [0, 0, 0], [1, -1, 0]]) / (6 + 1e-6)
+    assert_close(batch_max_normalise(REWARDS, MASK), expected)
+    # A negative return counts by its magnitude: (-8) -> -1 (to 1e-6 relative).
+    out = batch_max_normalise(t([[-8.0, 99]]), torch.tensor([[1, 0]], dtype=torch.bool))
+    assert_close(out, t([[-8 / (8 + 1e-6), 0]]))
+
+
+def test_released_advantages_combine_both_switches():
+    # c_o = 1, c_p = 0.5, o = (1, 0, 0, 1) on the 2 x 2 batch, no whitening:
+    # A^o by position: row 0 (1, 1, 1) (sibling row 1, o = 0, active at t0 only), row 1 -1,
+    # row 3 (1, 1) (its sibling has no tokens); A^p = the position test's numbers / (6 + 1e-6).
+    a = rloo_advantages(torch.tensor([1, 0, 0, 1]), REWARDS, MASK, 2, c_outcome=1.0, c_process=0.5, whiten=False,
+                        baseline="position", process_norm="batch_max")
+    a_p = t([[2, 5, 3], [-2, 0, 0], [0, 0, 0], [0, -1, 0]]) / (6 + 1e-6)
+    assert_close(a, t([[1, 1, 1], [-1, 0, 0], [0, 0, 0], [1, 1, 0]]) + 0.5 * a_p)
+    with pytest.raises(ValueError, match="process_norm"):
+        process_advantages(REWARDS, MASK, 2, process_norm="max")
+
+
+# ---- prm.kind = oracle ----
+
+
+def test_oracle_token_rewards_hand_values():
+    ids = torch.tensor([
+        [0, 0, 1, 1, 2, -1],   # every step correct: +1 at the end of each step, EOS 0
+        [0, 1, 1, 2, 2, -1],   # first wrong step 1: +1, -1, -1
+        [0, 0, -1, 0, 1, -1],  # a token of no characters inside step 0; stops early (first_wrong 2)
+    ])
+    mask = torch.tensor([[1] * 6, [1] * 6, [1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    r = oracle_token_rewards(ids, torch.tensor([-1, 1, 2]), mask)
+    assert_close(r, torch.tensor([[0, 1, 0, 1, 1, 0], [1, 0, -1, 0, -1, 0], [0, 0, 0, 1, 1, 0]], dtype=torch.float32))
+    # Summed per step, the oracle ranks every correct step above every wrong one.
+    steps = [step_scores(r[i], ids[i]) for i in range(3)]
+    assert steps == [[1, 1, 1], [1, -1, -1], [1, 1]]
+    assert auroc(*step_auroc_inputs(steps, [None, 1, 2])) == 1.0
+    with pytest.raises(ValueError, match=r"rows \[1\] have no step labels"):
+        oracle_token_rewards(ids, torch.tensor([-1, -2, 2]), mask)

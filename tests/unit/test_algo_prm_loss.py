@@ -382,3 +382,56 @@ def test_proposition_3_discriminator_gradient_at_the_policy_fixed_point():
     other_pi = t([0.25, 0.5, 0.25])
     g_disc, g_prm = grad_l_disc(other_pi), grad_l_prm(other_pi)
     assert not torch.allclose(g_disc, 0.5 * g_prm, atol=1e-3)
+
+
+# ---- irl.loss_form: released (the authors' code) ----
+
+
+def test_released_loss_form_hand_values():
+    # P = {0, 3, 7, 8, 9}, N = {1, 2, 4, 5, 6}, M = 10 rows: coef = +1/10 on N, -1/10 on P,
+    # whatever the rewards and log-probs.
+    c = coefficients(loss_form="released")
+    assert_close(c.coef, t([-0.1, 0.1, 0.1, -0.1, 0.1, 0.1, 0.1, -0.1, -0.1, -0.1]))
+    # L = (sum_N rbar - sum_P rbar) / 10 = ((1.0 - 1.0 + 0.2 + 0.4 + 0.6) - 3.7) / 10 = -0.25
+    assert_close(repirl_prm_loss(RBAR, c.coef), torch.tensor(-0.25, dtype=F64))
+    # Every weight is 1: the ESS is |N| = 5, each prompt's ESS_g / |N_g| is 1.
+    assert c.ess == pytest.approx(5.0) and c.ess_within == pytest.approx(1.0)
+    assert (c.num_pos, c.num_neg, c.skip) == (5, 5, False)
+    # Unbalanced: a constant shift of every reward changes L by (|N| - |P|) / M; here 0, with
+    # one more positive (row 1 correct) it is -2/10 per unit shift.
+    c = coefficients(loss_form="released", outcomes=torch.tensor([1, 1, 0, 1, 0, 0, 0, 1, 0, 0]))
+    assert float(c.coef.sum()) == pytest.approx(-0.2)
+    # The rewards and log-probs do not enter.
+    same = coefficients(loss_form="released", trajectory_reward=R * 7, sampling_logprob_sum=LOGPI - 3)
+    assert_close(same.coef, coefficients(loss_form="released").coef)
+
+
+def test_released_loss_is_the_paper_loss_on_micro_batches_of_one_row():
+    # The released code computes the paper's loss on each micro-batch of one row and divides by
+    # the M accumulated micro-batches: a softmax over a single negative is 1 (the importance
+    # weights are a no-op), and a single positive's mean is its own rbar.
+    released = coefficients(loss_form="released").coef
+    for i in range(10):
+        one = slice(i, i + 1)
+        paper = coefficients(
+            outcomes=OUTCOMES[one], is_demo=IS_DEMO[one], trajectory_reward=R[one], mean_reward=RBAR[one],
+            sampling_logprob_sum=LOGPI[one], prompt_index=PROMPT[one],
+        )
+        if paper.num_neg:
+            assert float(normalised_weights(LOGPI[one] * 0 + 123.0, torch.tensor([True]), PROMPT[one], "prompt")[0]) == 1.0
+            expected = 1.0  # w = 1 on the one negative
+        else:
+            expected = -1.0  # -1/|P| with |P| = 1
+            assert float(paper.coef[0]) == expected
+        assert float(released[i]) == pytest.approx(expected / 10)
+
+
+def test_released_loss_with_no_positive_skips_too():
+    rows = slice(0, 8)
+    c = coefficients(
+        loss_form="released", outcomes=torch.zeros(8), is_demo=IS_DEMO[rows], trajectory_reward=R[rows],
+        mean_reward=RBAR[rows], sampling_logprob_sum=LOGPI[rows], prompt_index=PROMPT[rows],
+    )
+    assert c.skip and bool((c.coef == 0).all())
+    with pytest.raises(ValueError, match="loss_form"):
+        coefficients(loss_form="nope")

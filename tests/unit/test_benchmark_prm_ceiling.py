@@ -1,13 +1,12 @@
-"""benchmarks/prm_ceiling.py's oracle checkers and AUROC split against hand-worked cases."""
+"""benchmarks/prm_ceiling.py: its oracle checkers against hand-worked cases, and its table columns."""
 
 import importlib.util
-import math
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 
+from repirl_ray.algo import NULL_SCORERS, STEP_QUALITY_KEYS
 from repirl_ray.tasks.base import Problem
 
 SPEC = importlib.util.spec_from_file_location("prm_ceiling", Path(__file__).resolve().parents[2] / "benchmarks" / "prm_ceiling.py")
@@ -38,16 +37,7 @@ def test_oracle_checkers_pass_carried_forward_steps_and_fail_the_first_mistake()
     assert out["chained"] == [[1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 0, 1], [1, 0, 0]]
 
 
-def test_split_auroc_by_hand():
-    # Sample A all correct: steps 0.9, 0.8. Sample B first wrong at 1: steps 0.7 (correct),
-    # 0.1 (first wrong), 0.95 and 0.3 after it.
-    scores = [[0.9, 0.8], [0.7, 0.1, 0.95, 0.3]]
-    out = prm_ceiling.split_auroc(scores, [None, 1])
-    # Positives 0.9, 0.8, 0.7; negatives 0.1, 0.95, 0.3: pairs won 3 + 0 + 3 of 9.
-    assert out["step_auroc"] == pytest.approx(6 / 9)
-    assert out["vs_first_wrong"] == pytest.approx(1.0)
-    assert out["vs_after_first_wrong"] == pytest.approx(3 / 6)
-    # Prefix min of B: 0.7, 0.1, 0.1, 0.1: every negative below every positive.
-    assert out["prefix_min"] == pytest.approx(1.0)
-    # No wrong step anywhere: the split AUROCs are undefined (NaN), not 0 or 1.
-    assert math.isnan(prm_ceiling.split_auroc([[0.5, 0.2]], [None])["vs_first_wrong"])
+def test_table_columns_are_the_step_quality_keys_runs_log():
+    # The split AUROC itself is algo.step_auroc_split (tests/unit/test_algo_metrics.py).
+    assert tuple(prm_ceiling.COLUMNS) == STEP_QUALITY_KEYS
+    assert set(prm_ceiling.NULL_LABELS) == set(NULL_SCORERS)

@@ -141,3 +141,32 @@ def test_data_formats_load():
                              "data.prompt_template='Q: {problem}'"])
     assert cfg.data.fields.id == "unique_id" and cfg.data.fields.prompt == ""
     assert cfg.data.prompt_template == "Q: {problem}"
+
+
+def test_released_recipe_switches_default_to_the_paper_and_the_preset_sets_them():
+    cfg = load_config()
+    assert (cfg.prm.head, cfg.irl.loss_form, cfg.irl.demo_pairing, cfg.advantage.process_norm, cfg.advantage.baseline) == (
+        "linear", "paper", "own", "none", "sequence")
+    released = load_config("configs/modes/repirl_released.yaml")
+    assert (released.prm.kind, released.prm.head, released.irl.loss_form, released.irl.demo_pairing) == (
+        "head", "mlp_tanh", "released", "shuffled")
+    assert (released.advantage.process_norm, released.advantage.baseline) == ("batch_max", "position")
+    for key, bad in (("prm.head", "mlp"), ("irl.loss_form", "verl"), ("irl.demo_pairing", "random"),
+                     ("advantage.process_norm", "max"), ("advantage.baseline", "token")):
+        with pytest.raises(ConfigError, match=re.escape(f"'{key}'")):
+            load_config(None, [f"{key}={bad}"])
+    with pytest.raises(ConfigError, match="prm.head.*set prm.kind=head"):
+        load_config(None, ["prm.head=mlp_tanh"])  # the default kind is implicit
+
+
+def test_oracle_process_reward_config():
+    cfg = load_config("configs/modes/oracle.yaml")
+    assert cfg.prm.kind == "oracle" and cfg.advantage.c_process != 0
+    with pytest.raises(ConfigError, match="advantage.c_process"):
+        load_config(None, ["prm.kind=oracle", "advantage.c_process=0"])
+    # Usable in the other modes: prm_only, and test-time training with no PRM checkpoint to freeze.
+    assert load_config("configs/modes/prm_only.yaml", ["prm.kind=oracle"]).advantage.c_outcome == 0
+    assert load_config("configs/modes/ttt.yaml", ["prm.kind=oracle"]).prm.update == "none"
+    from repirl_ray.config import has_prm_learner, needs_demos
+
+    assert not has_prm_learner(cfg) and not needs_demos(cfg)

@@ -91,13 +91,28 @@ def test_bon_prm_right_majority_wrong_and_vice_versa():
     # n = N = 3: prm picks 0 (correct), majority "7" -> sample 1 (wrong),
     # random = 1/3, oracle = 1
     assert a["n"] == [3]
-    assert (a["prm"], a["majority"], a["random"], a["oracle"]) == (
+    assert (a["prm_mean"], a["majority"], a["random"], a["oracle"]) == (
         [1.0], [0.0], [pytest.approx(1 / 3)], [1.0])
-    assert math.isnan(a["prm_se"][0])  # one prompt: no standard error
+    assert math.isnan(a["prm_mean_se"][0])  # one prompt: no standard error
     b = best_of_n_curves([B_SCORES], [B_CORRECT], [B_ANSWERS], ns=[3])
     # prm picks 1 (wrong), majority "5" (right), random 2/3, oracle 1
-    assert (b["prm"], b["majority"], b["random"], b["oracle"]) == (
+    assert (b["prm_mean"], b["majority"], b["random"], b["oracle"]) == (
         [0.0], [1.0], [pytest.approx(2 / 3)], [1.0])
+
+
+def test_bon_prm_vote_and_min_step_selectors():
+    # A: groups "5" exp(0.9) = 2.46 against "7" exp(0.1) + exp(0.2) = 2.33: "5", sample 0, right.
+    # B: "5" 2.33 against "7" 2.46: sample 1, wrong (majority says "5").
+    a = best_of_n_curves([A_SCORES], [A_CORRECT], [A_ANSWERS], ns=[3])
+    b = best_of_n_curves([B_SCORES], [B_CORRECT], [B_ANSWERS], ns=[3])
+    assert a["prm_vote"] == [1.0] and b["prm_vote"] == [0.0]
+    assert "prm_min_step" not in a and a["selectors"] == ["prm_mean", "prm_vote", "majority", "random", "oracle"]
+    # With two "7"s of exp(1.0) each the group outweighs "5" (2 * 2.72 > 2.46): wrong, as majority.
+    assert best_of_n_curves([[0.9, 1.0, 1.0]], [A_CORRECT], [A_ANSWERS], ns=[3])["prm_vote"] == [0.0]
+    # The highest worst step: sample 2 (worst step -0.1) over 0 (-2.0) and 1 (-0.5); right.
+    c = best_of_n_curves([A_SCORES], [[0, 0, 1]], [A_ANSWERS], ns=[3], min_step_scores=[[-2.0, -0.5, -0.1]])
+    assert c["prm_min_step"] == [1.0] and c["prm_mean"] == [0.0]
+    assert c["selectors"][:3] == ["prm_mean", "prm_min_step", "prm_vote"]
 
 
 def test_bon_two_prompts_mean_and_se():
@@ -105,7 +120,7 @@ def test_bon_two_prompts_mean_and_se():
         [A_SCORES, B_SCORES], [A_CORRECT, B_CORRECT], [A_ANSWERS, B_ANSWERS], ns=[3]
     )
     # prm per prompt [1, 0]: mean .5, se = std([1, 0], ddof=1) / sqrt(2) = 0.7071 / 1.4142 = .5
-    assert c["prm"][0] == pytest.approx(0.5) and c["prm_se"][0] == pytest.approx(0.5)
+    assert c["prm_mean"][0] == pytest.approx(0.5) and c["prm_mean_se"][0] == pytest.approx(0.5)
     assert c["majority"][0] == pytest.approx(0.5) and c["majority_se"][0] == pytest.approx(0.5)
     # random per prompt [1/3, 2/3]: mean .5, se = (sqrt(2)/6) / sqrt(2) = 1/6
     assert c["random"][0] == pytest.approx(0.5)
@@ -122,9 +137,9 @@ def test_bon_small_n_enumerates_all_subsets():
     # n=1: each singleton, every selector = mean correctness = 1/3
     c = best_of_n_curves([A_SCORES], [A_CORRECT], [A_ANSWERS], ns=[1, 2])
     assert c["n"] == [1, 2]
-    for key in ("prm", "majority", "random", "oracle"):
+    for key in ("prm_mean", "majority", "random", "oracle"):
         assert c[key][0] == pytest.approx(1 / 3)
-    assert c["prm"][1] == pytest.approx(2 / 3)
+    assert c["prm_mean"][1] == pytest.approx(2 / 3)
     assert c["random"][1] == pytest.approx(1 / 3)
     assert c["oracle"][1] == pytest.approx(2 / 3)
     assert min(abs(c["majority"][1] - v) for v in (0, 1 / 3, 2 / 3)) < 1e-12
@@ -133,13 +148,13 @@ def test_bon_small_n_enumerates_all_subsets():
 def test_bon_prm_ties_pick_first():
     # scores tie at samples 0 and 1; sample 0 is wrong, sample 1 right -> prm takes 0 -> 0
     c = best_of_n_curves([[0.5, 0.5, 0.1]], [[0, 1, 1]], [["1", "2", "2"]], ns=[3])
-    assert c["prm"] == [0.0]
+    assert c["prm_mean"] == [0.0]
     # flipped labels -> 1
     c = best_of_n_curves([[0.5, 0.5, 0.1]], [[1, 0, 0]], [["1", "2", "3"]], ns=[3])
-    assert c["prm"] == [1.0]
+    assert c["prm_mean"] == [1.0]
     # NaN scores never win
     c = best_of_n_curves([[math.nan, 0.2, 0.1]], [[0, 1, 0]], [["1", "2", "3"]], ns=[3])
-    assert c["prm"] == [1.0]
+    assert c["prm_mean"] == [1.0]
 
 
 def test_bon_n_equals_N_is_deterministic_and_random_is_mean_correctness():
@@ -151,10 +166,10 @@ def test_bon_n_equals_N_is_deterministic_and_random_is_mean_correctness():
     c1 = best_of_n_curves(scores, correct, answers, ns=[N], num_subsets=4, seed=0)
     c2 = best_of_n_curves(scores, correct, answers, ns=[N], num_subsets=64, seed=5)
     # prm, random, oracle don't depend on the seed or num_subsets at n = N
-    for key in ("prm", "random", "oracle"):
+    for key in ("prm_mean", "random", "oracle"):
         assert c1[key] == c2[key]
     # prm = correctness of each row's argmax, random = overall mean, oracle = any correct
-    assert c1["prm"][0] == pytest.approx(correct[np.arange(P), scores.argmax(1)].mean())
+    assert c1["prm_mean"][0] == pytest.approx(correct[np.arange(P), scores.argmax(1)].mean())
     assert c1["random"][0] == pytest.approx(correct.mean())
     assert c1["oracle"][0] == pytest.approx(correct.max(1).mean())
 
@@ -169,7 +184,7 @@ def test_bon_random_subsets_properties_and_reproducibility():
     c = best_of_n_curves(scores, correct, answers, ns=ns, num_subsets=16, seed=3)
     assert c["n"] == [1, 2, 4, 8, 16]
     for i in range(len(c["n"])):
-        for key in ("prm", "majority", "random"):
+        for key in ("prm_mean", "majority", "random"):
             assert c["oracle"][i] >= c[key][i] - 1e-12
             assert 0.0 <= c[key][i] <= 1.0
         # random picks are unbiased: near the overall mean correctness at every n
@@ -179,7 +194,7 @@ def test_bon_random_subsets_properties_and_reproducibility():
     # same seed -> identical; one n alone gives the same value as within the full list
     assert best_of_n_curves(scores, correct, answers, ns=ns, num_subsets=16, seed=3) == c
     alone = best_of_n_curves(scores, correct, answers, ns=[4], num_subsets=16, seed=3)
-    assert alone["prm"][0] == c["prm"][2] and alone["majority"][0] == c["majority"][2]
+    assert alone["prm_mean"][0] == c["prm_mean"][2] and alone["majority"][0] == c["majority"][2]
 
 
 def test_bon_majority_ties_use_seeded_rng():
@@ -196,7 +211,7 @@ def test_bon_majority_ties_use_seeded_rng():
               for s in range(5)}
     assert len(others) > 1
     # prm (all scores tied) takes the first sample -> 1
-    assert c["prm"] == [1.0]
+    assert c["prm_mean"] == [1.0]
 
 
 def test_bon_input_errors():
@@ -222,13 +237,14 @@ def _two_prompt_curves():
 def test_format_bon_table_one_row_per_n():
     table = format_bon_table(_two_prompt_curves())
     lines = table.strip().splitlines()
-    assert lines[0] == "| N | prm | majority | random | oracle |"
+    # No min-step scores given: that column is left out.
+    assert lines[0] == "| N | prm_mean | prm_vote | majority | random | oracle |"
     assert len(lines) == 2 + 3
-    # n=3 row from test_bon_two_prompts_mean_and_se
-    assert lines[-1] == "| 3 | 0.500 +- 0.500 | 0.500 +- 0.500 | 0.500 +- 0.167 | 1.000 +- 0.000 |"
+    # n=3 row from test_bon_two_prompts_mean_and_se (prm_vote: 1 on A, 0 on B)
+    assert lines[-1] == "| 3 | 0.500 +- 0.500 | 0.500 +- 0.500 | 0.500 +- 0.500 | 0.500 +- 0.167 | 1.000 +- 0.000 |"
     # NaN se (one prompt) prints just the mean
     one = format_bon_table(best_of_n_curves([A_SCORES], [A_CORRECT], [A_ANSWERS], ns=[3]))
-    assert one.strip().splitlines()[-1] == "| 3 | 1.000 | 0.000 | 0.333 | 1.000 |"
+    assert one.strip().splitlines()[-1] == "| 3 | 1.000 | 1.000 | 0.000 | 0.333 | 1.000 |"
 
 
 def test_plot_bon_writes_png(tmp_path):

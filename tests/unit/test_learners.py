@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from repirl_ray.algo import NULL_SCORERS, STEP_QUALITY_KEYS
 from repirl_ray.batch import Rollouts, build_rollouts
 from repirl_ray.config import AdvantageConfig, IRLConfig, PolicyConfig, PRMConfig
 from repirl_ray.learners.policy import PolicyLearner
-from repirl_ray.learners.prm import PRMLearner, step_quality
+from repirl_ray.learners.prm import PRMLearner, null_metrics, null_step_quality, step_quality
 from repirl_ray.models.tiny import build_char_tokenizer, build_tiny_qwen2
 
 K = 4
@@ -95,10 +96,13 @@ def test_policy_save_load_roundtrip(tiny_dir, tmp_path):
     assert all(np.allclose(pa[k], pb[k], atol=1e-7) for k in pa)
 
 
-@pytest.mark.parametrize("kind,loss", [("head", "repirl"), ("implicit", "repirl"), ("implicit", "prime")])
-def test_prm_update_changes_every_trainable_parameter(tiny_dir, kind, loss):
-    cfg = PRMConfig(kind=kind, loss=loss, lr=1e-2, micro_batch_size=4, num_threads=1, beta=0.5)
-    learner = PRMLearner(cfg, IRLConfig(reward_l2=0.1), tiny_dir)
+@pytest.mark.parametrize("kind,loss,head,loss_form", [
+    ("head", "repirl", "linear", "paper"), ("implicit", "repirl", "linear", "paper"), ("implicit", "prime", "linear", "paper"),
+    ("head", "repirl", "mlp_tanh", "released"),  # the authors' released recipe
+])
+def test_prm_update_changes_every_trainable_parameter(tiny_dir, kind, loss, head, loss_form):
+    cfg = PRMConfig(kind=kind, loss=loss, head=head, lr=1e-2, micro_batch_size=4, num_threads=1, beta=0.5)
+    learner = PRMLearner(cfg, IRLConfig(reward_l2=0.1, loss_form=loss_form), tiny_dir)
     before = learner.parameters_numpy()
     rollouts, demos = make_rollouts(seed=1), make_rollouts(seed=2, is_demo=True)
     for step in range(3):
@@ -114,6 +118,8 @@ def test_prm_update_changes_every_trainable_parameter(tiny_dir, kind, loss):
         # 2 prompts: 2 demos + 4 correct rollouts in P, 4 failed rollouts in N.
         assert metrics["prm/num_pos"] == 6 and metrics["prm/num_neg"] == 4
         assert 1.0 <= metrics["prm/ess"] <= 4.0
+    if loss_form == "released":
+        assert metrics["prm/ess"] == 4.0 and metrics["prm/ess_within"] == 1.0  # every weight 1
 
 
 def test_prm_learns_to_separate_positives_from_negatives(tiny_dir):
@@ -190,3 +196,57 @@ def test_step_quality_by_hand():
     # positives: 0.9, 0.8, 0.7, 0.6; negatives: 0.1, 0.2 -> every positive above every negative.
     assert q["step_auroc"] == 1.0
     assert q["first_error_acc"] == 1.0  # argmin of (0.6, 0.1, 0.2) is step 1 = the first wrong
+    assert q["step_auroc_first_wrong"] == 1.0 and q["step_auroc_after_first_wrong"] == 1.0
+    nulls = null_metrics(null_step_quality(batch))
+    # Minus the step index: positives 0, -1, -2 (sample 0) and 0 against -1, -2 (sample 1):
+    # 2 + 1.5 + 0.5 + 2 = 6 of 8 pairs; its lowest step (2) is not the first wrong (1).
+    assert nulls["step_auroc_null_position"] == pytest.approx(0.75)
+    assert nulls["first_error_acc_null_position"] == 0.0
+    # Both responses have 4 tokens: the length scorer ties everything.
+    assert nulls["step_auroc_null_length"] == 0.5
+    assert set(nulls) == {f"{k}_null_{s}" for k in STEP_QUALITY_KEYS for s in NULL_SCORERS}
+
+
+def with_step_labels(batch: Rollouts, first_wrong: list[int]) -> Rollouts:
+    """Every response token its own step (EOS, the last token, in none) and the given labels."""
+    t = batch.response_mask.shape[1]
+    ids = np.where(batch.response_mask > 0, np.arange(t)[None, :], -1)
+    last = batch.response_mask.sum(1).astype(int) - 1
+    ids[np.arange(len(batch)), last] = -1
+    batch.step_ids = ids.astype(np.int16)
+    batch.first_wrong = np.asarray(first_wrong, np.int16)
+    return batch
+
+
+def test_oracle_process_reward_needs_no_prm_and_needs_step_labels(tiny_dir):
+    cfg = PolicyConfig(lr=1e-3, mini_batch_size=8, micro_batch_size=8, num_threads=1)
+    adv = AdvantageConfig(c_outcome=0.0, c_process=1.0, whiten=False)
+    learner = PolicyLearner(cfg, tiny_dir, advantage=adv, samples_per_prompt=K, oracle_process_reward=True)
+    with pytest.raises(ValueError, match="no step labels"):
+        learner.update(None, None, make_rollouts(seed=3))
+    batch = with_step_labels(make_rollouts(seed=3), [-1, 0, -1, 1] * 2)
+    metrics = learner.update(None, None, batch)
+    # c_o = 0: the process channel is the whole signal, and the oracle's rewards reach it.
+    assert metrics["advantage/process_abs_mean"] > 0
+    assert metrics["advantage/abs_mean"] == pytest.approx(metrics["advantage/process_abs_mean"])
+
+
+def test_recompute_logs_the_policy_lag_apart_from_the_kernel_mismatch(tiny_dir):
+    """Rows sampled by the learner's own version carry only the kernels' gap (here 0: the sampler's
+    log-probs are pi_old's); rows of an older version (the pipelined loop) carry the lag, here
+    1 nat on every token, so their weight min(e, 2) is capped."""
+    batch = make_rollouts(seed=3)
+    base = dict(lr=1e-3, mini_batch_size=8, micro_batch_size=4, num_threads=1, old_logprobs="recompute")
+    learner = PolicyLearner(PolicyConfig(**base), tiny_dir, advantage=AdvantageConfig(c_process=0.0), samples_per_prompt=K)
+    batch.sampling_logprobs = learner.logprobs(batch)
+    learner.version = 1
+    batch.policy_version = np.array([1] * 4 + [0] * 4)
+    batch.sampling_logprobs[4:] -= batch.response_mask[4:]
+    metrics = learner.update(None, None, batch)
+    assert metrics["policy/logprob_mismatch"] == 0.0 and metrics["policy/tis_capped_frac"] == 0.0
+    assert metrics["policy/logprob_lag"] == pytest.approx(1.0, rel=1e-5)
+    assert metrics["policy/tis_capped_frac_lag"] == 1.0
+    # A batch all of the learner's version logs no lag.
+    batch.policy_version[:] = 2
+    learner.version = 2
+    assert "policy/logprob_lag" not in learner.update(None, None, batch)

@@ -97,3 +97,31 @@ def test_wrong_prm_kind_for_a_trained_prm_is_an_error(tiny_dir, tmp_path):
     HeadPRM.from_pretrained(tiny_dir).save(str(tmp_path / "p"))
     with pytest.raises(ValueError, match="prm.kind"):
         load_prm("implicit", str(tmp_path / "p"), "", 0.05)
+
+
+def test_mlp_tanh_head_is_the_released_head_and_reloads(tiny_dir, tmp_path):
+    torch.manual_seed(0)
+    prm = load_prm("head", tiny_dir, "", 0.05, head="mlp_tanh")
+    layers = list(prm.model.score)
+    hidden = prm.model.config.hidden_size
+    shapes = [tuple(m.weight.shape) for m in layers if isinstance(m, torch.nn.Linear)]
+    assert shapes == [(1024, hidden), (1024, 1024), (1, 1024)]
+    assert all(m.bias is not None for m in layers if isinstance(m, torch.nn.Linear))
+    assert [type(m).__name__ for m in layers] == ["Linear", "ReLU", "Linear", "ReLU", "Linear", "Tanh"]
+    inputs = model_inputs(_batch([[1, 10, 13]], [[5, 6, 7, 2]]))
+    with torch.no_grad():
+        base = prm.token_rewards(inputs)
+    # Default (random) init: rewards from the start, bounded by the tanh.
+    assert torch.count_nonzero(base) == 4 and bool((base.abs() < 1).all())
+    # The caller's seed fixes the init.
+    torch.manual_seed(0)
+    twin = load_prm("head", tiny_dir, "", 0.05, head="mlp_tanh")
+    assert torch.equal(twin.model.score[0].weight, prm.model.score[0].weight)
+    # Saved and reloaded as the trained PRM it is: the same rewards, whatever the seed now.
+    prm.save(str(tmp_path / "prm"))
+    torch.manual_seed(1)
+    again = load_prm("head", str(tmp_path / "prm"), "", 0.05, head="mlp_tanh")
+    with torch.no_grad():
+        assert torch.allclose(again.token_rewards(inputs), base, atol=1e-6)
+    with pytest.raises(ValueError, match="prm.head=mlp_tanh"):
+        load_prm("head", str(tmp_path / "prm"), "", 0.05)

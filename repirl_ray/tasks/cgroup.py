@@ -1,0 +1,186 @@
+"""One memory and process bound for a whole sandbox run: a cgroup per run (v2, or the v1
+`memory` and `pids` hierarchies where that is what the machine mounts).
+
+Every process of the run (bwrap, the judge, the candidate and whatever it forks) lives in the
+run's cgroup, so the bound is on their sum, shared memory included: tmpfs pages (the work
+folder, /dev/shm), SysV and memfd pages, pipe buffers and page tables are charged to it too,
+which per-process rlimits miss. Swap is closed (memory+swap = memory), so the bound is on RAM.
+Past it the kernel's OOM killer ends a process of the run (the run fails), never one outside.
+
+Runs are children of the cgroup this process is in, so that a deployment's own limits (a
+container's, a Ray worker's) stay above them. That needs write access there: root, or a
+cgroup delegated to this user. `RunCgroups.detect` says once why not, and the sandbox then
+bounds what rlimits can.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+_names = itertools.count()  # next() on a count is atomic under the GIL: concurrent runs get distinct names
+
+
+def _mounts() -> list[tuple[str, str, str, set[str]]]:
+    """(root within the hierarchy, mount point, fstype, super options) of each cgroup mount."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, tail = left.split(), right.split()
+            if tail and tail[0] in ("cgroup", "cgroup2"):
+                out.append((fields[3], fields[4], tail[0], set(tail[2].split(",")) if len(tail) > 2 else set()))
+    return out
+
+
+def _own_paths() -> dict[str, str]:
+    """controller ("" for v2) -> this process's cgroup path, from /proc/self/cgroup."""
+    out = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            for c in controllers.split(",") if controllers else [""]:
+                out[c] = path
+    return out
+
+
+def _folder(mount_root: str, mount_point: str, path: str) -> str | None:
+    if mount_root != "/" and not (path == mount_root or path.startswith(mount_root + "/")):
+        return None  # our cgroup is outside what this mount shows
+    rel = path[len(mount_root):] if mount_root != "/" else path
+    return os.path.join(mount_point, rel.lstrip("/"))
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+@dataclass
+class RunCgroup:
+    """The cgroup(s) of one run: folders (one for v2; memory, pids for v1)."""
+
+    version: int
+    folders: list[str]
+
+    @property
+    def procs_files(self) -> list[str]:
+        """Where the run's first process writes its pid (children inherit the cgroup)."""
+        return [os.path.join(f, "cgroup.procs") for f in self.folders]
+
+    def peak_bytes(self) -> int | None:
+        """The most memory the run held at once (all its processes, shared memory included)."""
+        name = "memory.peak" if self.version == 2 else "memory.max_usage_in_bytes"
+        try:
+            with open(os.path.join(self.folders[0], name)) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return None  # memory.peak is there from Linux 5.19
+
+    def remove(self) -> None:
+        """Kill whatever is left in it and remove it (a cgroup with processes cannot be)."""
+        deadline = time.monotonic() + 2.0
+        for folder in self.folders:
+            while True:
+                try:
+                    os.rmdir(folder)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                self._kill(folder)
+                time.sleep(0.005)
+
+    @staticmethod
+    def _kill(folder: str) -> None:
+        try:
+            with open(os.path.join(folder, "cgroup.procs")) as f:
+                pids = [int(p) for p in f.read().split()]
+        except OSError:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+class RunCgroups:
+    """Makes a cgroup per run under this process's own, with the run's bounds written in."""
+
+    def __init__(self, version: int, parents: list[str]):
+        self.version = version
+        self.parents = parents  # v2: [folder]; v1: [memory folder, pids folder]
+
+    @classmethod
+    def detect(cls) -> tuple[RunCgroups | None, str]:
+        """(factory, "") when runs can get a cgroup here, else (None, why not). Makes and removes
+        a probe cgroup, so a parent that exists but refuses children is found now, not per run."""
+        try:
+            mounts, own = _mounts(), _own_paths()
+        except OSError as exc:
+            return None, f"cannot read /proc/self/mountinfo or /proc/self/cgroup ({exc})"
+        v1 = {}
+        for root, point, fstype, opts in mounts:
+            if fstype == "cgroup2" and "" in own:
+                folder = _folder(root, point, own[""])
+                if folder and os.path.isdir(folder):
+                    try:
+                        with open(os.path.join(folder, "cgroup.controllers")) as f:
+                            available = set(f.read().split())
+                    except OSError:
+                        available = set()
+                    if {"memory", "pids"} <= available:
+                        return cls._probe(cls(2, [folder]))
+            for c in ("memory", "pids"):
+                if fstype == "cgroup" and c in opts and c in own:
+                    v1[c] = _folder(root, point, own[c])
+        if v1.get("memory") and v1.get("pids"):
+            return cls._probe(cls(1, [v1["memory"], v1["pids"]]))
+        return None, "neither a cgroup2 with the memory and pids controllers nor cgroup v1 memory and pids hierarchies are mounted"
+
+    @classmethod
+    def _probe(cls, factory: RunCgroups) -> tuple[RunCgroups | None, str]:
+        try:
+            if factory.version == 2:
+                # Children get memory and pids only where the parent hands them down; a parent
+                # with processes of its own cannot (EBUSY): it needs a delegated sub-tree.
+                with open(os.path.join(factory.parents[0], "cgroup.subtree_control")) as f:
+                    enabled = set(f.read().split())
+                if not {"memory", "pids"} <= enabled:
+                    _write(os.path.join(factory.parents[0], "cgroup.subtree_control"), "+memory +pids")
+            factory.create(1 << 30, 8).remove()
+        except OSError as exc:
+            return None, f"cannot make a cgroup under {', '.join(factory.parents)} ({exc.strerror or exc})"
+        return factory, ""
+
+    def create(self, memory_bytes: int, max_pids: int) -> RunCgroup:
+        name = f"repirl-sandbox-{os.getpid()}-{next(_names)}"
+        run = RunCgroup(self.version, [os.path.join(p, name) for p in self.parents])
+        made = []
+        try:
+            for folder in run.folders:
+                os.mkdir(folder)
+                made.append(folder)
+            memory, pids = run.folders[0], run.folders[-1]
+            if self.version == 2:
+                _write(os.path.join(memory, "memory.max"), str(memory_bytes))
+                settings = {"memory.swap.max": "0", "memory.oom.group": "1"}  # no swap; an OOM ends the whole run
+            else:
+                _write(os.path.join(memory, "memory.limit_in_bytes"), str(memory_bytes))
+                settings = {"memory.memsw.limit_in_bytes": str(memory_bytes)}  # memory + swap: no swap
+            for key, value in settings.items():
+                # Absent where swap is not accounted: then swapped pages escape the bound (none
+                # on a machine without swap, as the ones this was measured on).
+                if os.path.exists(os.path.join(memory, key)):
+                    _write(os.path.join(memory, key), value)
+            _write(os.path.join(pids, "pids.max"), str(max_pids))
+        except BaseException:
+            RunCgroup(self.version, made).remove()
+            raise
+        return run

@@ -148,16 +148,30 @@ class RunCgroups:
     def _probe(cls, factory: RunCgroups) -> tuple[RunCgroups | None, str]:
         try:
             if factory.version == 2:
-                # Children get memory and pids only where the parent hands them down; a parent
-                # with processes of its own cannot (EBUSY): it needs a delegated sub-tree.
-                with open(os.path.join(factory.parents[0], "cgroup.subtree_control")) as f:
-                    enabled = set(f.read().split())
-                if not {"memory", "pids"} <= enabled:
-                    _write(os.path.join(factory.parents[0], "cgroup.subtree_control"), "+memory +pids")
+                factory = cls._v2_parent(factory.parents[0])
             factory.create(1 << 30, 8).remove()
         except OSError as exc:
             return None, f"cannot make a cgroup under {', '.join(factory.parents)} ({exc.strerror or exc})"
         return factory, ""
+
+    @classmethod
+    def _v2_parent(cls, own: str) -> RunCgroups:
+        """Children get memory and pids only where their parent hands them down, and a cgroup with
+        processes of its own cannot (EBUSY, "no internal processes"). So: our own cgroup where it
+        hands them down or can start to, else siblings of ours, which our parent hands them to
+        already (they are in our cgroup.controllers), where that parent is writable (delegated)."""
+        control = os.path.join(own, "cgroup.subtree_control")
+        with open(control) as f:
+            enabled = set(f.read().split())
+        if {"memory", "pids"} <= enabled:
+            return cls(2, [own])
+        try:
+            _write(control, "+memory +pids")
+            return cls(2, [own])
+        except OSError:
+            parent = cls(2, [os.path.dirname(own)])
+            parent.create(1 << 30, 8).remove()  # raises where the parent is not ours to write
+            return parent
 
     def create(self, memory_bytes: int, max_pids: int) -> RunCgroup:
         name = f"repirl-sandbox-{os.getpid()}-{next(_names)}"

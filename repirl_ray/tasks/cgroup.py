@@ -1,11 +1,15 @@
-"""One memory and process bound for a whole sandbox run: a cgroup per run (v2, or the v1
-`memory` and `pids` hierarchies where that is what the machine mounts).
+"""One memory and process bound for a whole sandbox run: a cgroup per run (v2 with memory.max
+and pids.max, or the v1 `memory` hierarchy where that is what the machine mounts).
 
 Every process of the run (bwrap, the judge, the candidate and whatever it forks) lives in the
 run's cgroup, so the bound is on their sum, shared memory included: tmpfs pages (the work
 folder, /dev/shm), SysV and memfd pages, pipe buffers and page tables are charged to it too,
 which per-process rlimits miss. Swap is closed (memory+swap = memory), so the bound is on RAM.
 Past it the kernel's OOM killer ends a process of the run (the run fails), never one outside.
+
+On v1 the process bound stays RLIMIT_NPROC (counted per run: a uid per run under root, a user
+namespace otherwise): a v1 `pids` cgroup would be a second migration per run, and each costs
+a kernel RCU grace period (about 5 ms on a busy 2-core machine), a tenth of a small run.
 
 Runs are children of the cgroup this process is in, so that a deployment's own limits (a
 container's, a Ray worker's) stay above them. That needs write access there: root, or a
@@ -61,15 +65,16 @@ def _write(path: str, value: str) -> None:
 
 @dataclass
 class RunCgroup:
-    """The cgroup(s) of one run: folders (one for v2; memory, pids for v1)."""
+    """The cgroup of one run: its folder (memory and pids on v2, memory on v1)."""
 
     version: int
     folders: list[str]
 
-    @property
-    def procs_files(self) -> list[str]:
-        """Where the run's first process writes its pid (children inherit the cgroup)."""
-        return [os.path.join(f, "cgroup.procs") for f in self.folders]
+    def enter(self, pids: list[int]) -> None:
+        """Move these processes in; what they start from then on is born inside."""
+        for folder in self.folders:
+            for pid in pids:
+                _write(os.path.join(folder, "cgroup.procs"), str(pid))
 
     def peak_bytes(self) -> int | None:
         """The most memory the run held at once (all its processes, shared memory included)."""
@@ -115,7 +120,7 @@ class RunCgroups:
 
     def __init__(self, version: int, parents: list[str]):
         self.version = version
-        self.parents = parents  # v2: [folder]; v1: [memory folder, pids folder]
+        self.parents = parents  # one folder: v2's, or v1's memory hierarchy's
 
     @classmethod
     def detect(cls) -> tuple[RunCgroups | None, str]:
@@ -125,7 +130,7 @@ class RunCgroups:
             mounts, own = _mounts(), _own_paths()
         except OSError as exc:
             return None, f"cannot read /proc/self/mountinfo or /proc/self/cgroup ({exc})"
-        v1 = {}
+        v1_memory = None
         for root, point, fstype, opts in mounts:
             if fstype == "cgroup2" and "" in own:
                 folder = _folder(root, point, own[""])
@@ -137,12 +142,11 @@ class RunCgroups:
                         available = set()
                     if {"memory", "pids"} <= available:
                         return cls._probe(cls(2, [folder]))
-            for c in ("memory", "pids"):
-                if fstype == "cgroup" and c in opts and c in own:
-                    v1[c] = _folder(root, point, own[c])
-        if v1.get("memory") and v1.get("pids"):
-            return cls._probe(cls(1, [v1["memory"], v1["pids"]]))
-        return None, "neither a cgroup2 with the memory and pids controllers nor cgroup v1 memory and pids hierarchies are mounted"
+            if fstype == "cgroup" and "memory" in opts and "memory" in own:
+                v1_memory = _folder(root, point, own["memory"])
+        if v1_memory:
+            return cls._probe(cls(1, [v1_memory]))
+        return None, "neither a cgroup2 with the memory and pids controllers nor a cgroup v1 memory hierarchy is mounted"
 
     @classmethod
     def _probe(cls, factory: RunCgroups) -> tuple[RunCgroups | None, str]:
@@ -174,6 +178,7 @@ class RunCgroups:
             return parent
 
     def create(self, memory_bytes: int, max_pids: int) -> RunCgroup:
+        """A run's cgroup; max_pids applies on v2 (v1: the caller's RLIMIT_NPROC)."""
         name = f"repirl-sandbox-{os.getpid()}-{next(_names)}"
         run = RunCgroup(self.version, [os.path.join(p, name) for p in self.parents])
         made = []
@@ -181,9 +186,10 @@ class RunCgroups:
             for folder in run.folders:
                 os.mkdir(folder)
                 made.append(folder)
-            memory, pids = run.folders[0], run.folders[-1]
+            memory = run.folders[0]
             if self.version == 2:
                 _write(os.path.join(memory, "memory.max"), str(memory_bytes))
+                _write(os.path.join(memory, "pids.max"), str(max_pids))
                 settings = {"memory.swap.max": "0", "memory.oom.group": "1"}  # no swap; an OOM ends the whole run
             else:
                 _write(os.path.join(memory, "memory.limit_in_bytes"), str(memory_bytes))
@@ -193,7 +199,6 @@ class RunCgroups:
                 # on a machine without swap, as the ones this was measured on).
                 if os.path.exists(os.path.join(memory, key)):
                     _write(os.path.join(memory, key), value)
-            _write(os.path.join(pids, "pids.max"), str(max_pids))
         except BaseException:
             RunCgroup(self.version, made).remove()
             raise

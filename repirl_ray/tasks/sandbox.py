@@ -17,7 +17,7 @@ loop, fill disks and kill processes by accident. Two things must hold.
    by path, ...; a denied call fails with EPERM). Where the machine lets this process make
    cgroups (root, or a delegated cgroup: repirl_ray/tasks/cgroup.py) each run gets one, with
    code.memory_mb as the bound on the memory of all its processes together, shared memory
-   included, no swap, and 33 tasks; otherwise the log says so once and a run is bounded per
+   included, no swap (and 32 tasks on cgroup v2); otherwise the log says so once and a run is bounded per
    process only. Besides: rlimits (address space, CPU seconds, 32 processes, 16 MiB per file,
    64 open files), a minimal environment (PATH, LANG, HOME=/tmp), no capabilities, no new
    privileges, and a wall-clock timeout after which the harness kills the namespace's PID 1
@@ -87,7 +87,7 @@ from dataclasses import dataclass
 
 from repirl_ray.config import ConfigError
 from repirl_ray.tasks import seccomp
-from repirl_ray.tasks.cgroup import RunCgroups
+from repirl_ray.tasks.cgroup import RunCgroup, RunCgroups
 
 log = logging.getLogger("repirl")
 
@@ -457,10 +457,6 @@ _warned_process = False
 _cgroups_checked: tuple[RunCgroups | None, str] | None = None
 _cgroups_lock = threading.Lock()
 
-# Moves itself into the run's cgroup(s), then becomes bwrap: everything the run starts is born
-# inside (writing the pid from here after the start would race with bwrap's first fork).
-_ENTER_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
-
 
 def _run_cgroups() -> RunCgroups | None:
     """The per-run cgroup factory of this process, found once; says once in the log when there
@@ -542,12 +538,9 @@ class Sandbox:
             data = _frame(header) + _frame({"prompt": prompt, "tests": tests})
             env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/tmp"}
             if self.kind == "bwrap":
-                cmd = self._prefix + self._python
                 if self._cgroups is not None:
-                    # bwrap, its child and the judge are counted too: the bound is the run's, whole.
-                    cgroup = self._cgroups.create(self.memory_mb << 20, MAX_PROCESSES + 1)
-                    cmd = ["/bin/sh", "-c", _ENTER_CGROUP, "sh", *cgroup.procs_files, "--", *cmd]
-                out, err, code = self._communicate(cmd, data, env, cwd=None)
+                    cgroup = self._cgroups.create(self.memory_mb << 20, MAX_PROCESSES)
+                out, err, code = self._communicate(self._prefix + self._python, data, env, cwd=None, cgroup=cgroup)
             else:
                 with tempfile.TemporaryDirectory(prefix="repirl-code-", ignore_cleanup_errors=True) as tmp:
                     out, err, code = self._communicate(self._python, data, dict(env, HOME=tmp), cwd=tmp)
@@ -569,9 +562,10 @@ class Sandbox:
         reason = f"sandbox exited with {code}: {first[-1] if first else 'no message'}"
         return SandboxResult(False, reason, seconds, peak)
 
-    def _communicate(self, cmd: list[str], data: bytes, env: dict, cwd: str | None):
+    def _communicate(self, cmd: list[str], data: bytes, env: dict, cwd: str | None, cgroup: RunCgroup | None = None):
         sandboxed = self.kind == "bwrap"
         pass_fds: tuple[int, ...] = ()
+        block_w = None
         if sandboxed:
             # bwrap tells the PID (outside) of the namespace's PID 1 on this pipe: killing it ends
             # every process inside, whatever they did to their sessions and process groups.
@@ -580,9 +574,15 @@ class Sandbox:
             filter_r, filter_w = os.pipe()
             os.write(filter_w, self._filter)
             os.close(filter_w)
-            at = cmd.index(self._prefix[0])
-            cmd = [*cmd[:at + 1], "--info-fd", str(info_w), "--seccomp", str(filter_r), *cmd[at + 1:]]
+            cmd = [cmd[0], "--info-fd", str(info_w), "--seccomp", str(filter_r), *cmd[1:]]
             pass_fds = (info_w, filter_r)
+            if cgroup is not None:
+                # bwrap's child waits on this pipe, its namespaces and mounts made, until it is in
+                # the run's cgroup: all the judge and the program do is counted. bwrap outside
+                # (a monitor of about 1 MB) stays out: each move costs a kernel RCU grace period.
+                block_r, block_w = os.pipe()
+                cmd = [cmd[0], "--block-fd", str(block_r), *cmd[1:]]
+                pass_fds += (block_r,)
         try:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -591,19 +591,36 @@ class Sandbox:
         except BaseException:
             if sandboxed:
                 os.close(info_r)
+                if block_w is not None:
+                    os.close(block_w)
             raise
         finally:
             if sandboxed:
                 os.close(info_w)
                 os.close(filter_r)
+                if block_w is not None:
+                    os.close(pass_fds[-1])
         pidfd = None
         if sandboxed:
             with os.fdopen(info_r, "rb") as f:
                 info = f.read()  # bwrap closes it once written, or exits
             try:
-                pidfd = os.pidfd_open(json.loads(info)["child-pid"])
+                child = json.loads(info)["child-pid"]
+                pidfd = os.pidfd_open(child)
             except (ValueError, KeyError, TypeError, ProcessLookupError):
                 pass  # bwrap failed before the child, or the child is gone already
+            if block_w is not None:
+                try:
+                    if pidfd is not None:
+                        cgroup.enter([child])
+                except OSError:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)  # never run it unbounded
+                    os.close(pidfd)
+                    proc.kill()
+                    proc.communicate()
+                    raise
+                finally:
+                    os.close(block_w)  # end of file: the child goes on
         try:
             out, err = proc.communicate(data, timeout=self.timeout_s)
         except subprocess.TimeoutExpired:

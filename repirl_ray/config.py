@@ -133,7 +133,7 @@ class CodeConfig:
     # process: a plain child with rlimits only, unsafe (for machines without user namespaces)
     sandbox: str = "bwrap"
     timeout_s: float = 5.0  # wall clock per program, its tests included
-    memory_mb: int = 1024  # address space per process of the program
+    memory_mb: int = 1024  # a run's memory, all processes (its cgroup), and each process's address space
     workers: int = 2  # programs verified at once per rollout worker
 
 

@@ -6,8 +6,9 @@ rest of the function (HumanEval's completion style) or a ```python fenced block.
 
 The program (prompt + response) is hostile and runs in repirl_ray/tasks/sandbox.py: with
 code.sandbox=bwrap (the default) in Linux namespaces (no network, its own PIDs, a read-only
-system, a private work folder in memory, no home, a minimal environment, rlimits, a wall-clock
-timeout); the tests run in a separate judge process that the program cannot reach, and
+allow-list of the system, a private work folder in memory, no home, a minimal environment, a
+system-call filter, rlimits, one memory bound for the whole run where a cgroup can be made, a
+wall-clock timeout); the tests run in a separate judge process that the program cannot reach, and
 values cross from the program to the tests only as plain data, so neither exiting early nor
 an always-equal object passes. code.sandbox=process runs the same judge as a plain child with
 rlimits only (unsafe; for machines without user namespaces). That module's docstring says why

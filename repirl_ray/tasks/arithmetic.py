@@ -16,7 +16,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from repirl_ray.tasks.base import DataError, Problem, StepLabels, Task, Verdict
+from repirl_ray.tasks.base import DataError, Problem, StepLabels, Task, Verdict, segment_labels
 
 OPS = "+-*"
 # re.ASCII: \d would otherwise match any Unicode digit, which int() also reads.
@@ -284,23 +284,11 @@ class ArithmeticTask(Task):
                 f"task the modulus the data was generated with"
             )
 
-        spans: list[tuple[int, int]] = []
-        start = 0
-        while start < len(response):
-            end = response.find(";", start)
-            end = len(response) if end < 0 else end + 1
-            spans.append((start, end))
-            start = end
-
-        def correct(i: int) -> bool:
-            text = response[spans[i][0] : spans[i][1]]
+        def correct(i: int, text: str) -> bool:
             if i < len(steps):
                 m = _STEP_RE.fullmatch(text[:-1]) if text.endswith(";") else None
                 return m is not None and (int(m[1]), m[2], int(m[3]), int(m[4])) == steps[i]
             m = _ANSWER_RE.fullmatch(text)
             return i == len(steps) and m is not None and int(m[1]) == answer
 
-        first_wrong = next((i for i in range(len(spans)) if not correct(i)), None)
-        if first_wrong is None and len(spans) < len(steps) + 1:
-            first_wrong = len(spans)
-        return StepLabels(spans=tuple(spans), first_wrong=first_wrong)
+        return segment_labels(response, ";", correct, len(steps) + 1)

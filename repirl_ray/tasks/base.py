@@ -51,6 +51,24 @@ class StepLabels:
     first_wrong: int | None
 
 
+def segment_labels(response: str, delimiter: str, correct, num_segments: int) -> StepLabels:
+    """Step labels of a response cut after each `delimiter` (each span keeps its delimiter; the
+    spans tile the response). correct(i, text) judges segment i; a complete solution has
+    num_segments segments. When every segment present is correct but fewer are present, the first
+    missing one is the first wrong step (first_wrong = the number of segments)."""
+    spans: list[tuple[int, int]] = []
+    start = 0
+    while start < len(response):
+        end = response.find(delimiter, start)
+        end = len(response) if end < 0 else end + len(delimiter)
+        spans.append((start, end))
+        start = end
+    first_wrong = next((i for i, (a, b) in enumerate(spans) if not correct(i, response[a:b])), None)
+    if first_wrong is None and len(spans) < num_segments:
+        first_wrong = len(spans)
+    return StepLabels(spans=tuple(spans), first_wrong=first_wrong)
+
+
 class Task:
     """The seam between the RL loop and a domain: prompt formatting, the verifier, step labels."""
 

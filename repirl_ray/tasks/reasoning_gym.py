@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from repirl_ray.tasks.base import DataError, Problem, StepLabels, Task, Verdict
+from repirl_ray.tasks.base import DataError, Problem, StepLabels, Task, Verdict, segment_labels
 
 # Left-to-right chains: the operators each task's expressions may hold.
 STEP_WRITERS = {"chain_sum": "+-", "products": "*"}
@@ -41,6 +41,7 @@ _ANSWER_RE = re.compile(r"Answer:[ \t]*([^\n]*)")
 _NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?", re.ASCII)
 _STEP_RE = re.compile(r"\s*(-?\d+)\s*([+\-*])\s*(-?\d+)\s*=\s*(-?\d+)\s*", re.ASCII)
 _TERM_RE = re.compile(r"-?\d+", re.ASCII)
+_ANSWER_LINE_RE = re.compile(r"\s*Answer:\s*(-?\d+)\s*", re.ASCII)
 
 Step = tuple[int, str, int, int]  # (running value, operator, operand, result)
 
@@ -158,22 +159,12 @@ class ReasoningGymTask(Task):
             return None
         steps = true_steps(problem.meta["rg_metadata"]["expression"], STEP_WRITERS[self.rg_task])
         answer = steps[-1][3]
-        spans, start = [], 0
-        while start < len(response):
-            end = response.find("\n", start)
-            end = len(response) if end < 0 else end + 1
-            spans.append((start, end))
-            start = end
 
-        def correct(i: int) -> bool:
-            text = response[spans[i][0]:spans[i][1]]
+        def correct(i: int, text: str) -> bool:
             if i < len(steps):
                 m = _STEP_RE.fullmatch(text)
                 return m is not None and (int(m[1]), m[2], int(m[3]), int(m[4])) == steps[i]
-            m = re.fullmatch(r"\s*Answer:\s*(-?\d+)\s*", text)
+            m = _ANSWER_LINE_RE.fullmatch(text)
             return i == len(steps) and m is not None and int(m[1]) == answer
 
-        first_wrong = next((i for i in range(len(spans)) if not correct(i)), None)
-        if first_wrong is None and len(spans) < len(steps) + 1:
-            first_wrong = len(spans)
-        return StepLabels(spans=tuple(spans), first_wrong=first_wrong)
+        return segment_labels(response, "\n", correct, len(steps) + 1)

@@ -209,8 +209,10 @@ def test_step_quality_by_hand():
         format_ok=[1.0] * n, is_demo=False, policy_version=0, step_ids=[[0, 1, 2, -1]] * n, first_wrong=[-1, 1],
         pad_id=0,
     )
-    rewards = np.array([[0.9, 0.8, 0.7, 0.0], [0.6, 0.1, 0.2, 0.0]], np.float32)
+    rewards = np.array([[0.9, 0.8, 0.7, 0.0], [0.6, 0.1, 0.95, 0.0]], np.float32)
     q = step_quality(rewards, batch)
-    # positives: 0.9, 0.8, 0.7, 0.6; negatives: 0.1, 0.2 -> every positive above every negative.
-    assert q["step_auroc"] == 1.0
-    assert q["first_error_acc"] == 1.0  # argmin of (0.6, 0.1, 0.2) is step 1 = the first wrong
+    # positives: 0.9, 0.8, 0.7, 0.6; negatives: 0.1 (below all 4) and 0.95 (above all 4): 4 / 8.
+    assert q["step_auroc"] == 0.5
+    # Prefix min: sample 1's steps score (0.6, 0.1, 0.1), every negative below every positive.
+    assert q["step_auroc_prefix_min"] == 1.0
+    assert q["first_error_acc"] == 1.0  # argmin of (0.6, 0.1, 0.95) is step 1 = the first wrong

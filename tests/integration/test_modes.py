@@ -72,7 +72,9 @@ def test_mode_runs_two_iterations(mode, ray_session, world_cache, tmp_path):
         # The implicit PRM fitted to outcomes by cross-entropy: its predicted probability is logged.
         assert kind == "implicit" and "prm/prob" in train[0] and "prm/ess" not in train[0]
     if mode == "prm_only":
-        assert "rollout/format_ok" in train[0]
+        # c_outcome = 0: the outcome channel is not computed, the PRM's is (and the format reward's).
+        assert kind == "implicit"
+        assert all("advantage/outcome_abs_mean" not in r and "advantage/process_abs_mean" in r for r in train)
     if mode == "sft_rloo":
         assert (tmp_path / mode / "sft_policy" / "config.json").is_file()
 

@@ -14,7 +14,7 @@ from repirl_ray.config import load_config
 from repirl_ray.driver import Trainer, train
 from repirl_ray.run_setup import latest_checkpoint
 from tests.conftest import TINY_RUN, TINY_WORLD, overrides
-from tests.integration.test_fault_tolerance import RESUME_KEYS, _kill_when, _logged, _train_records, assert_same_iterations
+from tests.integration.test_fault_tolerance import RESUME_KEYS, _kill_when, _train_records, assert_same_iterations
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +34,31 @@ def test_pipelined_run_with_a_worker_killed_mid_overlap(ray_session, world_cache
         policy_before = trainer.policy.parameters()
         prm_before = trainer.prm.parameters()
         victim_pid = ray.get(trainer.rollout.workers[0].ping.remote())
-        # Once iteration 2 is logged, the batch of iteration 3 is being sampled (or just was).
-        killer = _kill_when(lambda: _logged(run_dir, 2), lambda: victim_pid, killed)
+        # Worker 0's share of each batch, as submitted. Batches 2 on are sampled while the
+        # learners update on the one before; the kill lands on the first of batches 3-5 whose
+        # shard has not come back yet, so it hits an overlapped generation in flight.
+        submitted, in_flight = [], []
+        submit = trainer.rollout.submit
+
+        def recording_submit(*args, **kwargs):
+            pending = submit(*args, **kwargs)
+            submitted.append(pending.refs[0][2])
+            return pending
+
+        def overlapped_generation_in_flight():
+            for ref in submitted[2:5]:
+                if not ray.wait([ref], timeout=0)[0]:
+                    in_flight.append(ref)
+                    return True
+            return False
+
+        trainer.rollout.submit = recording_submit
+        killer = _kill_when(overlapped_generation_in_flight, lambda: victim_pid, killed)
         summary = trainer.train()
         killer.join(timeout=5)
+        # The shard killed never came back: the worker died inside that generation.
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(in_flight[0])
         replacement_pid = ray.get(trainer.rollout.workers[0].ping.remote())
         policy_after = trainer.policy.parameters()
         prm_after = trainer.prm.parameters()
@@ -54,6 +75,7 @@ def test_pipelined_run_with_a_worker_killed_mid_overlap(ray_session, world_cache
         assert r["rollout/kept"] == cfg.data.prompts_per_iteration  # every prompt x K samples, none lost
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events] == ["rollout_worker_replaced"] and events[0]["worker"] == 0
+    assert events[0]["reason"].startswith("died while generating shard (0, 4)"), events[0]
     unchanged = [k for k in policy_before if np.array_equal(policy_before[k], policy_after[k])]
     assert not unchanged, f"policy parameters that never changed: {unchanged}"
     unchanged = [k for k in prm_before if np.array_equal(prm_before[k], prm_after[k])]

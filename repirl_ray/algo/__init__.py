@@ -14,7 +14,7 @@ from repirl_ray.algo.advantages import (
     rloo_sequence_advantages,
     step_segments,
 )
-from repirl_ray.algo.filtering import expand_to_rows, filter_prompts
+from repirl_ray.algo.filtering import filter_prompts
 from repirl_ray.algo.metrics import (
     STEP_QUALITY_KEYS,
     auroc,
@@ -47,7 +47,6 @@ __all__ = [
     "best_of_n",
     "effective_sample_size",
     "entropy_from_logits",
-    "expand_to_rows",
     "filter_prompts",
     "first_error_localisation",
     "prefix_min",

@@ -34,19 +34,21 @@ def test_pipelined_run_with_a_worker_killed_mid_overlap(ray_session, world_cache
         policy_before = trainer.policy.parameters()
         prm_before = trainer.prm.parameters()
         victim_pid = ray.get(trainer.rollout.workers[0].ping.remote())
-        # Worker 0's share of each batch, as submitted. Batches 2 on are sampled while the
-        # learners update on the one before; the kill lands on the first of batches 3-5 whose
-        # shard has not come back yet, so it hits an overlapped generation in flight.
-        submitted, in_flight = [], []
+        # Worker 0's share of batches 3-5: each is submitted by iteration 2-4 (trainer.iteration
+        # 1-3; no evaluation runs between) before its learners update, and collected by the next
+        # iteration. The kill lands on the first of them whose shard has not come back yet, so it
+        # hits an overlapped generation in flight, one policy version behind the group's.
+        overlapped, in_flight = [], []
         submit = trainer.rollout.submit
 
         def recording_submit(*args, **kwargs):
             pending = submit(*args, **kwargs)
-            submitted.append(pending.refs[0][2])
+            if 1 <= trainer.iteration <= 3:
+                overlapped.append(pending.refs[0][2])
             return pending
 
         def overlapped_generation_in_flight():
-            for ref in submitted[2:5]:
+            for ref in overlapped:
                 if not ray.wait([ref], timeout=0)[0]:
                     in_flight.append(ref)
                     return True

@@ -12,6 +12,7 @@ from repirl_ray.config import load_config
 from repirl_ray.driver import Trainer
 from repirl_ray.run_setup import latest_checkpoint
 from tests.conftest import TINY_RUN, TINY_WORLD, overrides
+from tests.helpers import train_records
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +42,7 @@ def run_mode(mode, world_cache, run_dir, reuse=True, **extra):
         prm_kind = cfg.prm.kind if trainer.prm is not None else None
     finally:
         trainer.shutdown(keep_rollout=reuse)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if "rollout/accuracy" in r]
+    train = train_records(run_dir)
     changed = any(not np.array_equal(before[k], after[k]) for k in before)
     return summary, train, changed, prm_kind
 

@@ -14,7 +14,7 @@ from repirl_ray.config import load_config
 from repirl_ray.driver import Trainer, train
 from repirl_ray.run_setup import latest_checkpoint
 from tests.conftest import TINY_RUN, TINY_WORLD, overrides
-from tests.integration.test_fault_tolerance import RESUME_KEYS, _kill_when, _train_records, assert_same_iterations
+from tests.helpers import RESUME_KEYS, assert_same_iterations, events, kill_when, train_records
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +55,7 @@ def test_pipelined_run_with_a_worker_killed_mid_overlap(ray_session, world_cache
             return False
 
         trainer.rollout.submit = recording_submit
-        killer = _kill_when(overlapped_generation_in_flight, lambda: victim_pid, killed)
+        killer = kill_when(overlapped_generation_in_flight, lambda: victim_pid, killed)
         summary = trainer.train()
         killer.join(timeout=5)
         # The shard killed never came back: the worker died inside that generation.
@@ -67,7 +67,7 @@ def test_pipelined_run_with_a_worker_killed_mid_overlap(ray_session, world_cache
     finally:
         trainer.shutdown()
     assert killed == [victim_pid] and replacement_pid != victim_pid
-    records = _train_records(run_dir)
+    records = train_records(run_dir)
     assert [r["iteration"] for r in records] == [1, 2, 3, 4, 5] and summary["iterations"] == 5
     # Batch 1 is sampled by the base policy for update 1; every later batch is sampled while the
     # previous update runs, by the policy one version behind the one it updates.
@@ -75,9 +75,9 @@ def test_pipelined_run_with_a_worker_killed_mid_overlap(ray_session, world_cache
     assert [r["rollout/policy_version"] for r in records] == [0, 0, 1, 2, 3]
     for r in records:
         assert r["rollout/kept"] == cfg.data.prompts_per_iteration  # every prompt x K samples, none lost
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    assert [e["event"] for e in events] == ["rollout_worker_replaced"] and events[0]["worker"] == 0
-    assert events[0]["reason"].startswith("died while generating shard (0, 4)"), events[0]
+    replaced = events(run_dir)
+    assert [e["event"] for e in replaced] == ["rollout_worker_replaced"] and replaced[0]["worker"] == 0
+    assert replaced[0]["reason"].startswith("died while generating shard (0, 4)"), replaced[0]
     unchanged = [k for k in policy_before if np.array_equal(policy_before[k], policy_after[k])]
     assert not unchanged, f"policy parameters that never changed: {unchanged}"
     unchanged = [k for k in prm_before if np.array_equal(prm_before[k], prm_after[k])]

@@ -231,9 +231,6 @@ class Trainer:
         self.log(f"rollout workers ready in {time.time() - t0:.1f} s: {cfg.rollout.num_workers} x vLLM; learners "
                  f"starting: policy x {cfg.policy.num_workers}" + (f", PRM ({cfg.prm.kind}) x {cfg.prm.num_workers}" if self.prm else ""))
 
-    def _learners(self) -> list:
-        return [g for g in (self.policy, self.prm) if g is not None]
-
     def _event(self, kind: str, info: dict) -> None:
         self.log(f"event: {kind} {info}")
         self.metrics.event(self.iteration, kind, info)

@@ -244,7 +244,7 @@ def check_fits(demands: dict[str, list[dict[str, float]]], nodes: list[dict[str,
                 node[k] = node.get(k, 0.0) - v
 
     def key_of(role: str) -> str:
-        return "rollout.num_workers" if role == "rollout" else f"{role}.num_workers"
+        return f"{role}.num_workers"
 
     def describe(b: dict, n: int) -> str:
         return f"{n} x {{" + ", ".join(f"{k}: {v:g}" for k, v in b.items()) + "}"

@@ -54,6 +54,36 @@ TINY_RUN = {
 }
 
 
+def _torch_globals() -> dict:
+    import torch
+
+    return {
+        "num_threads": torch.get_num_threads(),
+        "default_dtype": torch.get_default_dtype(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "grad_enabled": torch.is_grad_enabled(),
+    }
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_globals():
+    """Each test leaves torch's process-wide settings as it found them. A learner sets the thread
+    count of the whole process (torch.set_num_threads in its constructor, as a Ray actor should),
+    so without this every test after the first learner test ran on that learner's count, and a
+    test's numbers depended on which tests ran before it in the same process."""
+    import torch
+
+    before = _torch_globals()
+    yield
+    if _torch_globals() != before:
+        torch.set_num_threads(before["num_threads"])
+        torch.set_default_dtype(before["default_dtype"])
+        torch.use_deterministic_algorithms(before["deterministic"])
+        torch.set_float32_matmul_precision(before["float32_matmul_precision"])
+        torch.set_grad_enabled(before["grad_enabled"])
+
+
 def overrides(*dicts: dict, **extra) -> list[str]:
     merged = {}
     for d in dicts:

@@ -18,7 +18,7 @@ from repirl_ray.algo.advantages import (
     sequence_channel_advantages,
     step_segments,
 )
-from repirl_ray.algo.filtering import expand_to_rows, filter_prompts
+from repirl_ray.algo.filtering import filter_prompts
 from repirl_ray.algo.metrics import (
     NULL_SCORERS,
     STEP_QUALITY_KEYS,
@@ -58,7 +58,6 @@ __all__ = [
     "best_of_n",
     "effective_sample_size",
     "entropy_from_logits",
-    "expand_to_rows",
     "filter_prompts",
     "first_error_localisation",
     "implicit_token_rewards",

@@ -25,8 +25,3 @@ def filter_prompts(
     # float64 so that k / K is the correctly rounded decimal the config writes.
     accuracy = outcomes.detach().to(torch.float64).view(num_prompts, samples_per_prompt).mean(dim=1)
     return (accuracy >= low - _EDGE_TOLERANCE) & (accuracy <= high + _EDGE_TOLERANCE)
-
-
-def expand_to_rows(keep: torch.Tensor, samples_per_prompt: int) -> torch.Tensor:
-    """Per-prompt flags to per-row flags: keep: [P] bool -> [B] bool, B = P * samples_per_prompt."""
-    return keep.bool().repeat_interleave(samples_per_prompt)

@@ -1,7 +1,7 @@
 """Advantages of a batch of rollouts: numpy in, numpy out, around algo.rloo_advantages.
 
-Run as a small Ray task between the PRM's rescoring and the policy update, so the token rewards
-go from the PRM learner to the policy learner through the object store, not the driver.
+Called by PolicyLearner.update on every rank: the PRM's token rewards reach the policy learner
+through the object store, not the driver, and whitening needs the whole batch.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -19,33 +18,13 @@ from repirl_ray.config import load_config
 from repirl_ray.driver import LearnerFailure, Trainer, train
 from repirl_ray.run_setup import latest_checkpoint
 from tests.conftest import TINY_RUN, TINY_WORLD, overrides
+from tests.helpers import assert_same_iterations, events, kill_when, logged, train_records
 
 pytestmark = pytest.mark.integration
 
 
 def _cfg(world_cache, **extra):
     return load_config(None, overrides(TINY_WORLD, TINY_RUN, **{"world.dir": str(world_cache), **extra}))
-
-
-def _records(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _train_records(run_dir):
-    return [r for r in _records(run_dir) if "rollout/accuracy" in r]
-
-
-RESUME_KEYS = ["rollout/accuracy", "rollout/response_len", "prm/loss", "prm/ess", "policy/loss", "policy/entropy",
-               "policy/approx_kl"]
-
-
-def assert_same_iterations(whole, split, iterations, keys=RESUME_KEYS):
-    """A run resumed midway logged the same iterations, with the same numbers, as one in one go."""
-    a, b = _train_records(whole), _train_records(split)
-    assert [r["iteration"] for r in a] == list(range(1, iterations + 1)) == [r["iteration"] for r in b]
-    for ra, rb in zip(a, b):
-        for k in keys:
-            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), (ra["iteration"], k, ra[k], rb[k])
 
 
 def test_resume_equals_uninterrupted_run(ray_session, world_cache, tmp_path):
@@ -71,27 +50,6 @@ def test_resume_equals_uninterrupted_run(ray_session, world_cache, tmp_path):
         assert sa[k] == pytest.approx(sb[k], abs=1e-6), k
 
 
-def _logged(run_dir, iteration):
-    path = run_dir / "metrics.jsonl"
-    return path.is_file() and any(r.get("iteration", 0) >= iteration and "rollout/accuracy" in r for r in _records(run_dir))
-
-
-def _kill_when(ready, pid_fn, killed: list):
-    """Background killer: waits until `ready()` is true, then SIGKILLs the process."""
-    def loop():
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if ready():
-                pid = pid_fn()
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-                return
-            time.sleep(0.05)
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    return t
-
-
 def test_killed_rollout_worker_is_replaced(ray_session, world_cache, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -101,7 +59,7 @@ def test_killed_rollout_worker_is_replaced(ray_session, world_cache, tmp_path):
     try:
         victim = trainer.rollout.workers[0]
         victim_pid = ray.get(victim.ping.remote())
-        killer = _kill_when(lambda: _logged(run_dir, 2), lambda: victim_pid, killed)
+        killer = kill_when(lambda: logged(run_dir, 2), lambda: victim_pid, killed)
         summary = trainer.train()
         killer.join(timeout=5)
         replacement_pid = ray.get(trainer.rollout.workers[0].ping.remote())
@@ -109,13 +67,13 @@ def test_killed_rollout_worker_is_replaced(ray_session, world_cache, tmp_path):
         trainer.shutdown()
     assert killed == [victim_pid] and replacement_pid != victim_pid
     # No iteration lost, none twice.
-    assert [r["iteration"] for r in _train_records(run_dir)] == [1, 2, 3, 4, 5]
+    assert [r["iteration"] for r in train_records(run_dir)] == [1, 2, 3, 4, 5]
     assert summary["iterations"] == 5
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    assert [e["event"] for e in events] == ["rollout_worker_replaced"]
-    assert events[0]["worker"] == 0
+    replaced = events(run_dir)
+    assert [e["event"] for e in replaced] == ["rollout_worker_replaced"]
+    assert replaced[0]["worker"] == 0
     # The batch after the kill still has all prompts x K samples.
-    for r in _train_records(run_dir):
+    for r in train_records(run_dir):
         assert r["rollout/kept"] == cfg.data.prompts_per_iteration  # filter off: every prompt kept
 
 
@@ -130,7 +88,7 @@ def test_killed_learner_stops_the_run_with_its_checkpoint_intact(ray_session, wo
         # Kill once checkpoint 2 is complete: the learner then dies during iteration 3 or during
         # the save of checkpoint 3, and the last complete checkpoint must survive either way.
         ckpt2 = run_dir / "checkpoints" / "iter_000002" / "trainer_state.json"
-        killer = _kill_when(ckpt2.is_file, lambda: pid, killed)
+        killer = kill_when(ckpt2.is_file, lambda: pid, killed)
         with pytest.raises(LearnerFailure) as err:
             trainer.train()
         killer.join(timeout=5)
@@ -156,7 +114,7 @@ def test_sigterm_writes_a_checkpoint_and_exits(tiny_world, world_cache, tmp_path
     proc = subprocess.Popen([sys.executable, "-m", "repirl_ray.cli", "train", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.time() + 240
-    while time.time() < deadline and not ((run_dir / "metrics.jsonl").is_file() and len(_train_records(run_dir)) >= 2):
+    while time.time() < deadline and not ((run_dir / "metrics.jsonl").is_file() and len(train_records(run_dir)) >= 2):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
@@ -164,7 +122,7 @@ def test_sigterm_writes_a_checkpoint_and_exits(tiny_world, world_cache, tmp_path
     assert "stopped at iteration" in out
     ckpt = latest_checkpoint(run_dir)
     state = json.loads((ckpt / "trainer_state.json").read_text())
-    done = len(_train_records(run_dir))
+    done = len(train_records(run_dir))
     assert state["iteration"] == done and 2 <= done < 50
     assert not (run_dir / "summary.json").exists()
 

@@ -12,6 +12,7 @@ from repirl_ray.config import load_config
 from repirl_ray.driver import Trainer
 from repirl_ray.run_setup import latest_checkpoint
 from tests.conftest import TINY_RUN, TINY_WORLD, overrides
+from tests.helpers import train_records
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +42,7 @@ def run_mode(mode, world_cache, run_dir, reuse=True, **extra):
         prm_kind = cfg.prm.kind if trainer.prm is not None else None
     finally:
         trainer.shutdown(keep_rollout=reuse)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if "rollout/accuracy" in r]
+    train = train_records(run_dir)
     changed = any(not np.array_equal(before[k], after[k]) for k in before)
     return summary, train, changed, prm_kind
 
@@ -74,7 +74,9 @@ def test_mode_runs_two_iterations(mode, ray_session, world_cache, tmp_path):
         # The implicit PRM fitted to outcomes by cross-entropy: its predicted probability is logged.
         assert kind == "implicit" and "prm/prob" in train[0] and "prm/ess" not in train[0]
     if mode == "prm_only":
-        assert "rollout/format_ok" in train[0]
+        # c_outcome = 0: the outcome channel is not computed, the PRM's is (and the format reward's).
+        assert kind == "implicit"
+        assert all("advantage/outcome_abs_mean" not in r and "advantage/process_abs_mean" in r for r in train)
     if mode == "sft_rloo":
         assert (tmp_path / mode / "sft_policy" / "config.json").is_file()
     if mode == "repirl_released":

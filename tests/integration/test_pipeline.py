@@ -14,7 +14,7 @@ from repirl_ray.config import load_config
 from repirl_ray.driver import Trainer, train
 from repirl_ray.run_setup import latest_checkpoint
 from tests.conftest import TINY_RUN, TINY_WORLD, overrides
-from tests.integration.test_fault_tolerance import RESUME_KEYS, _kill_when, _logged, _train_records, assert_same_iterations
+from tests.helpers import RESUME_KEYS, assert_same_iterations, events, kill_when, train_records
 
 pytestmark = pytest.mark.integration
 
@@ -34,17 +34,40 @@ def test_pipelined_run_with_a_worker_killed_mid_overlap(ray_session, world_cache
         policy_before = trainer.policy.parameters()
         prm_before = trainer.prm.parameters()
         victim_pid = ray.get(trainer.rollout.workers[0].ping.remote())
-        # Once iteration 2 is logged, the batch of iteration 3 is being sampled (or just was).
-        killer = _kill_when(lambda: _logged(run_dir, 2), lambda: victim_pid, killed)
+        # Worker 0's share of batches 3-5: each is submitted by iteration 2-4 (trainer.iteration
+        # 1-3; no evaluation runs between) before its learners update, and collected by the next
+        # iteration. The kill lands on the first of them whose shard has not come back yet, so it
+        # hits an overlapped generation in flight, one policy version behind the group's.
+        overlapped, in_flight = [], []
+        submit = trainer.rollout.submit
+
+        def recording_submit(*args, **kwargs):
+            pending = submit(*args, **kwargs)
+            if 1 <= trainer.iteration <= 3:
+                overlapped.append(pending.refs[0][2])
+            return pending
+
+        def overlapped_generation_in_flight():
+            for ref in overlapped:
+                if not ray.wait([ref], timeout=0)[0]:
+                    in_flight.append(ref)
+                    return True
+            return False
+
+        trainer.rollout.submit = recording_submit
+        killer = kill_when(overlapped_generation_in_flight, lambda: victim_pid, killed)
         summary = trainer.train()
         killer.join(timeout=5)
+        # The shard killed never came back: the worker died inside that generation.
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(in_flight[0])
         replacement_pid = ray.get(trainer.rollout.workers[0].ping.remote())
         policy_after = trainer.policy.parameters()
         prm_after = trainer.prm.parameters()
     finally:
         trainer.shutdown()
     assert killed == [victim_pid] and replacement_pid != victim_pid
-    records = _train_records(run_dir)
+    records = train_records(run_dir)
     assert [r["iteration"] for r in records] == [1, 2, 3, 4, 5] and summary["iterations"] == 5
     # Batch 1 is sampled by the base policy for update 1; every later batch is sampled while the
     # previous update runs, by the policy one version behind the one it updates.
@@ -52,8 +75,9 @@ def test_pipelined_run_with_a_worker_killed_mid_overlap(ray_session, world_cache
     assert [r["rollout/policy_version"] for r in records] == [0, 0, 1, 2, 3]
     for r in records:
         assert r["rollout/kept"] == cfg.data.prompts_per_iteration  # every prompt x K samples, none lost
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    assert [e["event"] for e in events] == ["rollout_worker_replaced"] and events[0]["worker"] == 0
+    replaced = events(run_dir)
+    assert [e["event"] for e in replaced] == ["rollout_worker_replaced"] and replaced[0]["worker"] == 0
+    assert replaced[0]["reason"].startswith("died while generating shard (0, 4)"), replaced[0]
     unchanged = [k for k in policy_before if np.array_equal(policy_before[k], policy_after[k])]
     assert not unchanged, f"policy parameters that never changed: {unchanged}"
     unchanged = [k for k in prm_before if np.array_equal(prm_before[k], prm_after[k])]

@@ -1,5 +1,7 @@
 """RLOO advantages (repirl_ray/algo/advantages.py, ALGORITHM.md section 3), by hand."""
 
+import math
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -86,9 +88,11 @@ def test_rloo_advantages_two_channels_hand_values():
     expected = t([[-2, -0.5, 0.5], [0, 0, 0], [0, 0, 0], [1, 0.5, 0]])
     a = rloo_advantages(outcomes, REWARDS, MASK, 2, c_outcome=1.0, c_process=0.5, whiten=False)
     assert_close(a, expected)
-    # whitening is over the batch's response tokens: the same numbers, whitened
+    # Whitening is over the batch's 6 response tokens (-2, -0.5, 0.5, 0, 1, 0.5): mean -1/12,
+    # centred (-23, -5, 7, 1, 13, 7) / 12, variance (529 + 25 + 49 + 1 + 169 + 49) / 144 / 6 = 137 / 144.
     w = rloo_advantages(outcomes, REWARDS, MASK, 2, c_outcome=1.0, c_process=0.5, whiten=True)
-    assert_close(w, masked_whiten(expected, MASK))
+    std = math.sqrt(137 / 144)
+    assert_close(w, t([[-23, -5, 7], [1, 0, 0], [0, 0, 0], [13, 7, 0]]) / 12 / std * MASK)
     assert abs(masked_mean(w, MASK).item()) < 1e-9
     assert abs(masked_mean(w**2, MASK).item() - 1.0) < 1e-6
 
@@ -164,9 +168,10 @@ def test_min_form_process_advantages_hand_values():
         process_credit="min", step_ids=STEP_IDS,
     )
     assert_close(mixed, t([[0, 0, 0.75, 0.75], [0, 0, 0, 0], [-2.5, -2.5, -2.5, 0], [0, 0, 0, 0]]))
-    # "sum" is the paper's channel, unchanged by step ids
+    # "sum" is the paper's channel, unchanged by step ids: the reverse cumulative sums of the
+    # RLOO'd token rewards worked out in test_reverse_cumsum_hand_values.
     assert_close(process_advantages(REWARDS, MASK, 2, "sum", torch.zeros(4, 3, dtype=torch.int16)),
-                 reverse_cumsum(rloo_process_rewards(REWARDS, MASK, 2), MASK))
+                 t([[-6, -3, -1], [2, 0, 0], [0, 0, 0], [0, -1, 0]]))
     with pytest.raises(ValueError, match="'max'"):
         process_advantages(MIN_REWARDS, MIN_MASK, 2, "max")
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from repirl_ray.algo.filtering import expand_to_rows, filter_prompts
+from repirl_ray.algo.filtering import filter_prompts
 
 
 def test_filter_prompts_band_is_inclusive():
@@ -27,8 +27,3 @@ def test_filter_prompts_k4_paper_band():
 def test_filter_prompts_rejects_ragged_batch():
     with pytest.raises(ValueError, match="multiple of samples_per_prompt"):
         filter_prompts(torch.zeros(7), 4, 0.2, 0.8)
-
-
-def test_expand_to_rows():
-    keep = torch.tensor([True, False, True])
-    assert expand_to_rows(keep, 2).tolist() == [True, True, False, False, True, True]

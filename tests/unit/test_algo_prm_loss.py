@@ -320,11 +320,19 @@ def test_microbatch_gradients_equal_the_full_batch_gradient():
     assert phi_full.grad.abs().sum() > 0
 
 
-def test_prm_loss_gradient_is_the_coefficients():
+def test_prm_loss_gradient_has_no_gradient_through_the_weights():
+    # "mean" weights come from the very rbar the loss is differentiated in: log w = rbar - log pi,
+    # prompt 0's negatives (2, 0), prompt 1's (2.2, 2.4, 2.6). With w held fixed (the module
+    # docstring) dL/d rbar is w_hat on N and -1/|P| = -0.2 on P, each prompt's softmax halved:
+    # (e^2, 1) / (e^2 + 1) / 2 and (1, e^0.2, e^0.4) / (1 + e^0.2 + e^0.4) / 2. A gradient through
+    # the softmax would add w_hat_j (rbar_j - sum_k w_hat_k rbar_k) on each negative.
     rbar = RBAR.clone().requires_grad_(True)
-    c = coefficients()
+    c = coefficients(mean_reward=rbar, weight_reward="mean")
     repirl_prm_loss(rbar, c.coef).backward()
-    assert_close(rbar.grad, c.coef)
+    e2, z1 = math.exp(2.0), 1 + math.exp(0.2) + math.exp(0.4)
+    w0 = [e2 / (e2 + 1) / 2, 1 / (e2 + 1) / 2]
+    w1 = [1 / z1 / 2, math.exp(0.2) / z1 / 2, math.exp(0.4) / z1 / 2]
+    assert_close(rbar.grad, t([-0.2, *w0, -0.2, *w1, -0.2, -0.2, -0.2]))
 
 
 def test_reward_l2_penalty_hand_value():

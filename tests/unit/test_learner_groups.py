@@ -2,6 +2,8 @@
 rescoring, a policy update on the PRM's token rewards and a weight export, in the driver's order;
 the group gives the same results as the plain learners it wraps."""
 
+import os
+
 import numpy as np
 
 from repirl_ray.actors.learner_group import PolicyLearnerGroup, PRMLearnerGroup
@@ -41,4 +43,6 @@ def test_local_groups_run_the_drivers_calls_like_the_plain_learners(tiny_dir):
     after = policy.parameters()
     for name, value in plain_policy.parameters_numpy().items():
         np.testing.assert_array_equal(after[name], value)
-    assert policy.pids() == prm.pids() and "prm/step_auroc" not in stats  # no step labels here
+    # local=True: both groups are this process, no actor was started.
+    assert policy.pids() == prm.pids() == [os.getpid()]
+    assert "prm/step_auroc" not in stats  # no step labels here

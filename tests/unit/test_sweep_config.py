@@ -196,7 +196,7 @@ SWEEP_FILES = sorted(p for p in (REPO / "benchmarks" / "sweeps").glob("*.yaml") 
 
 
 def test_committed_sweep_files_and_core_pins_are_valid(monkeypatch):
-    """Every sweep the README reproduces expands to trials whose configs validate, on either
+    """Every sweep docs/results.md reproduces expands to trials whose configs validate, on either
     one-core base config; the two pins differ only in the core they name."""
     monkeypatch.chdir(REPO)  # base_config and data paths are relative to the repository
     assert {p.stem for p in SWEEP_FILES} >= {"prm_quality", "prm_quality_best", "regimes", "regimes_curriculum", "pipeline"}

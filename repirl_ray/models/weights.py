@@ -106,7 +106,11 @@ def _as_tensor(name: str, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor
 
 
 def engine_views(
-    buckets: list[Bucket], dtype: torch.dtype, params: dict[str, torch.Tensor], packed: dict[str, list[str]]
+    buckets: list[Bucket],
+    dtype: torch.dtype,
+    params: dict[str, torch.Tensor],
+    packed: dict[str, list[str]],
+    padded: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, torch.Tensor], int] | None:
     """Each engine parameter as a tensor over the buckets' own memory, so that a push needs no
     copy on the engine's side: the engine's parameters are then set to these tensors.
@@ -116,7 +120,9 @@ def engine_views(
     parameter is its parts stacked along dim 0 in that order (vLLM's QKV and merged column
     layers without tensor parallelism). Ray writes a list's arrays back to back into one store
     object (64-byte aligned, which these sizes are), so the parts usually lie end to end and one
-    view spans them; where they do not, the parts are concatenated (a copy, counted).
+    view spans them; where they do not, the parts are concatenated (a copy, counted). `padded`:
+    parameters that may have more rows than sent (vLLM pads a vocabulary to a multiple of 64):
+    those get the rows sent and zeros below, as vLLM's embedding loader does (a copy, counted).
 
     Returns (views by parameter name, number of parameters concatenated), or None where the
     buckets do not hold exactly the parameters' parts in their shapes and dtype (another model,
@@ -132,9 +138,12 @@ def engine_views(
             return None
         shape = tuple(param.shape)
         if len(parts) == 1:
-            if parts[0].shape != shape:
-                return None
             span = parts[0]
+            if name in padded and span.shape[1:] == shape[1:] and span.shape[0] < shape[0]:
+                span = np.concatenate([span, np.zeros((shape[0] - span.shape[0], *shape[1:]), span.dtype)])
+                copied += 1
+            elif span.shape != shape:
+                return None
         else:
             if any(p.shape[1:] != shape[1:] for p in parts) or sum(p.shape[0] for p in parts) != shape[0]:
                 return None

@@ -49,7 +49,10 @@ class WeightLoaderExtension:
         params = dict(model.named_parameters())  # a tied lm_head is the embedding's parameter: listed once
         planned = None
         if self.device.type == "cpu":
-            planned = engine_views(buckets, dtype, params, getattr(model, "packed_modules_mapping", {}))
+            from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+
+            padded = frozenset(f"{n}.weight" for n, m in model.named_modules() if isinstance(m, VocabParallelEmbedding))
+            planned = engine_views(buckets, dtype, params, getattr(model, "packed_modules_mapping", {}), padded)
         with torch.no_grad():
             if planned is not None:
                 # No copy here: the parameters become views of the object store's memory, the

@@ -58,11 +58,12 @@ def test_vllm_logprobs_match_learner_after_weight_push(tiny_world, ray_session, 
     moved = np.abs(learner.logprobs(before) - before.sampling_logprobs)[before.response_mask > 0].max()
     assert moved > 1e-2
     # No copy on the engine's side: its parameters are the store object's memory, qkv_proj one
-    # view over q, k and v sent back to back.
+    # view over q, k and v sent back to back (the embedding is copied: vLLM pads the vocabulary).
     arrays = {n: a for b in buckets for n, a in b}
     (pointers,) = worker.engine.llm.collective_rpc(_param_pointers)
     assert pointers["model.layers.0.self_attn.qkv_proj.weight"] == arrays["model.layers.0.self_attn.q_proj.weight"].ctypes.data
-    assert pointers["model.embed_tokens.weight"] == arrays["model.embed_tokens.weight"].ctypes.data
+    assert pointers["model.layers.1.mlp.gate_up_proj.weight"] == arrays["model.layers.1.mlp.gate_proj.weight"].ctypes.data
+    assert pointers["model.norm.weight"] == arrays["model.norm.weight"].ctypes.data
 
     # A second push down the copying path (a tied lm_head sent as well: not one of the engine's
     # parameters, so load_weights maps the buckets): the first push's store object is left as it was.
@@ -78,4 +79,4 @@ def test_vllm_logprobs_match_learner_after_weight_push(tiny_world, ray_session, 
     assert diff <= 1e-4, f"after the copying push: max |vLLM - learner| = {diff}"
     assert all(np.array_equal(arrays[n], a) for n, a in sent.items())
     (pointers,) = worker.engine.llm.collective_rpc(_param_pointers)
-    assert pointers["model.embed_tokens.weight"] not in {a.ctypes.data for b in buckets2 for _, a in b}
+    assert pointers["model.norm.weight"] not in {a.ctypes.data for b in buckets + buckets2 for _, a in b}

@@ -166,6 +166,14 @@ def test_engine_views_of_bf16_bits():
     assert views["a.qkv_proj.bias"].view(torch.uint16).tolist() == [12, 13, 14, 15]
 
 
+def test_engine_views_pad_a_padded_vocabulary_with_zeros():
+    embed = np.frombuffer(np.arange(6, dtype=np.float32).tobytes(), dtype=np.float32).reshape(3, 2)
+    params = {"embed.weight": torch.empty(4, 2)}  # vLLM pads the vocabulary
+    views, copied = engine_views([[("embed.weight", embed)]], torch.float32, params, {}, frozenset(params))
+    assert copied == 1 and views["embed.weight"].tolist() == [[0, 1], [2, 3], [4, 5], [0, 0]]
+    assert engine_views([[("embed.weight", embed)]], torch.float32, params, {}) is None  # not a padded one
+
+
 @pytest.mark.parametrize(
     "change",
     ["missing part", "extra weight", "wrong shape", "engine dtype"],

@@ -266,7 +266,7 @@ def main(argv=None) -> int:
         f"# Weight push: learner -> object store -> vLLM engine ({machine})",
         "",
         f"Command: `python benchmarks/weight_sync.py --repeats {args.repeats} --warmup {args.warmup}`. fp32, buckets of "
-        f"{args.bucket_mb:g} MB. Median of {args.repeats} pushes after {args.warmup} warm-up rounds; memcpy and both "
+        f"{args.bucket_mb:g} MB. Median of {args.repeats} pushes after {args.warmup} warm-up rounds; memcpy and the "
         f"paths taken in turn in the same invocation. First push: the cold one, before the warm-up (fresh store pages). Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (other jobs share the cores).",
         "",
         "| size | MB | memcpy ms | push+load ms | ratio to memcpy | first push ms | copying load ms | ratio to memcpy | old path ms | ratio to memcpy |",

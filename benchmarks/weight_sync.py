@@ -206,6 +206,7 @@ def measure(name: str, path: str, repeats: int, warmup: int, bucket_bytes: int, 
         load = ray.get(worker.timed_load.remote(refs, 0, separate))
         return {**put, **load, "n_objects": len(refs), "total_s": time.perf_counter() - t0}
 
+    memcpy()  # its buffers touched, as the learner's parameters are
     first = new_push()  # the cold push: fresh store pages, lazy imports
     for _ in range(warmup):  # the same paths as below, until the store's pages have been touched
         memcpy(), new_push(), copy_push(), old_push(), breakdown(False, bucket_bytes), breakdown(True, split_bucket_bytes)

@@ -2,19 +2,25 @@
 
 The push as a run does it: the policy learner actor returns its weights as buckets of numpy
 arrays (`PolicyLearner.weights`, one object in the Ray object store), a real RolloutWorker actor
-loads them into its vLLM engine (`RolloutWorker.load_weights`). Baselines measured in the same
-invocation: one memcpy of the same bytes (`np.copyto` between two touched buffers) and the
-previous path (a safetensors blob of the state dict, `reload_weights` into an engine with vLLM-CPU's
-packed GEMMs, lm_head packed again). Random Qwen2 models in fp32 (1M, 25M, 125M parameters, head
+loads them into its vLLM engine (`RolloutWorker.load_weights`: on the CPU its parameters become
+views of the store object). Baselines measured in the same invocation: one memcpy of the same
+bytes (`np.copyto` between two touched buffers); the copying load (the same buckets copied into
+the parameters by the model's own load_weights, as a GPU engine does, and as CPU engines did
+before); and the old path (a safetensors blob of the state dict, `reload_weights` into an engine
+with vLLM-CPU's packed GEMMs, lm_head packed again). Random Qwen2 models in fp32 (1M, 25M, 125M parameters, head
 size 64, tied embeddings), saved with a tokenizer and loaded by vLLM-CPU.
 
     .venv/bin/python benchmarks/weight_sync.py                 # a few minutes on 2 cores
     .venv/bin/python benchmarks/weight_sync.py --sizes 1M --repeats 3
 
-Each figure is the median of --repeats pushes after one warm-up push, memcpy and both paths taken
-in turn. The breakdown repeats the new push with timers inside the actors (put: bucketing +
-serialisation into the store in the learner; get: the worker's ray.get; load: vLLM's
-load_weights; lm_head repack; prefix-cache reset). Writes benchmarks/results/weight_sync.md.
+Each figure is the median of --repeats pushes after --warmup rounds of every path, memcpy and
+the paths taken in turn. The first push is shown apart: Ray's store memory is fresh shared
+memory the first time a process writes a given page (a page fault per 4 KiB), which a run pays
+only in its first few pushes, until the pushes have cycled through the store. The breakdown
+repeats the new push with timers inside the actors (put: bucketing + serialisation into the
+store in the learner, with the page faults it took; get: the worker's ray.get; load: the
+engine's load, params copied: engine parameters that took a copy; lm_head repack; prefix-cache
+reset). Writes benchmarks/results/weight_sync.md.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
@@ -81,11 +88,13 @@ def actor_classes():
             t0 = time.perf_counter()
             buckets, _ = self.weights(bucket_bytes)
             t1 = time.perf_counter()
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             refs = [ray.put(b) for b in buckets] if separate else [ray.put(buckets)]
-            return refs, {"bucket_s": t1 - t0, "put_s": time.perf_counter() - t1}
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+            return refs, {"bucket_s": t1 - t0, "put_s": time.perf_counter() - t1, "put_faults": float(faults)}
 
         def old_weights(self):
-            return weights_blob(self.model), self.version
+            return weights_blob(self.full_state_dict()), self.version
 
         def weight_bytes(self) -> int:
             return sum(a.nbytes for b in self.weights()[0] for _, a in b)
@@ -98,6 +107,19 @@ def actor_classes():
         state = safetensors_load(blob)
         worker.model_runner.reload_weights(weights_iterator=iter(state.items()), is_checkpoint_format=True)
         dispatch_cpu_unquantized_gemm(worker.model_runner.get_model().lm_head, remove_weight=False)
+
+    def copy_load(worker, buckets: list) -> None:
+        """The copying load (GPU engines, and CPU engines before parameters viewed the store):
+        the model's load_weights copies the buckets into its parameters, in place."""
+        import torch
+        from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+        from repirl_ray.models.weights import bucket_tensors
+
+        model = worker.model_runner.get_model()
+        with torch.no_grad():
+            model.load_weights(bucket_tensors(buckets, worker.model_runner.model_config.dtype))
+        dispatch_cpu_unquantized_gemm(model.lm_head, remove_weight=False)
 
     class BenchWorker(RolloutWorker):
         def __init__(self, *args, packed: bool = False, **kwargs):
@@ -114,6 +136,12 @@ def actor_classes():
             self.version = version
             return {"get_s": t1 - t0, **timing}
 
+        def copy_load_weights(self, buckets: list, version: int) -> int:
+            self.engine.llm.collective_rpc(copy_load, args=(buckets,))
+            self.engine.llm.reset_prefix_cache()
+            self.version = version
+            return version
+
         def old_load_weights(self, blob: bytes, version: int) -> int:
             self.engine.llm.collective_rpc(old_load, args=(blob,))
             self.engine.llm.reset_prefix_cache()
@@ -123,7 +151,7 @@ def actor_classes():
     return BenchLearner, BenchWorker
 
 
-def measure(name: str, path: str, repeats: int, bucket_bytes: int, split_bucket_bytes: int) -> dict:
+def measure(name: str, path: str, repeats: int, warmup: int, bucket_bytes: int, split_bucket_bytes: int) -> dict:
     import ray
 
     from repirl_ray.config import PolicyConfig, RolloutConfig
@@ -138,7 +166,8 @@ def measure(name: str, path: str, repeats: int, bucket_bytes: int, split_bucket_
     old_worker = ray.remote(BenchWorker).options(num_cpus=0.1, runtime_env=env).remote(
         rollout_cfg, path, "arithmetic", packed=True
     )
-    ray.get([worker.ping.remote(), old_worker.ping.remote(), learner.weight_bytes.remote()])
+    copy_worker = ray.remote(BenchWorker).options(num_cpus=0.1, runtime_env=env).remote(rollout_cfg, path, "arithmetic")
+    ray.get([worker.ping.remote(), old_worker.ping.remote(), copy_worker.ping.remote(), learner.weight_bytes.remote()])
 
     nbytes = ray.get(learner.weight_bytes.remote())
     src = np.ones(nbytes, np.uint8)
@@ -159,6 +188,12 @@ def measure(name: str, path: str, repeats: int, bucket_bytes: int, split_bucket_
         ray.get(worker.load_weights.remote(buckets, version))
         return time.perf_counter() - t0
 
+    def copy_push() -> float:
+        t0 = time.perf_counter()
+        buckets, version = learner.weights.options(num_returns=2).remote(bucket_bytes)
+        ray.get(copy_worker.copy_load_weights.remote(buckets, version))
+        return time.perf_counter() - t0
+
     def old_push() -> float:
         t0 = time.perf_counter()
         blob, version = learner.old_weights.options(num_returns=2).remote()
@@ -171,30 +206,35 @@ def measure(name: str, path: str, repeats: int, bucket_bytes: int, split_bucket_
         load = ray.get(worker.timed_load.remote(refs, 0, separate))
         return {**put, **load, "n_objects": len(refs), "total_s": time.perf_counter() - t0}
 
-    memcpy(), new_push(), old_push(), breakdown(False, bucket_bytes)  # warm-up: first touches, lazy imports
+    memcpy()  # its buffers touched, as the learner's parameters are
+    first = new_push()  # the cold push: fresh store pages, lazy imports
+    for _ in range(warmup):  # the same paths as below, until the store's pages have been touched
+        memcpy(), new_push(), copy_push(), old_push(), breakdown(False, bucket_bytes), breakdown(True, split_bucket_bytes)
     stored.clear()
-    runs = {"memcpy": [], "new": [], "old": []}
+    runs = {"memcpy": [], "new": [], "copy": [], "old": []}
     parts: list[dict] = []
     split: list[dict] = []
     for _ in range(repeats):
         runs["memcpy"].append(memcpy())
         runs["new"].append(new_push())
+        runs["copy"].append(copy_push())
         runs["old"].append(old_push())
         parts.append(breakdown(False, bucket_bytes))
         split.append(breakdown(True, split_bucket_bytes))
-    for actor in (learner, worker, old_worker):
+    for actor in (learner, worker, copy_worker, old_worker):
         ray.kill(actor)
     med = {k: statistics.median(v) for k, v in runs.items()}
     part = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
     part_split = {k: statistics.median(p[k] for p in split) for k in split[0]}
     med["stored"] = statistics.median(stored)
-    return {"name": name, "mb": nbytes / 2**20, **med, "parts": part, "split": part_split, "all": runs}
+    return {"name": name, "mb": nbytes / 2**20, "first": first, **med, "parts": part, "split": part_split, "all": runs}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3, help="rounds of every path before the measured ones")
     parser.add_argument("--bucket-mb", type=float, default=256)
     parser.add_argument("--split-bucket-mb", type=float, default=16, help="bucket size of the one-object-per-bucket variant")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "weight_sync.md"))
@@ -215,10 +255,10 @@ def main(argv=None) -> int:
                 path = os.path.join(work, name)
                 n = build_model(path, *SIZES[name])
                 print(f"[{name}] {n / 1e6:.1f} M parameters", flush=True)
-                r = measure(name, path, args.repeats, int(args.bucket_mb * 2**20), int(args.split_bucket_mb * 2**20))
+                r = measure(name, path, args.repeats, args.warmup, int(args.bucket_mb * 2**20), int(args.split_bucket_mb * 2**20))
                 r["params"] = n
                 results.append(r)
-                print(f"  memcpy {1e3 * r['memcpy']:.1f} ms, new {1e3 * r['new']:.1f} ms, old {1e3 * r['old']:.1f} ms", flush=True)
+                print(f"  memcpy {1e3 * r['memcpy']:.1f} ms, new {1e3 * r['new']:.1f} ms, copying load {1e3 * r['copy']:.1f} ms, old {1e3 * r['old']:.1f} ms", flush=True)
     finally:
         ray.shutdown()
     load_after = os.getloadavg()
@@ -226,31 +266,31 @@ def main(argv=None) -> int:
     lines = [
         f"# Weight push: learner -> object store -> vLLM engine ({machine})",
         "",
-        f"Command: `python benchmarks/weight_sync.py --repeats {args.repeats}`. fp32, buckets of "
-        f"{args.bucket_mb:g} MB. Median of {args.repeats} pushes; memcpy and both paths taken in turn in the same "
-        f"invocation. Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (other jobs share the cores).",
+        f"Command: `python benchmarks/weight_sync.py --repeats {args.repeats} --warmup {args.warmup}`. fp32, buckets of "
+        f"{args.bucket_mb:g} MB. Median of {args.repeats} pushes after {args.warmup} warm-up rounds; memcpy and the "
+        f"paths taken in turn in the same invocation. First push: the cold one, before the warm-up (fresh store pages). Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (other jobs share the cores).",
         "",
-        "| size | MB | memcpy ms | new push+load ms | ratio to memcpy | old path ms | ratio to memcpy |",
-        "|---|---|---|---|---|---|---|",
+        "| size | MB | memcpy ms | push+load ms | ratio to memcpy | first push ms | copying load ms | ratio to memcpy | old path ms | ratio to memcpy |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['params'] / 1e6:.1f}M | {r['mb']:.1f} | {ms(r['memcpy'])} | {ms(r['new'])} | "
-            f"{r['new'] / r['memcpy']:.1f}x | {ms(r['old'])} | {r['old'] / r['memcpy']:.1f}x |"
+            f"{r['new'] / r['memcpy']:.1f}x | {ms(r['first'])} | {ms(r['copy'])} | {r['copy'] / r['memcpy']:.1f}x | {ms(r['old'])} | {r['old'] / r['memcpy']:.1f}x |"
         )
     lines += [
         "",
         "Where the new push goes (medians, ms; put = bucketing + serialisation into the store in the learner, "
-        "get = the worker's ray.get, load = vLLM's load_weights, then lm_head repack and prefix-cache reset; "
+        "get = the worker's ray.get, load = the engine's load (its parameters set to views of the store object on the CPU; params copied: those that took a copy), then lm_head repack and prefix-cache reset; "
         "total as seen by the caller, with the actor calls):",
         "",
-        "| size | bucketing | put | get | load | lm_head repack | prefix reset | total | the push above: weights() stored | then load_weights() |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| size | bucketing | put | put page faults | get | load | params copied | lm_head repack | prefix reset | total | the push above: weights() stored | then load_weights() |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         p = r["parts"]
         lines.append(
-            f"| {r['params'] / 1e6:.1f}M | {ms(p['bucket_s'])} | {ms(p['put_s'])} | {ms(p['get_s'])} | {ms(p['load_s'])} | "
+            f"| {r['params'] / 1e6:.1f}M | {ms(p['bucket_s'])} | {ms(p['put_s'])} | {p['put_faults']:.0f} | {ms(p['get_s'])} | {ms(p['load_s'])} | {p['params_copied']:.0f} | "
             f"{ms(p['lm_head_repack_s'])} | {ms(p['prefix_reset_s'])} | {ms(p['total_s'])} | {ms(r['stored'])} | "
             f"{ms(r['new'] - r['stored'])} |"
         )

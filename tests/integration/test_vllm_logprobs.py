@@ -1,6 +1,8 @@
 """vLLM's sampling log-probs equal the learner's log-probs of the same tokens, before and after
 new weights are pushed into the running engine (fp32, max difference <= 1e-4). The push goes
-as in a run: buckets of numpy arrays through the object store, read back as read-only views."""
+as in a run: buckets of numpy arrays through the object store, read back as read-only views,
+which the engine's parameters then view (no copy). A later push that takes the copying path
+gives the parameters their own memory first instead of writing into the earlier store object."""
 
 import numpy as np
 import pytest
@@ -11,6 +13,11 @@ from repirl_ray.rollout.worker import RolloutWorker
 from repirl_ray.tasks.base import load_problems
 
 pytestmark = pytest.mark.integration
+
+
+def _param_pointers(engine_worker) -> dict[str, int]:
+    """Run inside vLLM's worker: where each engine parameter's memory starts."""
+    return {n: p.data_ptr() for n, p in engine_worker.model_runner.get_model().named_parameters()}
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
@@ -50,3 +57,26 @@ def test_vllm_logprobs_match_learner_after_weight_push(tiny_world, ray_session, 
     # ...and the engine really switched: its log-probs of the old samples moved with the weights.
     moved = np.abs(learner.logprobs(before) - before.sampling_logprobs)[before.response_mask > 0].max()
     assert moved > 1e-2
+    # No copy on the engine's side: its parameters are the store object's memory, qkv_proj one
+    # view over q, k and v sent back to back (the embedding is copied: vLLM pads the vocabulary).
+    arrays = {n: a for b in buckets for n, a in b}
+    (pointers,) = worker.engine.llm.collective_rpc(_param_pointers)
+    assert pointers["model.layers.0.self_attn.qkv_proj.weight"] == arrays["model.layers.0.self_attn.q_proj.weight"].ctypes.data
+    assert pointers["model.layers.1.mlp.gate_up_proj.weight"] == arrays["model.layers.1.mlp.gate_proj.weight"].ctypes.data
+    assert pointers["model.norm.weight"] == arrays["model.norm.weight"].ctypes.data
+
+    # A second push down the copying path (a tied lm_head sent as well: not one of the engine's
+    # parameters, so load_weights maps the buckets): the first push's store object is left as it was.
+    sent = {n: a.copy() for n, a in arrays.items()}
+    learner.update(None, None, after)
+    buckets2, version2 = learner.weights(bucket_bytes=64 * 1024)
+    buckets2 = ray_session.get(ray_session.put(buckets2 + [[("lm_head.weight", buckets2[0][0][1])]]))
+    assert buckets2[0][0][0] == "model.embed_tokens.weight"
+    worker.load_weights(buckets2, version2)
+    third = sample(3)
+    mask = third.response_mask > 0
+    diff = np.abs(learner.logprobs(third) - third.sampling_logprobs)[mask].max()
+    assert diff <= 1e-4, f"after the copying push: max |vLLM - learner| = {diff}"
+    assert all(np.array_equal(arrays[n], a) for n, a in sent.items())
+    (pointers,) = worker.engine.llm.collective_rpc(_param_pointers)
+    assert pointers["model.norm.weight"] not in {a.ctypes.data for b in buckets + buckets2 for _, a in b}

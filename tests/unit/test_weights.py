@@ -1,5 +1,6 @@
 """Weight buckets: they reassemble to the exact weights (fp32 and bf16), a tied lm_head is left
-out, nothing is copied when the dtype already matches, and buckets respect their size bound."""
+out, nothing is copied when the dtype already matches, and buckets respect their size bound;
+the parts of a packed engine parameter travel back to back and are viewed as it without a copy."""
 
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from repirl_ray.models.tiny import build_tiny_qwen2
-from repirl_ray.models.weights import bucket_tensors, weight_buckets
+from repirl_ray.models.weights import bucket_tensors, engine_order, engine_views, weight_buckets
 
 
 def _model(dtype=torch.float32):
@@ -33,7 +34,14 @@ def test_fp32_buckets_reassemble_exactly_without_the_tied_lm_head_and_without_co
     buckets = weight_buckets(state, torch.float32, bucket_bytes)
     assert len(buckets) >= 3
     names = [n for b in buckets for n, _ in b]
-    assert names == [n for n in state if n != "lm_head.weight"]  # all of them, in order, once
+    assert names == [n for n in engine_order(state) if n != "lm_head.weight"]  # all of them, once
+    assert sorted(names) == sorted(n for n in state if n != "lm_head.weight")
+    # The parts of vLLM's packed qkv_proj and gate_up_proj travel back to back.
+    at = {n: i for i, n in enumerate(names)}
+    layer = "model.layers.1."
+    assert [at[layer + f"self_attn.{p}_proj.weight"] for p in "qkv"] == [at[layer + "self_attn.q_proj.weight"] + i for i in range(3)]
+    assert [at[layer + f"self_attn.{p}_proj.bias"] for p in "qkv"] == [at[layer + "self_attn.q_proj.bias"] + i for i in range(3)]
+    assert at[layer + "mlp.up_proj.weight"] == at[layer + "mlp.gate_proj.weight"] + 1
     for bucket in buckets:
         total = sum(a.nbytes for _, a in bucket)
         assert total <= bucket_bytes or len(bucket) == 1
@@ -98,3 +106,87 @@ def test_read_only_arrays_give_no_warning():
     )
     proc = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_engine_order_groups_sibling_weights_then_biases():
+    names = ["m.embed.weight", "m.l0.attn.q.weight", "m.l0.attn.q.bias", "m.l0.attn.k.weight", "m.l0.attn.k.bias",
+             "m.l0.norm.weight", "m.l0.mlp.up.weight", "m.norm.weight", "head"]
+    assert engine_order(names) == [
+        "m.embed.weight", "m.norm.weight",
+        "m.l0.attn.q.weight", "m.l0.attn.k.weight", "m.l0.attn.q.bias", "m.l0.attn.k.bias",
+        "m.l0.norm.weight", "m.l0.mlp.up.weight", "head",
+    ]
+
+
+PACKED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
+# The engine's parameters: q (2 rows) + k (1) + v (1) stacked; biases likewise; a norm.
+PARAMS = {"a.qkv_proj.weight": torch.empty(4, 3), "a.qkv_proj.bias": torch.empty(4), "norm.weight": torch.empty(3)}
+PARTS = [("a.q_proj.weight", (2, 3)), ("a.k_proj.weight", (1, 3)), ("a.v_proj.weight", (1, 3)),
+         ("a.q_proj.bias", (2,)), ("a.k_proj.bias", (1,)), ("a.v_proj.bias", (1,)), ("norm.weight", (3,))]
+
+
+def _back_to_back(dtype=np.float32):
+    """Buckets whose arrays lie end to end in one read-only buffer, as Ray lays out one object."""
+    flat = np.frombuffer(np.arange(3 * 4 + 4 + 3, dtype=dtype).tobytes(), dtype=dtype)
+    buckets, at = [[], []], 0
+    for i, (name, shape) in enumerate(PARTS):
+        n = int(np.prod(shape))
+        buckets[i // 4].append((name, flat[at : at + n].reshape(shape)))  # a bucket boundary inside qkv's bias
+        at += n
+    return flat, buckets
+
+
+def test_engine_views_span_back_to_back_parts_without_a_copy():
+    flat, buckets = _back_to_back()
+    views, copied = engine_views(buckets, torch.float32, PARAMS, PACKED)
+    assert copied == 0
+    # qkv weight = rows [[0 1 2] [3 4 5] | [6 7 8] | [9 10 11]], its bias = [12 13 | 14 | 15], norm = [16 17 18]
+    assert views["a.qkv_proj.weight"].tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+    assert views["a.qkv_proj.bias"].tolist() == [12, 13, 14, 15]
+    assert views["norm.weight"].tolist() == [16, 17, 18]
+    base = flat.ctypes.data
+    assert [views[n].data_ptr() - base for n in PARAMS] == [0, 4 * 12, 4 * 16]  # views of the buffer itself
+
+
+def test_engine_views_concatenate_parts_that_are_apart_and_count_them():
+    _, buckets = _back_to_back()
+    apart = [[(n, a.copy()) for n, a in b] for b in buckets]  # each part in memory of its own
+    views, copied = engine_views(apart, torch.float32, PARAMS, PACKED)
+    assert copied == 2  # qkv weight and qkv bias; the norm is still a view
+    assert views["a.qkv_proj.weight"].tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+    assert views["a.qkv_proj.bias"].tolist() == [12, 13, 14, 15]
+    assert views["norm.weight"].data_ptr() == apart[1][-1][1].ctypes.data
+
+
+def test_engine_views_of_bf16_bits():
+    flat, buckets = _back_to_back(np.uint16)
+    params = {k: v.to(torch.bfloat16) for k, v in PARAMS.items()}
+    views, copied = engine_views(buckets, torch.bfloat16, params, PACKED)
+    assert copied == 0 and views["a.qkv_proj.weight"].dtype == torch.bfloat16
+    assert views["a.qkv_proj.bias"].view(torch.uint16).tolist() == [12, 13, 14, 15]
+
+
+def test_engine_views_pad_a_padded_vocabulary_with_zeros():
+    embed = np.frombuffer(np.arange(6, dtype=np.float32).tobytes(), dtype=np.float32).reshape(3, 2)
+    params = {"embed.weight": torch.empty(4, 2)}  # vLLM pads the vocabulary
+    views, copied = engine_views([[("embed.weight", embed)]], torch.float32, params, {}, frozenset(params))
+    assert copied == 1 and views["embed.weight"].tolist() == [[0, 1], [2, 3], [4, 5], [0, 0]]
+    assert engine_views([[("embed.weight", embed)]], torch.float32, params, {}) is None  # not a padded one
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["missing part", "extra weight", "wrong shape", "engine dtype"],
+)
+def test_engine_views_give_up_where_the_buckets_do_not_match_the_parameters(change):
+    _, buckets = _back_to_back()
+    params = dict(PARAMS)
+    if change == "missing part":
+        buckets[0] = buckets[0][1:]
+    elif change == "extra weight":
+        buckets[1].append(("lm_head.weight", np.zeros(3, np.float32)))
+    elif change == "wrong shape":
+        params["norm.weight"] = torch.empty(4)
+    else:
+        params["norm.weight"] = torch.empty(3, dtype=torch.float64)
+    assert engine_views(buckets, torch.float32, params, PACKED) is None

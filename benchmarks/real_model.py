@@ -9,9 +9,10 @@ One command, in order:
    Its time to the first iteration is measured by a 1-iteration run from scratch (SFT included).
 2. From that SFT policy, at equal samples (same prompts x K, same iterations), per seed:
    rePIRL with the head PRM (the paper's), rePIRL with the implicit PRM, and RLOO (no PRM).
-3. The PRMs' step AUROC, prefix-min AUROC and first-error localisation on each run's fixed set (the
-   starting policy's samples of the held-out prompts), beside two null scorers on the same set:
-   random scores, and score = minus the step index (later steps are wrong more often).
+3. The PRMs' step AUROC (whole, and the first wrong step against the correct ones), prefix-min
+   AUROC and first-error localisation on each run's fixed set (the starting policy's samples of the
+   held-out prompts), beside null scorers on the same set: random scores, minus the step index
+   (later steps are wrong more often), minus the response length.
 4. Rollout tokens/s through the workers against one raw vLLM engine on the same prompts in this
    process; learner tokens/s; peak memory of all the run's processes.
 
@@ -25,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import subprocess
 import sys
 import time
@@ -53,24 +53,12 @@ def run(args: list[str], log: Path) -> float:
 
 
 def null_quality(run_dir: Path, seed: int) -> dict:
-    """Step quality of null scorers on the run's fixed PRM set (what any scorer gets for free)."""
+    """Step quality of the null scorers (random, minus the step index, minus the response length)
+    on the run's fixed PRM set: what any scorer gets for free (learners/prm.py null_step_quality)."""
     from repirl_ray.batch import load_rollouts
-    from repirl_ray.learners.prm import step_quality
+    from repirl_ray.learners.prm import null_step_quality
 
-    batch = load_rollouts(run_dir / "prm_eval_eval.npz")
-    steps = batch.step_ids.astype(np.int64)
-    rng = np.random.default_rng(seed)
-    out = {}
-    # Token rewards whose per-step sums are the null's step scores: random per step, or -k for step k
-    # (each step's first token carries it).
-    first_token = np.zeros_like(steps, dtype=bool)
-    first_token[:, 1:] = steps[:, 1:] != steps[:, :-1]
-    first_token[:, 0] = True
-    first_token &= steps >= 0
-    for name, per_step in (("random", lambda k: rng.random(k.shape)), ("minus step index", lambda k: -k.astype(float))):
-        rewards = np.where(first_token, per_step(steps), 0.0)
-        out[name] = step_quality(rewards, batch)
-    return out
+    return null_step_quality(load_rollouts(run_dir / "prm_eval_eval.npz"), seed=seed)
 
 
 def tokens_per_s(run_dir: Path) -> dict:
@@ -173,12 +161,13 @@ def main(argv=None) -> int:
     lines = [f"# rePIRL on SmolLM2-135M-Instruct, reasoning-gym chain_sum ({machine})", "",
              f"Command: `python benchmarks/real_model.py --seeds {' '.join(map(str, args.seeds))} --iterations "
              f"{args.iterations}`. Config `{CONFIG}`; every variant starts from the same SFT policy and sees the same "
-             f"prompts x K per iteration. Held-out accuracy: sampled, T = 1, {sft_summary.get('name')} eval set.", "",
+             f"prompts x K per iteration. Held-out accuracy: sampled at T = 1 on the config's held-out prompts.", "",
              f"- fetch-model: {fetch_s:.0f} s (about 0 when cached); then the first iteration of the config starts "
              f"{to_first:.0f} s after `repirl train` starts (checks, data, SFT, Ray, actors: {setup_s:.0f} s; base "
              f"evaluation of 8 prompts: {base.get('timing/eval', 0):.0f} s); one iteration {it1['timing/iteration']:.0f} s",
-             f"- SFT policy held-out accuracy {sft_summary['final_accuracy']:.3f} (base model "
-             f"{sft_summary['base_accuracy']:.3f} before it)", "",
+             f"- the SFT policy (the config's sft section on the demos), held-out: sampled accuracy "
+             f"{sft_summary['final_accuracy']:.3f}, greedy {fmt(sft_summary.get('final_greedy_accuracy'))}; "
+             f"every variant below starts from it", "",
              "## Policy (mean +- std over seeds)", "",
              "| variant | seeds | held-out accuracy | train accuracy (last iteration) | s / iteration | peak RSS GiB |",
              "|---|---|---|---|---|---|"]
@@ -191,11 +180,13 @@ def main(argv=None) -> int:
                      f"{mean_std(last_train)} | {np.mean([r['iteration_s'] for r in rs]):.1f} | "
                      f"{max(r['summary']['peak_rss_gib'] for r in rs):.2f} |")
     lines += ["", "## PRM step quality on each run's fixed set, against null scorers (mean +- std over seeds)", "",
-              "| scorer | step AUROC | prefix-min AUROC | first-error localisation |", "|---|---|---|---|"]
+              "| scorer | step AUROC | first wrong vs correct | prefix-min AUROC | first-error localisation |",
+              "|---|---|---|---|---|"]
     for name, rs in rows.items():
         if "nulls" not in rs[0]:
             continue
         lines.append(f"| {name} (trained) | {mean_std([r['summary'].get('step_auroc') for r in rs])} | "
+                     f"{mean_std([r['summary'].get('step_auroc_first_wrong') for r in rs])} | "
                      f"{mean_std([r['summary'].get('step_auroc_prefix_min') for r in rs])} | "
                      f"{mean_std([r['summary'].get('first_error_acc') for r in rs])} |")
     any_prm = next((rs for rs in rows.values() if "nulls" in rs[0]), None)
@@ -203,6 +194,7 @@ def main(argv=None) -> int:
         for null in any_prm[0]["nulls"]:
             q = [r["nulls"][null] for r in any_prm]
             lines.append(f"| null: {null} | {mean_std([x.get('step_auroc') for x in q])} | "
+                         f"{mean_std([x.get('step_auroc_first_wrong') for x in q])} | "
                          f"{mean_std([x.get('step_auroc_prefix_min') for x in q])} | "
                          f"{mean_std([x.get('first_error_acc') for x in q])} |")
     lines += ["", "## Speed", "",

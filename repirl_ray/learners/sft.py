@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from repirl_ray.algo import masked_sum
 from repirl_ray.batch import build_rollouts
 from repirl_ray.utils import atomic_write_json
 from repirl_ray.models.prompts import PromptEncoder, encode_response
@@ -136,7 +137,7 @@ def sft_train(
         )
         inputs = model_inputs(batch)
         logp, _ = response_logprobs(trained, inputs)
-        loss = -(logp * inputs.response_mask).sum() / num_tokens
+        loss = -masked_sum(logp, inputs.response_mask) / num_tokens
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)

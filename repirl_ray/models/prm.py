@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForTokenClassification
 
+from repirl_ray.algo import implicit_token_rewards
 from repirl_ray.models.policy import DTYPES, check_model_path, load_causal_lm
 from repirl_ray.models.sequence import ModelInputs, response_logprobs
 from repirl_ray.utils import atomic_write_json
@@ -122,7 +123,7 @@ class ImplicitPRM(nn.Module):
 
     def token_rewards(self, inputs: ModelInputs) -> torch.Tensor:
         logp_phi, logp_ref = self.log_probs(inputs)
-        return self.beta * (logp_phi - logp_ref) * inputs.response_mask
+        return implicit_token_rewards(logp_phi, logp_ref, self.beta, inputs.response_mask)
 
     @property
     def trainable(self) -> nn.Module:

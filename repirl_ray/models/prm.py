@@ -17,6 +17,7 @@ import json
 import os
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForTokenClassification
 
@@ -71,8 +72,6 @@ class HeadPRM(nn.Module):
             # replaces it, and a trained one's score.* weights are read from the folder here.
             model.score = mlp_tanh_head(config.hidden_size).to(DTYPES[dtype])
             if trained:
-                from safetensors.torch import load_file
-
                 stored = load_file(os.path.join(path, "model.safetensors"))
                 model.score.load_state_dict({k[len("score."):]: v for k, v in stored.items() if k.startswith("score.")})
         elif not trained:

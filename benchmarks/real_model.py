@@ -76,7 +76,7 @@ def raw_engine_tok_s(model_dir: str, prompts_per_iteration: int, k: int, max_new
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from transformers import AutoTokenizer
 
-    from repirl_ray.models.prompts import PromptEncoder
+    from repirl_ray.data.prompts import PromptEncoder
     from repirl_ray.rollout.vllm_engine import VLLMEngine
     from repirl_ray.tasks.reasoning_gym import ReasoningGymTask, generate
 

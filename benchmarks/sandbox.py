@@ -27,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from repirl_ray.tasks.code import CodeTask, load_humaneval  # noqa: E402
+from repirl_ray.data.reading import load_humaneval  # noqa: E402
+from repirl_ray.tasks.code import CodeTask  # noqa: E402
 
 OLD_REV = "a24c683"  # the last revision with the sandbox of rlimits, a read-only / and a hide-list
 SETTINGS = {  # name -> (CodeTask keyword arguments, whether it runs the old revision's sandbox)
@@ -42,7 +43,8 @@ BASELINE = {"bwrap, workers=1": "bwrap of --old-rev, workers=1", "bwrap, workers
 
 
 def old_sandbox_class(rev: str, folder: str):
-    """The Sandbox class of repirl_ray/tasks/sandbox.py at `rev`, imported from a copy."""
+    """The Sandbox class of repirl_ray/tasks/sandbox.py (its path before repirl_ray/sandbox/) at `rev`,
+    imported from a copy."""
     source = subprocess.run(["git", "show", f"{rev}:repirl_ray/tasks/sandbox.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
     path = Path(folder) / "sandbox_old.py"

@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     from repirl_ray.config import WorldConfig
     from repirl_ray.models.tiny import build_char_tokenizer
     from repirl_ray.tasks.arithmetic import ArithmeticTask
-    from repirl_ray.tasks.base import load_problems
+    from repirl_ray.data.reading import load_problems
     from repirl_ray.world import ensure_world
 
     world = ensure_world(WorldConfig())

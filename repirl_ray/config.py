@@ -20,9 +20,10 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-
-class ConfigError(ValueError):
-    """A one-line, user-facing configuration error."""
+from repirl_ray.errors import ConfigError
+from repirl_ray.tasks import TASK_NAMES
+from repirl_ray.tasks.reasoning_gym import STEP_WRITERS, task_names
+from repirl_ray.utils import atomic_write_text
 
 
 @dataclass
@@ -73,7 +74,7 @@ class ModelConfig:
 @dataclass
 class DataFieldsConfig:
     """Which column holds each part of a problem, for layouts other than the format's own
-    (tasks/formats.py). "" = the format's own; a dotted name reaches into a nested column."""
+    (data/formats.py). "" = the format's own; a dotted name reaches into a nested column."""
 
     prompt: str = ""  # jsonl: prompt, gsm8k: question, math: problem; a chat message list gives its last user message
     answer: str = ""  # jsonl: answer, gsm8k: answer, math: solution
@@ -103,7 +104,7 @@ class DataConfig:
     world_split: str = "train"  # with train_path "": the world split that trains: train | hard_train | eval
     eval_path: str = ""  # held-out prompts; "" = the world's
     hard_eval_path: str = ""  # optional extra eval split; "" = the world's hard split (arithmetic)
-    format: str = "jsonl"  # jsonl (prompt, answer, demos) | gsm8k | math | humaneval (tasks/formats.py) | reasoning_gym
+    format: str = "jsonl"  # jsonl (prompt, answer, demos) | gsm8k | math | humaneval (data/formats.py) | reasoning_gym
     fields: DataFieldsConfig = field(default_factory=DataFieldsConfig)
     reasoning_gym: ReasoningGymConfig = field(default_factory=ReasoningGymConfig)  # with format reasoning_gym
     answer_from: str = ""  # field | boxed (last \boxed{}) | hash (after ####); "" = the format's own
@@ -127,7 +128,7 @@ class DataConfig:
 
 @dataclass
 class CodeConfig:
-    """The code task's sandbox (repirl_ray/tasks/sandbox.py): where a policy's program runs."""
+    """The code task's sandbox (repirl_ray/sandbox/): where a policy's program runs."""
 
     # bwrap: Linux namespaces (no network, own PIDs, read-only system, private work folder) |
     # process: a plain child with rlimits only, unsafe (for machines without user namespaces)
@@ -327,7 +328,7 @@ _CHOICES = {
     "prm.placement": ("pack", "spread"),
     "pipeline.off_policy_steps": (0, 1),
     "policy.old_logprobs": ("sampler", "recompute"),
-    "data.task": ("arithmetic", "math", "code", "reasoning_gym"),
+    "data.task": TASK_NAMES,
     "data.format": ("jsonl", "gsm8k", "math", "humaneval", "reasoning_gym"),
     "data.answer_from": ("", "field", "boxed", "hash"),
     "data.world_split": ("train", "hard_train", "eval"),
@@ -426,8 +427,6 @@ def check_reasoning_gym(data: DataConfig) -> None:
         if getattr(data, key):
             raise ConfigError(f"config key 'data.{key}': with data.format=reasoning_gym the problems are generated "
                               f"(data.reasoning_gym.*); leave data.{key} empty")
-    from repirl_ray.tasks.reasoning_gym import STEP_WRITERS, task_names
-
     if not rg.name:
         raise ConfigError("config key 'data.reasoning_gym.name': empty; name a reasoning-gym task, e.g. chain_sum")
     names = task_names()
@@ -593,6 +592,4 @@ def to_yaml(cfg: TrainConfig) -> str:
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    from repirl_ray.utils import atomic_write_text
-
     atomic_write_text(path, to_yaml(cfg))

@@ -18,8 +18,8 @@ from pathlib import Path
 from repirl_ray.config import ConfigError, TrainConfig, has_prm_learner, needs_demos
 from repirl_ray.models.packaged import resolve_model
 from repirl_ray.models.policy import check_model_path
-from repirl_ray.tasks.dataset import REASONING_GYM, DataReport, check_prompts, read_split
-from repirl_ray.tasks.dataset import task_kwargs as dataset_task_kwargs
+from repirl_ray.data.dataset import REASONING_GYM, DataReport, check_prompts, read_split
+from repirl_ray.data.dataset import task_kwargs as dataset_task_kwargs
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -83,7 +83,7 @@ def check_given_paths(cfg: TrainConfig) -> None:
         if path and not (key == "model.prm_path" and not has_prm_learner(cfg)):
             check_model_path(path, key, tokenizer=key == "model.policy_path")
     if cfg.data.task == "code":
-        from repirl_ray.tasks.sandbox import check_sandbox
+        from repirl_ray.sandbox import check_sandbox
 
         check_sandbox(cfg.code.sandbox)  # a machine without user namespaces stops here, in one line
 
@@ -139,7 +139,7 @@ def check_response_boundary(cfg: TrainConfig, task, tokenizer, problems: list) -
     """Demos are encoded as prompt ids + response ids, as rollouts are; a prompt whose end the
     tokenizer would merge with the response's start gives the learners token sequences the model
     never reads. Checked on the first training problem with a demo (the template is shared)."""
-    from repirl_ray.models.prompts import PromptEncoder, boundary_split
+    from repirl_ray.data.prompts import PromptEncoder, boundary_split
 
     if tokenizer.eos_token_id is None:
         raise ConfigError(f"config key 'model.policy_path': the tokenizer of {cfg.model.policy_path or 'the policy'} "
@@ -172,7 +172,7 @@ def task_kwargs(cfg: TrainConfig) -> dict:
     """The task's own settings: the arithmetic verifier needs the world's modulus, the math task
     data.prompt_template, the code task its sandbox (the `code` section)."""
     if cfg.data.task == "code":
-        from repirl_ray.tasks.code import code_task_kwargs
+        from repirl_ray.data.dataset import code_task_kwargs
 
         return code_task_kwargs(cfg.code)
     return dataset_task_kwargs(cfg.data, cfg.world)

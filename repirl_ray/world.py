@@ -28,7 +28,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+import transformers
+from transformers import AutoTokenizer
+
+from repirl_ray.actors.supervised import run_supervised_job
 from repirl_ray.config import WorldConfig
+from repirl_ray.data.reading import write_jsonl
+from repirl_ray.learners.sft import SupervisedJob, sft_job
+from repirl_ray.models.tiny import WORLD_CHARS, build_char_tokenizer, build_tiny_qwen2
+from repirl_ray.tasks.arithmetic import ArithmeticSpec, make_split, make_splits, noisy_solution
 from repirl_ray.utils import atomic_write_json, default_cache_dir, publish_dir
 
 # Fields that change how the world is built (not where or with how many threads).
@@ -105,10 +114,6 @@ def _sha256(path: Path) -> str:
 
 def _tokenizer_difference(folder: Path) -> str | None:
     """What differs between the tokenizer saved in folder and a freshly built one, or None."""
-    from transformers import AutoTokenizer
-
-    from repirl_ray.models.tiny import WORLD_CHARS, build_char_tokenizer
-
     fresh, saved = build_char_tokenizer(), AutoTokenizer.from_pretrained(folder)
     if saved.get_vocab() != fresh.get_vocab():
         return "its vocabulary"
@@ -144,9 +149,6 @@ def check_asset(asset: Path) -> dict:
 
 
 def machine_info() -> dict:
-    import torch
-    import transformers
-
     cpu = platform.processor()
     try:  # the model name says more than "x86_64"
         with open("/proc/cpuinfo") as f:
@@ -166,10 +168,6 @@ def machine_info() -> dict:
 def build_world(cfg: WorldConfig, root: Path, *, use_ray_train: bool = True, use_asset: bool = True, log=print) -> None:
     """Data splits from the seed; the base policy from the shipped asset when use_asset and one
     exists for this config (and passes check_asset), otherwise from a warm-up run here."""
-    from repirl_ray.models.tiny import build_char_tokenizer, build_tiny_qwen2
-    from repirl_ray.tasks.arithmetic import ArithmeticSpec, make_split, make_splits, noisy_solution
-    from repirl_ray.tasks.base import write_jsonl
-
     t0 = time.time()
     tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -226,8 +224,6 @@ def build_world(cfg: WorldConfig, root: Path, *, use_ray_train: bool = True, use
         for _ in range(passes)
         for p in splits.train
     ]
-    from repirl_ray.learners.sft import SupervisedJob
-
     job = SupervisedJob(
         init_dir=str(init_dir), out_dir=str(paths.base_policy), pairs=pairs, steps=cfg.warmup_steps,
         batch_size=cfg.warmup_batch_size, lr=cfg.warmup_lr, seed=cfg.seed, threads=cfg.warmup_threads, label="warm-up",
@@ -235,12 +231,8 @@ def build_world(cfg: WorldConfig, root: Path, *, use_ray_train: bool = True, use
     log(f"  warm-up: {cfg.warmup_steps} steps x {cfg.warmup_batch_size} noisy solutions "
         f"(step error {cfg.step_error_prob}), lr {cfg.warmup_lr}" + (" as a Ray Train job" if use_ray_train else ""))
     if use_ray_train:
-        from repirl_ray.actors.supervised import run_supervised_job
-
         metrics = run_supervised_job(job, tmp, name="world-warmup")
     else:
-        from repirl_ray.learners.sft import sft_job
-
         metrics = sft_job(job)
     shutil.rmtree(init_dir)
     _publish(cfg, tmp, root, t0, metrics, n_params, {"source": "warm-up", "machine": machine_info()}, log)

@@ -34,7 +34,13 @@ from repirl_ray.algo.metrics import (
     step_quality_metrics,
     step_scores,
 )
-from repirl_ray.algo.policy_loss import entropy_from_logits, policy_loss, ppo_clip_loss, truncated_importance_weights
+from repirl_ray.algo.policy_loss import (
+    entropy_from_log_probs,
+    entropy_from_logits,
+    policy_loss,
+    ppo_clip_loss,
+    truncated_importance_weights,
+)
 from repirl_ray.algo.prime import implicit_token_rewards, prime_bce_loss
 from repirl_ray.algo.prm_loss import (
     PRMCoefficients,
@@ -57,6 +63,7 @@ __all__ = [
     "batch_max_normalise",
     "best_of_n",
     "effective_sample_size",
+    "entropy_from_log_probs",
     "entropy_from_logits",
     "filter_prompts",
     "first_error_localisation",

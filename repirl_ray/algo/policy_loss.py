@@ -27,7 +27,12 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     Via log_softmax, so large logits do not overflow. Actions with probability 0 (logit -inf)
     contribute 0, not 0 * -inf = NaN, and give no NaN gradient.
     """
-    logp = torch.log_softmax(logits, dim=-1)
+    return entropy_from_log_probs(torch.log_softmax(logits, dim=-1))
+
+
+def entropy_from_log_probs(logp: torch.Tensor) -> torch.Tensor:
+    """entropy_from_logits for a caller that holds log_softmax(logits) already [B, T, V] -> [B, T]
+    (models/sequence.py needs it for the token log-probs too; one log_softmax over V, not two)."""
     p = logp.exp()
     safe_logp = torch.where(p > 0, logp, torch.zeros_like(logp))
     return -(p * safe_logp).sum(dim=-1)

@@ -19,6 +19,13 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    set_model_state_dict,
+)
 from torch.distributed.tensor import DTensor
 
 from repirl_ray.learners.distributed import Ranks, init_process_group, shard_model
@@ -91,8 +98,6 @@ def gather_full_state(model: torch.nn.Module, ranks: Ranks) -> dict[str, torch.T
     None on the other ranks. On the plain path the tensors are views of the live weights."""
     if not ranks.sharded:
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return state if ranks.is_main else None
 
@@ -109,9 +114,6 @@ def load_full_state(model: torch.nn.Module, path: str, ranks: Ranks, what: str) 
     """Collective. Weights from an HF safetensors file (any dtype) into the fp32 masters. Every
     rank checks the file's names (its header only), so a wrong checkpoint fails on every rank
     alike; on the sharded path rank 0 reads the tensors and FSDP2 broadcasts them."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} checkpoint: {path} is missing (see checkpoint_files)")
     with safe_open(path, framework="pt") as f:
@@ -131,8 +133,6 @@ def load_full_state(model: torch.nn.Module, path: str, ranks: Ranks, what: str) 
     if not ranks.sharded:
         model.load_state_dict(state, strict=True)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 

@@ -25,6 +25,8 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from repirl_ray.models.policy import DTYPES
@@ -63,9 +65,6 @@ def shard_model(model: torch.nn.Module, compute_dtype: str, device: torch.device
     Parameters stay fp32 (the master copy the optimizer updates); forward and backward run in
     `compute_dtype`; gradients are reduced in fp32 and SUMMED over ranks (the losses are
     already normalised by the global token or sample count)."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-
     if any(p.dtype != torch.float32 for p in model.parameters()):
         raise ValueError("shard_model: the master weights must be float32 (load the model with dtype float32)")
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))

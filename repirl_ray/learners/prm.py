@@ -121,7 +121,7 @@ class PRMLearner:
             #    scores its share, all-gathered, so every rank computes the same coefficients.
             token_rewards = self._token_rewards(mini)
             mask = torch.from_numpy(mini.response_mask)
-            traj_reward = (token_rewards * mask).sum(-1)
+            traj_reward = algo.masked_sum(token_rewards, mask, dim=1)
             mean_reward = algo.mean_token_reward(token_rewards, mask)
             # 2. Fixed coefficients: softmax importance weights of N, -1/|P| for P.
             coefs = algo.repirl_prm_coefficients(
@@ -129,7 +129,7 @@ class PRMLearner:
                 torch.from_numpy(mini.is_demo),
                 traj_reward,
                 mean_reward,
-                torch.from_numpy((mini.sampling_logprobs * mini.response_mask).sum(-1)),
+                algo.masked_sum(torch.from_numpy(mini.sampling_logprobs), mask, dim=1),
                 torch.from_numpy(mini.prompt_index),
                 pseudo_expert=irl.pseudo_expert,
                 weight_reward=irl.weight_reward,

@@ -17,11 +17,14 @@ from typing import Callable
 
 import numpy as np
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from repirl_ray.algo import masked_sum
 from repirl_ray.batch import build_rollouts
-from repirl_ray.utils import atomic_write_json
-from repirl_ray.models.prompts import PromptEncoder, encode_response
+from repirl_ray.data.prompts import PromptEncoder, encode_response
+from repirl_ray.models.policy import DTYPES
 from repirl_ray.models.sequence import model_inputs, response_logprobs
+from repirl_ray.utils import atomic_write_json
 
 
 SFT_METRICS = "sft_metrics.json"
@@ -56,10 +59,6 @@ class SupervisedJob:
 def sft_job(job: SupervisedJob) -> dict:
     """A whole supervised job: load the model in job.init_dir, train on job.pairs, save model and
     tokenizer to job.out_dir (rank 0)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from repirl_ray.models.policy import DTYPES
-
     torch.set_num_threads(job.threads)
     tokenizer = AutoTokenizer.from_pretrained(job.init_dir)
     model = AutoModelForCausalLM.from_pretrained(job.init_dir, dtype=DTYPES[job.dtype])
@@ -136,7 +135,7 @@ def sft_train(
         )
         inputs = model_inputs(batch)
         logp, _ = response_logprobs(trained, inputs)
-        loss = -(logp * inputs.response_mask).sum() / num_tokens
+        loss = -masked_sum(logp, inputs.response_mask) / num_tokens
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)

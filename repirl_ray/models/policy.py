@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
 from safetensors.torch import save as safetensors_save
+from safetensors.torch import save_file
+from torch.distributed.fsdp import FSDPModule
 from transformers import AutoModelForCausalLM
+
+from repirl_ray.models.packaged import PACKAGED, is_packaged
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -21,8 +26,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer
 def check_model_path(path: str, key: str, *, tokenizer: bool = False) -> None:
     """A local-looking path that does not exist is a typo, not a hub name: say so up front.
     tokenizer: the folder must also hold a tokenizer (the policy's: prompts are encoded with it)."""
-    from repirl_ray.models.packaged import PACKAGED, is_packaged
-
     if not path:
         raise ModelPathError(f"config key '{key}' is empty: give a model folder in HF format or a hub name")
     if is_packaged(path):
@@ -69,8 +72,6 @@ def weights_blob(state: dict[str, torch.Tensor]) -> bytes:
 
 def hf_class_name(model: torch.nn.Module) -> str:
     """The model's Hugging Face class name (FSDP2 wraps a module in a class of its own)."""
-    from torch.distributed.fsdp import FSDPModule
-
     return next(c.__name__ for c in type(model).__mro__ if not issubclass(c, FSDPModule))
 
 
@@ -78,10 +79,6 @@ def save_hf_model(out_dir: str, model: torch.nn.Module, state: dict[str, torch.T
     """An HF model folder (config.json, generation_config.json, model.safetensors) from a state
     dict made by `export_state`, without `save_pretrained` on a (possibly sharded) module:
     vLLM and `from_pretrained` load it like any hub checkpoint."""
-    import copy
-
-    from safetensors.torch import save_file
-
     os.makedirs(out_dir, exist_ok=True)
     config = copy.deepcopy(model.config)
     config.architectures = [hf_class_name(model)]

@@ -17,9 +17,11 @@ import json
 import os
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForTokenClassification
 
+from repirl_ray.algo import implicit_token_rewards
 from repirl_ray.models.policy import DTYPES, check_model_path, load_causal_lm
 from repirl_ray.models.sequence import ModelInputs, response_logprobs
 from repirl_ray.utils import atomic_write_json
@@ -70,8 +72,6 @@ class HeadPRM(nn.Module):
             # replaces it, and a trained one's score.* weights are read from the folder here.
             model.score = mlp_tanh_head(config.hidden_size).to(DTYPES[dtype])
             if trained:
-                from safetensors.torch import load_file
-
                 stored = load_file(os.path.join(path, "model.safetensors"))
                 model.score.load_state_dict({k[len("score."):]: v for k, v in stored.items() if k.startswith("score.")})
         elif not trained:
@@ -122,7 +122,7 @@ class ImplicitPRM(nn.Module):
 
     def token_rewards(self, inputs: ModelInputs) -> torch.Tensor:
         logp_phi, logp_ref = self.log_probs(inputs)
-        return self.beta * (logp_phi - logp_ref) * inputs.response_mask
+        return implicit_token_rewards(logp_phi, logp_ref, self.beta, inputs.response_mask)
 
     @property
     def trainable(self) -> nn.Module:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from repirl_ray.algo import entropy_from_log_probs
 from repirl_ray.batch import Rollouts
 
 
@@ -66,7 +67,5 @@ def response_logprobs(
     logp_all = torch.log_softmax(logits, dim=-1)
     targets = inputs.input_ids[:, -t:]
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    entropy = None
-    if with_entropy:
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    entropy = entropy_from_log_probs(logp_all) if with_entropy else None
     return logp, entropy

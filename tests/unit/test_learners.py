@@ -153,6 +153,22 @@ def test_prm_learns_to_separate_positives_from_negatives(tiny_dir):
     assert rbar[rollouts.outcome == 1].mean() > rbar[rollouts.outcome == 0].mean()
 
 
+def test_prm_update_reads_sampling_logprobs_only_under_the_mask(tiny_dir):
+    """The importance weights' log pi_old sums are algo.masked_sum: NaN in the padding of the
+    sampling log-probs (never read) gives the same update as zeros there, bit for bit."""
+    rollouts, demos = make_rollouts(seed=1), make_rollouts(seed=2, is_demo=True)
+    poisoned = Rollouts(**{**vars(rollouts), "sampling_logprobs": np.where(
+        rollouts.response_mask > 0, rollouts.sampling_logprobs, np.float32("nan")).astype(np.float32)})
+    assert np.isnan(poisoned.sampling_logprobs).any()
+    results = []
+    for batch in (rollouts, poisoned):
+        learner = PRMLearner(PRMConfig(lr=1e-2, micro_batch_size=16, num_threads=1), IRLConfig(), tiny_dir)
+        learner.update(None, batch, demos)
+        results.append(learner.parameters_numpy())
+    for name, value in results[0].items():
+        assert np.isfinite(results[1][name]).all() and np.array_equal(value, results[1][name]), name
+
+
 def test_prm_micro_batching_does_not_change_the_update(tiny_dir, tmp_path):
     rollouts, demos = make_rollouts(seed=1), make_rollouts(seed=2, is_demo=True)
     irl = IRLConfig(reward_l2=0.5)

@@ -1,10 +1,14 @@
+import math
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
+from repirl_ray.algo import entropy_from_logits, implicit_token_rewards
 from repirl_ray.batch import build_rollouts
 from repirl_ray.models.prm import HeadPRM, ImplicitPRM, load_prm
-from repirl_ray.models.sequence import model_inputs, response_logprobs
+from repirl_ray.models.sequence import ModelInputs, model_inputs, response_logprobs
 from repirl_ray.models.tiny import build_char_tokenizer, build_tiny_qwen2
 
 
@@ -125,3 +129,49 @@ def test_mlp_tanh_head_is_the_released_head_and_reloads(tiny_dir, tmp_path):
         assert torch.allclose(again.token_rewards(inputs), base, atol=1e-6)
     with pytest.raises(ValueError, match="prm.head=mlp_tanh"):
         load_prm("head", str(tmp_path / "prm"), "", 0.05)
+
+
+class _FixedLogits(torch.nn.Module):
+    """A stand-in causal LM whose logits are given [B, T + 1, V]: the model paths' own arithmetic,
+    checked against the algo/ functions on values worked out by hand."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep=0, use_cache=False):
+        return SimpleNamespace(logits=self.logits[:, -logits_to_keep:] if logits_to_keep else self.logits)
+
+
+def _inputs(targets: list[int], mask: list[float]) -> ModelInputs:
+    t = len(targets)
+    ids = torch.tensor([[0] + targets])
+    return ModelInputs(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(t + 1)[None],
+                       response_len=t, response_mask=torch.tensor([mask]))
+
+
+LN = math.log
+
+
+def test_response_entropy_is_algo_entropy_with_its_guard():
+    # Position 0: uniform over 3 -> ln 3. Position 1: logits (ln 3, 0, -inf) -> p = (3/4, 1/4, 0),
+    # H = -(0.75 ln 0.75 + 0.25 ln 0.25) = 0.5623351; the p = 0 action adds 0, not 0 * -inf = NaN.
+    logits = torch.tensor([[[0.0, 0.0, 0.0], [LN(3.0), 0.0, -math.inf], [0.0, 0.0, 0.0]]])
+    logp, entropy = response_logprobs(_FixedLogits(logits), _inputs([0, 1], [1.0, 1.0]), with_entropy=True)
+    assert torch.allclose(logp, torch.tensor([[LN(1 / 3), LN(1 / 4)]]))
+    assert torch.allclose(entropy, torch.tensor([[LN(3.0), -(0.75 * LN(0.75) + 0.25 * LN(0.25))]]))
+    assert torch.equal(entropy, entropy_from_logits(logits[:, :-1]))
+
+
+def test_implicit_prm_rewards_are_algo_implicit_token_rewards():
+    # beta 0.5. Token 0 (id 0): pi_phi (2/3, 1/3, 0), pi_ref uniform -> log ratio ln 2.
+    # Token 1 (id 1): pi_phi (1/4, 3/4, 0), pi_ref (1/2, 1/2, 0) -> ln 1.5. Token 2 is padding and
+    # impossible under both (log-prob -inf, ratio NaN): its reward is 0, not NaN.
+    phi = torch.tensor([[[LN(2.0), 0.0, -math.inf], [0.0, LN(3.0), -math.inf], [0.0, 0.0, -math.inf], [0.0, 0.0, 0.0]]])
+    ref = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, -math.inf], [0.0, 0.0, -math.inf], [0.0, 0.0, 0.0]]])
+    prm = ImplicitPRM(_FixedLogits(phi), _FixedLogits(ref), beta=0.5, ref_path="")
+    inputs = _inputs([0, 1, 2], [1.0, 1.0, 0.0])
+    rewards = prm.token_rewards(inputs)
+    assert torch.allclose(rewards, torch.tensor([[0.5 * LN(2.0), 0.5 * LN(1.5), 0.0]]))
+    logp_phi, logp_ref = prm.log_probs(inputs)
+    assert torch.equal(rewards, implicit_token_rewards(logp_phi, logp_ref, 0.5, inputs.response_mask))

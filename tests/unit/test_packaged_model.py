@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 from repirl_ray.config import ConfigError, load_config
 from repirl_ray.models import packaged
 from repirl_ray.models.policy import ModelPathError, check_model_path
-from repirl_ray.models.prompts import PromptEncoder, boundary_split
+from repirl_ray.data.prompts import PromptEncoder, boundary_split
 
 
 def test_fetched_folder_and_manifest(smollm2_dir):
@@ -72,7 +72,7 @@ def test_boundary_split_on_a_bpe_tokenizer(smollm2_dir):
 def test_run_refuses_a_template_split_across_the_boundary(smollm2_dir):
     from repirl_ray.run_setup import check_response_boundary
     from repirl_ray.tasks import build_task
-    from repirl_ray.tasks.dataset import read_split, task_kwargs
+    from repirl_ray.data.dataset import read_split, task_kwargs
 
     rg = ["data.format=reasoning_gym", "data.task=reasoning_gym", "data.reasoning_gym.name=chain_sum",
           "data.reasoning_gym.train_size=4", "data.chat_template=false"]
@@ -93,9 +93,9 @@ def test_run_refuses_a_template_split_across_the_boundary(smollm2_dir):
 
 def test_chat_template_missing_is_one_line(smollm2_dir, tmp_path):
     from repirl_ray.tasks.base import DataError
-    from repirl_ray.tasks.dataset import check_prompts, read_split
+    from repirl_ray.data.dataset import check_prompts, read_split
     from repirl_ray.tasks import build_task
-    from repirl_ray.tasks.dataset import task_kwargs
+    from repirl_ray.data.dataset import task_kwargs
 
     folder = tmp_path / "no_template"
     shutil.copytree(smollm2_dir, folder, ignore=shutil.ignore_patterns("*.safetensors", "chat_template.jinja"))

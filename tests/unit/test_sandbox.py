@@ -21,11 +21,12 @@ import pytest
 
 import repirl_ray
 from repirl_ray.config import ConfigError, load_config
-from repirl_ray.tasks import sandbox as sandbox_module
-from repirl_ray.tasks.code import CodeTask, load_humaneval
-from repirl_ray.tasks import seccomp
-from repirl_ray.tasks.cgroup import RunCgroups
-from repirl_ray.tasks.sandbox import Sandbox, check_sandbox, sandbox_uid_range
+from repirl_ray.data.reading import load_humaneval
+from repirl_ray.sandbox import Sandbox, check_sandbox, seccomp
+from repirl_ray.sandbox import runner as sandbox_module
+from repirl_ray.sandbox.cgroup import RunCgroups
+from repirl_ray.sandbox.runner import sandbox_uid_range
+from repirl_ray.tasks.code import CodeTask
 
 TIMEOUT = 2.0
 PROMPT = 'def f(x):\n    """x + 1"""\n'

@@ -11,7 +11,8 @@ import pytest
 
 from repirl_ray.tasks import ArithmeticSpec, ArithmeticTask, Task, build_task
 from repirl_ray.tasks.arithmetic import make_split
-from repirl_ray.tasks.base import DataError, Problem, load_problems, write_jsonl
+from repirl_ray.data.reading import load_problems, write_jsonl
+from repirl_ray.tasks.base import DataError, Problem
 
 
 def write_lines(path, rows):

@@ -12,7 +12,9 @@ import pytest
 
 from repirl_ray.config import CodeConfig, RolloutConfig
 from repirl_ray.tasks.base import DataError, Problem
-from repirl_ray.tasks.code import CodeTask, code_task_kwargs, extract_code, load_humaneval
+from repirl_ray.data.dataset import code_task_kwargs
+from repirl_ray.data.reading import load_humaneval
+from repirl_ray.tasks.code import CodeTask, extract_code
 
 ADD = Problem(
     id="add",

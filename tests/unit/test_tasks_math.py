@@ -6,7 +6,8 @@ import threading
 import pytest
 
 from repirl_ray.tasks.base import DataError, Problem
-from repirl_ray.tasks.math import DEFAULT_TEMPLATE, MathTask, extract_boxed, load_hf_math
+from repirl_ray.data.reading import load_hf_math
+from repirl_ray.tasks.math import DEFAULT_TEMPLATE, MathTask, extract_boxed
 
 TASK = MathTask()
 

@@ -101,7 +101,7 @@ def test_generated_splits_are_seeded_disjoint_and_counted():
 
 
 def test_read_split_reports_generated_sets():
-    from repirl_ray.tasks.dataset import read_split
+    from repirl_ray.data.dataset import read_split
 
     cfg = load_config(None, RG + ["data.reasoning_gym.train_size=200", "data.reasoning_gym.eval_size=20",
                                   "data.reasoning_gym.config={min_terms: 2, max_terms: 2, max_digits: 1}"])
@@ -132,7 +132,7 @@ def test_format_and_task_go_together():
 
 
 def test_generator_settings_it_rejects_name_the_key():
-    from repirl_ray.tasks.dataset import read_split
+    from repirl_ray.data.dataset import read_split
 
     cfg = load_config(None, RG + ["data.reasoning_gym.config={no_such_setting: 1}"])
     with pytest.raises(DataError, match="data.reasoning_gym.config"):

@@ -60,9 +60,10 @@ def test_a_damaged_asset_is_refused(tmp_path):
 
 def test_a_changed_tokenizer_is_refused(monkeypatch):
     import repirl_ray.models.tiny as tiny
+    import repirl_ray.world as world
 
     build = tiny.build_char_tokenizer
-    monkeypatch.setattr(tiny, "build_char_tokenizer", lambda: build(tiny.WORLD_CHARS + "/"))
+    monkeypatch.setattr(world, "build_char_tokenizer", lambda: build(tiny.WORLD_CHARS + "/"))  # as world.py calls it
     with pytest.raises(AssetError, match="tokenizer .* differs from a freshly built one in its vocabulary"):
         check_asset(asset_dir(WorldConfig()))
 

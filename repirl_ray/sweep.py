@@ -295,14 +295,6 @@ def trial_bundles(cfg: TrainConfig) -> list[dict[str, float]]:
     return [dict(b) for bundles in role_demands(cfg).values() for b in bundles]
 
 
-def _sum_bundles(bundles: list[dict[str, float]]) -> dict[str, float]:
-    total: dict[str, float] = {}
-    for b in bundles:
-        for k, v in b.items():
-            total[k] = total.get(k, 0.0) + v
-    return total
-
-
 # ------------------------------------------------------------------------------------------------
 # One trial (runs inside a Tune trial; no Tune import, so it also runs in a plain process)
 # ------------------------------------------------------------------------------------------------
@@ -319,7 +311,7 @@ def run_trial(trial: dict, log: Callable[[str], None] | None = None) -> dict:
     trial: {"key", "run_dir" (absolute), "cwd", "base_config", "overrides"}. Returns the run's
     summary. On failure writes error.txt (one line) in the run folder and raises."""
     from repirl_ray.driver import train
-    from repirl_ray.run_setup import latest_checkpoint
+    from repirl_ray.checkpoints import latest_checkpoint
 
     os.chdir(trial["cwd"])  # Tune runs trials in their own folder; relative paths mean the sweep's
     run_dir = Path(trial["run_dir"])
@@ -409,9 +401,11 @@ def _check_fits(trials: list[Trial], configs: list[TrainConfig]) -> None:
     """On a local Ray, a trial that asks for more than the whole machine would wait forever."""
     import ray
 
+    from repirl_ray.actors.common import sum_bundles
+
     available = ray.cluster_resources()
     for trial, cfg in zip(trials, configs):
-        need = _sum_bundles(trial_bundles(cfg))
+        need = sum_bundles(trial_bundles(cfg))
         short = {k: v for k, v in need.items() if v > available.get(k, 0.0) + 1e-9}
         if short:
             raise ConfigError(

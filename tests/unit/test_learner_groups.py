@@ -46,3 +46,23 @@ def test_local_groups_run_the_drivers_calls_like_the_plain_learners(tiny_dir):
     # local=True: both groups are this process, no actor was started.
     assert policy.pids() == prm.pids() == [os.getpid()]
     assert "prm/step_auroc" not in stats  # no step labels here
+
+
+def test_one_bundle_builder_and_one_sum_for_every_role():
+    from repirl_ray.actors.common import actor_bundle, sum_bundles
+    from repirl_ray.config import RolloutConfig, load_config
+    from repirl_ray.run_setup import role_demands
+
+    # CPU, then the custom resources, then GPU only when asked for; every value a float.
+    assert actor_bundle(PolicyConfig(num_cpus=0.5, resources={"learner": 1})) == {"CPU": 0.5, "learner": 1.0}
+    gpu = actor_bundle(RolloutConfig(num_cpus=2, num_gpus=1))
+    assert gpu == {"CPU": 2.0, "GPU": 1.0} and list(gpu) == ["CPU", "GPU"]
+    assert sum_bundles([{"CPU": 0.5, "GPU": 1.0}, {"CPU": 0.25, "learner": 2.0}, {"CPU": 1.0}]) == \
+        {"CPU": 1.75, "GPU": 1.0, "learner": 2.0}
+    assert sum_bundles([]) == {}
+    # What run_setup checks against the cluster is these bundles, one per actor: 2 rollout
+    # workers x 0.5 CPU, 2 policy ranks x (0.25 CPU + 1 GPU), 1 PRM rank x 0.5 CPU.
+    cfg = load_config(None, ["policy.num_workers=2", "policy.num_cpus=0.25", "policy.num_gpus=1"])
+    demands = role_demands(cfg)
+    assert demands == {"rollout": [{"CPU": 0.5}] * 2, "policy": [{"CPU": 0.25, "GPU": 1.0}] * 2, "prm": [{"CPU": 0.5}]}
+    assert sum_bundles(b for bs in demands.values() for b in bs) == {"CPU": 2.0, "GPU": 2.0}

@@ -42,7 +42,6 @@ class Trainer:
         """rollout: rollout workers of an earlier run to reuse (see RunSetup)."""
         self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log_fn
         self.stop_requested = False
-        self.iteration = 0
         self._t0 = self._t_created = time.time()
         self._saved_at = -1
         # Checks, data, run folder, supervised stage, Ray, actors, the checkpoint (run_setup.py).

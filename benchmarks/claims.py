@@ -186,7 +186,7 @@ def lane_pins(parallel: int) -> list[list[str]]:
     share every core with 2 threads per learner oversubscribe them (4 learners x 2 spinning
     OpenMP threads on 2 cores ran an iteration 3x slower than one lane alone). Within a lane the
     phases run one after another, so a lane needs no more cores than one phase uses."""
-    from repirl_ray.actors.roles import core_lists
+    from repirl_ray.actors.rollout_group import core_lists
 
     cores = core_lists(1)[0].split(",")  # this process's cores
     if parallel <= 1 or len(cores) < parallel:

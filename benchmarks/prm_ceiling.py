@@ -199,7 +199,7 @@ def main(argv=None) -> int:
     worker = RolloutWorker(cfg.rollout, paths.policy, cfg.data.task, dtype=cfg.model.dtype, seed=cfg.seed,
                            chat_template=cfg.data.chat_template, max_prompt_tokens=cfg.data.max_prompt_tokens,
                            trust_remote_code=cfg.model.trust_remote_code, task_kwargs=task_kwargs(cfg))
-    # The fixed set exactly as the driver draws it at the first evaluation (driver.evaluate).
+    # The fixed set exactly as a run draws it at its first evaluation (evaluation.Evaluator).
     fixed, _, _ = worker.generate(eval_problems, list(range(len(eval_problems))), n=cfg.eval.samples_per_prompt,
                                   temperature=cfg.rollout.temperature, seed=10_007 + cfg.seed)
     same = None

@@ -13,15 +13,14 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import ray
 import torch
 
 from repirl_ray import algo, evaluation
 from repirl_ray.actors.learner_group import PRMLearnerGroup
-from repirl_ray.actors.roles import RolloutGroup
-from repirl_ray.batch import Rollouts, load_rollouts
+from repirl_ray.actors.rollout_group import RolloutGroup
+from repirl_ray.batch import load_rollouts
 from repirl_ray.config import ConfigError, load_config
-from repirl_ray.run_setup import init_ray, read_data_split, resolve_paths, task_kwargs
+from repirl_ray.run_setup import init_ray, read_data_split, resolve_paths, stop_ray, task_kwargs
 from repirl_ray.learners.prm import null_metrics, null_step_quality, step_quality
 from repirl_ray.models.prm import read_prm_meta
 from repirl_ray.utils import atomic_write_json
@@ -67,15 +66,13 @@ class CheckpointSession:
         return sampled.rollouts, sampled.summaries
 
     def score(self, refs) -> tuple[np.ndarray, dict]:
-        rewards, stats = self.prm.score(None, refs)
-        return ray.get(rewards), stats
+        return self.prm.score_fetched(None, refs)
 
     def close(self) -> None:
         self.rollout.shutdown()
         if self.prm is not None:
             self.prm.shutdown()
-        if self.started_ray:
-            ray.shutdown()
+        stop_ray(self.started_ray, joined=False)
 
 
 def evaluate_checkpoint(checkpoint: str, *, samples: int = 8, split: str = "eval", overrides=(), log=print) -> dict:
@@ -101,7 +98,7 @@ def evaluate_checkpoint(checkpoint: str, *, samples: int = 8, split: str = "eval
             fixed = session.run_dir / f"prm_eval_{'eval' if split == 'eval' else 'eval_hard'}.npz"
             if fixed.is_file():
                 batch = load_rollouts(fixed)
-                rewards, _ = session.score([ray.put(batch)])
+                rewards, _ = session.score([session.rollout.put(batch)])
                 for key, value in {**step_quality(rewards, batch), **null_metrics(null_step_quality(batch, seed=cfg.seed))}.items():
                     out[f"prm_{key}_fixed_set"] = value
         atomic_write_json(session.ckpt / f"eval_{split}.json", out)
@@ -122,7 +119,7 @@ def best_of_n_checkpoint(checkpoint: str, *, n_max: int = 32, split: str = "eval
         cfg = session.cfg
         refs, summaries = session.sample(n_max, cfg.rollout.temperature)
         rewards, _ = session.score(refs)
-        batch, _ = Rollouts.gather(None, ray.get(refs))
+        batch = session.rollout.gather(refs)
         mask = torch.from_numpy(batch.response_mask)
         rewards_t = torch.tensor(rewards, dtype=torch.float32)  # a copy: arrays from the object store are read-only
         mean_reward = algo.mean_token_reward(rewards_t, mask).numpy()

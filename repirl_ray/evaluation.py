@@ -5,8 +5,10 @@
   highest mean token reward, the highest worst step, the PRM-weighted vote of the released
   code), by majority vote, at random, and by an oracle (any correct answer).
 - markdown tables and PNG plots of those curves and of learning curves over seeds.
+- the Evaluator: a run's held-out evaluation (at the start, every eval.every iterations, at the
+  end) through the run's rollout group and PRM learner group.
 
-Pure: numpy, torch (through repirl_ray.algo) and matplotlib only; no Ray, no vLLM.
+No Ray and no vLLM here: the Evaluator only calls the groups it is handed.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ import io
 import itertools
 import math
 import random
+import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from repirl_ray.algo.metrics import best_of_n, majority_vote, prm_weighted_vote
+from repirl_ray.algo.metrics import STEP_QUALITY_KEYS, best_of_n, majority_vote, prm_weighted_vote
+from repirl_ray.batch import load_rollouts, save_rollouts
+from repirl_ray.config import EvalConfig
+from repirl_ray.learners.prm import null_metrics, null_step_quality
 from repirl_ray.utils import atomic_write_bytes
 
 SELECTORS = ("prm_mean", "prm_min_step", "prm_vote", "majority", "random", "oracle")
@@ -368,6 +374,15 @@ def _series(records: Sequence[Mapping], key: str) -> Tuple[np.ndarray, np.ndarra
     return np.asarray(x), np.asarray(y)
 
 
+def write_run_curves(records: Sequence[Mapping], run_dir: Path, title: str, log_fn=print) -> None:
+    """curves.png in the run folder; a failure is a warning: a plot must never cost the run its
+    result or hide its error."""
+    try:
+        plot_run_curves(records, Path(run_dir) / "curves.png", title=title)
+    except Exception as err:  # noqa: BLE001 - see above
+        log_fn(f"warning: curves.png not written ({type(err).__name__}: {err})")
+
+
 def plot_run_curves(records: Sequence[Mapping], path, title: str = "") -> Dict[str, List[str]]:
     """curves.png of one run from its metrics.jsonl records (metrics.MetricsLogger): accuracy,
     step AUROC, ESS and ess_within, entropy by iteration, 2 x 2 panels. Training metrics are
@@ -483,3 +498,76 @@ def plot_sweep(
     if title:
         fig.suptitle(title)
     _save_png(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# A run's held-out evaluation
+# --------------------------------------------------------------------------------------------
+
+
+class Evaluator:
+    """Held-out accuracy: sampled pass@1 at the training temperature (mean correctness of
+    eval.samples_per_prompt samples), greedy accuracy beside it; and the PRM's step AUROC.
+
+    The PRM is judged on one fixed labelled set per split, the base policy's samples of the
+    held-out prompts (drawn at the first evaluation and kept in the run folder as
+    prm_eval_<tag>.npz), so that its numbers compare across iterations and runs: the current
+    policy's samples change, and they hold fewer and different mistakes as it improves. The AUROC
+    on them is logged beside it (`*/step_auroc_onpolicy`), and so are the numbers of null scorers
+    on the fixed set (what a PRM's distance from them is, it knows).
+
+    rollout: the run's RolloutGroup; prm: its PRMLearnerGroup, or None."""
+
+    def __init__(self, cfg: EvalConfig, run_dir: Path, rollout, prm, *, temperature: float, seed: int,
+                 eval_problems: list, hard_problems: list):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.rollout, self.prm = rollout, prm
+        self.temperature, self.seed = temperature, seed
+        self.eval_problems, self.hard_problems = eval_problems, hard_problems
+        self._prm_sets: dict = {}  # per eval split: the fixed set, in the object store
+        self._prm_nulls: dict = {}  # per eval split: the null scorers' step quality on its fixed set
+
+    def evaluate_all(self) -> dict:
+        out = self.evaluate(self.eval_problems, "eval")
+        if self.hard_problems:
+            out.update(self.evaluate(self.hard_problems, "eval_hard"))
+        return out
+
+    def evaluate(self, problems, tag: str) -> dict:
+        out = {}
+        t0 = time.perf_counter()
+        sampled = self.rollout.generate(problems, n=self.cfg.samples_per_prompt, temperature=self.temperature,
+                                        seed=10_007 + self.seed, with_demos=False)
+        out[f"{tag}/accuracy"] = float(sampled.field("outcome").mean())
+        if self.cfg.greedy:
+            greedy = self.rollout.generate(problems, n=1, temperature=0.0, seed=0, with_demos=False)
+            out[f"{tag}/greedy_accuracy"] = float(greedy.field("outcome").mean())
+        if self.prm is not None:
+            fresh = tag not in self._prm_sets and not (self.run_dir / f"prm_eval_{tag}.npz").is_file()
+            fixed = self._prm_eval_set(tag, sampled.rollouts)
+            # At the first evaluation the fixed set is these very samples: score them once.
+            sets = (("", [fixed]),) if fresh else (("", [fixed]), ("_onpolicy", sampled.rollouts))
+            for suffix, parts in sets:
+                _, stats = self.prm.score(None, parts)
+                for key in STEP_QUALITY_KEYS:
+                    if f"prm/{key}" in stats:
+                        out[f"{tag}/{key}{suffix}"] = stats[f"prm/{key}"]
+                        if fresh:
+                            out[f"{tag}/{key}_onpolicy"] = stats[f"prm/{key}"]
+            out.update({f"{tag}/{k}": v for k, v in self._prm_nulls[tag].items()})
+        out[f"timing/{tag}"] = time.perf_counter() - t0
+        return out
+
+    def _prm_eval_set(self, tag: str, rollouts: list):
+        """The fixed PRM evaluation set of this eval split: saved at the first evaluation (the
+        base policy's samples), reloaded from the run folder on resume."""
+        if tag not in self._prm_sets:
+            path = self.run_dir / f"prm_eval_{tag}.npz"
+            if path.is_file():
+                batch = load_rollouts(path)
+            else:
+                batch = self.rollout.gather(rollouts)
+                save_rollouts(batch, path)
+            self._prm_sets[tag] = self.rollout.put(batch)
+            self._prm_nulls[tag] = null_metrics(null_step_quality(batch, seed=self.seed))
+        return self._prm_sets[tag]

@@ -1,14 +1,19 @@
-"""Run records: metrics as JSONL and TensorBoard events, the one-line progress report, and the
-memory monitor that measures the peak of all the run's processes together."""
+"""Run records: metrics as JSONL and TensorBoard events, the timer of an iteration's phases, the
+one-line progress reports, a run's summary.json, and the memory monitor that measures the peak of
+all the run's processes together."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 from repirl_ray.utils import atomic_write_text
@@ -70,6 +75,33 @@ def _plain(v):
     return v
 
 
+class PhaseTimer:
+    """Seconds per phase of one iteration, as `timing/<phase>` (a phase timed twice adds up)."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+
+    def results(self) -> dict[str, float]:
+        """Every phase's seconds, and timing/iteration: the seconds since this timer was made."""
+        return {**self.times, "timing/iteration": time.perf_counter() - self.t0}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        yield
+        self.times[f"timing/{phase}"] = self.times.get(f"timing/{phase}", 0.0) + time.perf_counter() - t0
+
+
+def format_base(m: dict) -> str:
+    parts = [f"base policy: accuracy {m['eval/accuracy']:.3f} (sampled)"]
+    if "eval/greedy_accuracy" in m:
+        parts.append(f"greedy {m['eval/greedy_accuracy']:.3f}")
+    if "eval/step_auroc" in m:
+        parts.append(f"initial PRM step AUROC {m['eval/step_auroc']:.3f}")
+    return ", ".join(parts)
+
+
 def format_progress(iteration: int, total: int, m: dict) -> str:
     parts = [f"iter {iteration:>4}/{total}", f"acc {m.get('rollout/accuracy', float('nan')):.3f}"]
     if "rollout/kept" in m:
@@ -89,6 +121,64 @@ def format_progress(iteration: int, total: int, m: dict) -> str:
     )
     parts.append(f"[{times}] {m.get('timing/iteration', float('nan')):.2f} s")
     return " | ".join(parts)
+
+
+# The null scorers' numbers a run's summary.json keeps (every one is in metrics.jsonl).
+NULL_SUMMARY_KEYS = ("step_auroc_null", "step_auroc_prefix_min_null", "first_error_acc_null")
+
+
+def run_summary(*, name: str, run_dir: Path, iterations: int, base: dict, final: dict, records: list[dict],
+                wall_s: float, setup_s: float, memory: "MemoryMonitor") -> dict:
+    """A finished run's summary.json: base and final evaluation (the hard split's and the null
+    scorers' too), mean seconds per phase over the training iterations' records, wall and set-up
+    time, peak memory, the machine."""
+    phases = {}
+    for key in ("timing/rollout", "timing/prm", "timing/score", "timing/policy", "timing/sync", "timing/iteration"):
+        values = [m[key] for m in records if key in m and "rollout/accuracy" in m]
+        if values:
+            phases[key.split("/")[1]] = round(float(np.mean(values)), 3)
+    out = {
+        "name": name,
+        "run_dir": str(run_dir),
+        "iterations": iterations,
+        "base_accuracy": base["eval/accuracy"],
+        "final_accuracy": final["eval/accuracy"],
+        "base_greedy_accuracy": base.get("eval/greedy_accuracy"),
+        "final_greedy_accuracy": final.get("eval/greedy_accuracy"),
+        "step_auroc": final.get("eval/step_auroc"),
+        "step_auroc_prefix_min": final.get("eval/step_auroc_prefix_min"),
+        "step_auroc_first_wrong": final.get("eval/step_auroc_first_wrong"),
+        "step_auroc_after_first_wrong": final.get("eval/step_auroc_after_first_wrong"),
+        "base_step_auroc": base.get("eval/step_auroc"),
+        "first_error_acc": final.get("eval/first_error_acc"),
+        "step_auroc_onpolicy": final.get("eval/step_auroc_onpolicy"),
+        "wall_s": round(wall_s, 1),
+        "setup_s": round(setup_s, 1),
+        "peak_rss_gib": round(memory.peak_gib, 3),
+        "peak_pss_gib": round(memory.peak_pss_gib, 3),
+        "mean_phase_s": phases,
+        "machine": machine_info(),
+    }
+    for key, value in final.items():
+        if key.startswith("eval/") and key[len("eval/"):].startswith(NULL_SUMMARY_KEYS):
+            out[key[len("eval/"):]] = value
+        if key.startswith("eval_hard/"):
+            out["final_hard_" + key.split("/")[1]] = value
+    for key, value in base.items():
+        if key.startswith("eval_hard/"):
+            out["base_hard_" + key.split("/")[1]] = value
+    return out
+
+
+def machine_info() -> dict:
+    import torch  # the learners have loaded it already; the summary only reads its version
+
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def _ray_processes(whole_node: bool) -> list[psutil.Process]:

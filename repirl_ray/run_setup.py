@@ -1,34 +1,44 @@
 """Run set-up, apart from the loop: where models and data come from, the checks made before
-anything starts, Ray, the run folder, and which checkpoint a resume starts from.
+anything starts, Ray, the run folder, the supervised stage, the actors, and the checkpoint a
+resume starts from (checkpoints.py reads and writes them).
 
-Everything here runs before the first actor exists, so a typo, a damaged checkpoint or a request
-the cluster cannot place costs a second and one line, not a minute and a traceback. `driver.py`
-(training) and `assess.py` (eval, best-of-N) share it.
+`RunSetup` is `repirl train`'s set-up as named steps, in order; the driver calls it once and
+runs the loop on what it leaves. Everything up to its actors runs before the first actor exists,
+so a typo, a damaged checkpoint or a request the cluster cannot place costs a second and one
+line, not a minute and a traceback. `assess.py` (eval, best-of-N) and `sweep.py` share the checks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import platform
 import time
 from pathlib import Path
 
-from repirl_ray.config import ConfigError, TrainConfig, has_prm_learner, needs_demos
+import ray
+
+from repirl_ray.actors.common import actor_bundle, sum_bundles
+from repirl_ray.actors.learner_group import PolicyLearnerGroup, PRMLearnerGroup
+from repirl_ray.actors.rollout_group import RolloutGroup
+from repirl_ray.actors.supervised import run_supervised_job
+from repirl_ray.checkpoints import (
+    CHECKPOINTS,
+    CheckpointError,
+    check_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    resume_target,
+)
+from repirl_ray.config import ConfigError, TrainConfig, has_prm_learner, load_config, needs_demos, save_config
+from repirl_ray.data import PromptStream, limit_demos
+from repirl_ray.learners.sft import SupervisedJob
+from repirl_ray.metrics import MemoryMonitor, MetricsLogger
 from repirl_ray.models.packaged import resolve_model
 from repirl_ray.models.policy import check_model_path
+from repirl_ray.tasks import Task, build_task
 from repirl_ray.data.dataset import REASONING_GYM, DataReport, check_prompts, read_split
 from repirl_ray.data.dataset import task_kwargs as dataset_task_kwargs
-
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
-TRAINER_STATE = "trainer_state.json"
-
-
-class CheckpointError(FileNotFoundError):
-    """A checkpoint that cannot be resumed from: the message names the file and what to do."""
-
+from repirl_ray.utils import atomic_write_json, publish_dir
 
 @dataclasses.dataclass
 class Paths:
@@ -185,8 +195,6 @@ def task_kwargs(cfg: TrainConfig) -> dict:
 def init_ray(cfg: TrainConfig, log_fn=print) -> bool:
     """Join a cluster (ray.address, or the RAY_ADDRESS a `ray job submit` sets), or start a
     private local Ray. Returns True when this process started Ray (and must stop it)."""
-    import ray
-
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return False
@@ -212,16 +220,10 @@ def role_demands(cfg: TrainConfig) -> dict[str, list[dict[str, float]]]:
     """What each role asks of the cluster: one resource bundle per actor (a learner group's
     ranks are bundles of one placement group)."""
 
-    def bundle(section) -> dict[str, float]:
-        out = {"CPU": float(section.num_cpus), **{k: float(v) for k, v in section.resources.items()}}
-        if section.num_gpus:
-            out["GPU"] = float(section.num_gpus)
-        return out
-
-    demands = {"rollout": [bundle(cfg.rollout)] * cfg.rollout.num_workers,
-               "policy": [bundle(cfg.policy)] * cfg.policy.num_workers}
+    demands = {"rollout": [actor_bundle(cfg.rollout)] * cfg.rollout.num_workers,
+               "policy": [actor_bundle(cfg.policy)] * cfg.policy.num_workers}
     if has_prm_learner(cfg):
-        demands["prm"] = [bundle(cfg.prm)] * cfg.prm.num_workers
+        demands["prm"] = [actor_bundle(cfg.prm)] * cfg.prm.num_workers
     return demands
 
 
@@ -249,15 +251,8 @@ def check_fits(demands: dict[str, list[dict[str, float]]], nodes: list[dict[str,
     def describe(b: dict, n: int) -> str:
         return f"{n} x {{" + ", ".join(f"{k}: {v:g}" for k, v in b.items()) + "}"
 
-    total = {}
-    for n in nodes:
-        for k, v in n.items():
-            total[k] = total.get(k, 0.0) + v
-    asked = {}
-    for bundles in demands.values():
-        for b in bundles:
-            for k, v in b.items():
-                asked[k] = asked.get(k, 0.0) + v
+    total = sum_bundles(nodes)
+    asked = sum_bundles(b for bundles in demands.values() for b in bundles)
     order = sorted(demands, key=lambda r: -sum(sum(b.values()) for b in demands[r]))
     over = [k for k in asked if k in offered and asked[k] > total.get(k, 0.0) + 1e-9]
     if over:
@@ -276,10 +271,7 @@ def check_fits(demands: dict[str, list[dict[str, float]]], nodes: list[dict[str,
             continue
         if packed.get(role, False):
             # All ranks on one node (STRICT_PACK): the node must hold the whole group.
-            group = {}
-            for b in bundles:
-                for k, v in b.items():
-                    group[k] = group.get(k, 0.0) + v
+            group = sum_bundles(bundles)
             for node in free:
                 if fits(group, node):
                     take(group, node)
@@ -299,10 +291,7 @@ def check_fits(demands: dict[str, list[dict[str, float]]], nodes: list[dict[str,
                     take(b, node)
                     break
             else:
-                asked = {}
-                for bb in bundles:
-                    for k, v in bb.items():
-                        asked[k] = asked.get(k, 0.0) + v
+                asked = sum_bundles(bundles)
                 raise ConfigError(
                     f"config key '{key_of(role)}': {role} asks for {describe(b, len(bundles))} (with the other "
                     f"roles placed first, actor {i + 1} does not fit); the cluster has "
@@ -314,8 +303,6 @@ def check_fits(demands: dict[str, list[dict[str, float]]], nodes: list[dict[str,
 
 def check_cluster_fits(cfg: TrainConfig) -> None:
     """check_fits against the nodes of the running Ray (their total resources)."""
-    import ray
-
     nodes = [
         {k: float(v) for k, v in n["Resources"].items() if not k.startswith("node:") and k not in ("memory", "object_store_memory")}
         for n in ray.nodes() if n.get("Alive")
@@ -324,13 +311,19 @@ def check_cluster_fits(cfg: TrainConfig) -> None:
     check_fits(role_demands(cfg), nodes, packed)
 
 
+def stop_ray(started: bool, joined: bool) -> None:
+    """Stop a Ray this process started (init_ray returned True), or leave a joined cluster."""
+    if started or (joined and ray.is_initialized()):
+        ray.shutdown()
+
+
 # ----------------------------------------------------------------------------------------------
-# The run folder and its checkpoints
+# The run folder, and the run `repirl train` means
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
-    """The run folder's path; not created here (Trainer creates it once the checks pass, so a run
-    that fails them leaves no empty folder behind)."""
+    """The run folder's path; not created here (RunSetup creates it once the checks pass, so a
+    run that fails them leaves no empty folder behind)."""
     if cfg.run_dir:
         path = Path(cfg.run_dir)
         if (path / CHECKPOINTS).exists():
@@ -342,71 +335,198 @@ def new_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = Path(run_dir) / CHECKPOINTS / LATEST
-    if not pointer.is_file():
-        return None
-    path = Path(run_dir) / CHECKPOINTS / pointer.read_text().strip()
-    return path if path.is_dir() else None
+def run_target(cfg: TrainConfig | None, resume: str | None, overrides=()) -> tuple[TrainConfig, Path, Path | None]:
+    """(config, run folder, checkpoint to resume from or None) of a `repirl train`: a new run of
+    cfg (or the defaults with overrides), or with `resume` (a run folder, or one of its
+    checkpoints) that run's config.yaml with the overrides, and its newest checkpoint."""
+    if not resume:
+        cfg = cfg or load_config(None, overrides)
+        return cfg, new_run_dir(cfg), None
+    run_dir, ckpt = resume_target(resume)
+    cfg = load_config([str(run_dir / "config.yaml")], overrides)
+    ckpt = ckpt or latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise CheckpointError(f"--resume {resume}: no checkpoint in {run_dir / CHECKPOINTS} (the run stopped before its first)")
+    return cfg, run_dir, ckpt
 
 
-def resume_target(path: str) -> tuple[Path, Path | None]:
-    """`--resume` takes a run folder (its newest checkpoint) or one checkpoint folder in it
-    (runs/<run>/checkpoints/iter_NNNNNN: resume from that one, e.g. when the newest is damaged).
-    Returns (run folder, the named checkpoint or None)."""
-    p = Path(path)
-    if p.parent.name == CHECKPOINTS and (p.parent.parent / "config.yaml").is_file():
-        if not p.is_dir():
-            raise CheckpointError(f"--resume {path}: no such checkpoint folder; the run's checkpoints: "
-                                  + ", ".join(sorted(c.name for c in p.parent.glob("iter_*"))))
-        return p.parent.parent, p
-    if not (p / "config.yaml").is_file():
-        raise FileNotFoundError(f"--resume {path}: no config.yaml there; give a run folder (runs/<run>) or one of its "
-                                "checkpoints (runs/<run>/checkpoints/iter_NNNNNN)")
-    return p, None
+# ----------------------------------------------------------------------------------------------
+# A training run's set-up, step by step
 
 
-def check_checkpoint(ckpt: Path, cfg: TrainConfig) -> dict:
-    """Check a checkpoint before any actor starts and return its trainer state. Every problem is a
-    CheckpointError naming the file, and how to resume from an older complete checkpoint."""
-    from repirl_ray.learners.common import checkpoint_files
+class RunSetup:
+    """`repirl train`'s set-up, in order: checks, data, run folder, supervised stage, Ray, actors,
+    and on resume the checkpoint. Nothing starts before every check has passed; a step that fails
+    stops whatever started (actors, a Ray this process started) and raises.
 
-    older = sorted(p.name for p in ckpt.parent.glob("iter_*") if p.is_dir() and p.name < ckpt.name)
-    hint = (f"; resume from an older complete checkpoint with `repirl train --resume {ckpt.parent / older[-1]}`"
-            if older else "; no older checkpoint is left in this run")
-    state_path = ckpt / TRAINER_STATE
-    try:
-        state = json.loads(state_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {ckpt} is incomplete: {state_path} is missing{hint}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"checkpoint {ckpt} is damaged: {state_path} is not valid JSON ({err}){hint}") from None
-    for key in ("iteration", "data", "history"):
-        if key not in state:
-            raise CheckpointError(f"checkpoint {ckpt} is damaged: {state_path} has no '{key}'{hint}")
-    roles = {"policy": cfg.policy.num_workers}
-    if has_prm_learner(cfg):
-        roles["prm"] = cfg.prm.num_workers
-    for role, ranks in roles.items():
-        saved = int(state.get("ranks", {}).get(role, 1))
-        if saved != ranks:
-            raise CheckpointError(
-                f"checkpoint {ckpt}: {state_path} says the {role} learner was saved by {saved} rank(s), but "
-                f"{role}.num_workers is {ranks}; resume with {role}.num_workers={saved}"
-            )
-        for rel in checkpoint_files(ranks) + (["prm.json"] if role == "prm" else []):
-            f = ckpt / role / rel
-            if not f.is_file() or f.stat().st_size == 0:
-                raise CheckpointError(f"checkpoint {ckpt} is incomplete: {f} is missing or empty{hint}")
-    return state
+    What the loop runs with is left here: paths, problems and prompt streams, the metrics logger
+    and memory monitor, the rollout group and learner groups, `history` (the supervised stage's
+    numbers), and on resume the checkpoint's trainer state (`resumed`) and the batch it sampled
+    ahead (`pending`).
 
+    rollout: rollout workers to reuse (started by an earlier run with the same rollout section
+    and task); they start again from this run's policy, and outlive it."""
 
-def machine_info() -> dict:
-    import torch
+    def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume_from: Path | None = None, rollout=None,
+                 log_fn=print):
+        self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log_fn
+        self.given_rollout = rollout
+        self.history: dict = {}
+        self.resumed: dict | None = None
+        self.pending = None
+        self.policy_version = 0  # of the weights the rollout workers hold
+        self.rollout = self.policy = self.prm = None
+        self.started_ray = self.joined_ray = False
+        try:
+            self._setup_checks(resume_from)
+            self._setup_data()
+            self._setup_run_folder()
+            self._setup_supervised_stage()
+            self._setup_ray()
+            self._setup_actors()
+            if resume_from is not None:
+                self._setup_resume(resume_from)
+        except BaseException:
+            self.shutdown()  # whatever started: actors, and a Ray this process started
+            raise
 
-    return {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
+    def _setup_checks(self, resume_from: Path | None) -> None:
+        """Paths the user gave, the checkpoint to resume from, and whether the roles fit on the
+        cluster: each a one-line error before any actor (or the world's warm-up) starts."""
+        cfg = self.cfg
+        check_given_paths(cfg)
+        if cfg.prm.kind == "oracle":
+            if type(build_task(cfg.data.task, **task_kwargs(cfg))).step_labels is Task.step_labels:
+                raise ConfigError(
+                    f"config key 'prm.kind': oracle rewards steps from the task's step labels, and the {cfg.data.task} "
+                    "task has none; use a task that labels steps (data.task=arithmetic) or a learned PRM"
+                )
+        self._given_data = read_given_data(cfg)  # rows and demos, before the world and Ray
+        self.resumed = check_checkpoint(resume_from, cfg) if resume_from is not None else None
+        self.joined_ray = bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+        if self.joined_ray:
+            init_ray(cfg, self.log)  # joining is cheap, and the cluster's nodes are what must fit
+            check_cluster_fits(cfg)
+        else:
+            import torch  # only for the GPU count: the learners load torch anyway
+
+            node = {"CPU": float(cfg.ray.num_cpus or os.cpu_count() or 1)}
+            if torch.cuda.is_available():
+                node["GPU"] = float(torch.cuda.device_count())
+            check_fits(role_demands(cfg), [node], {"policy": cfg.policy.placement == "pack", "prm": cfg.prm.placement == "pack"})
+
+    def _setup_data(self) -> None:
+        cfg = self.cfg
+        self.paths = resolve_paths(cfg, self.log)  # builds the world first when needed
+        # Prompt lengths as the workers will encode them: a too-long prompt stops the run here.
+        data, self.data_reports = load_run_data(cfg, self.paths, self._given_data, self.log)
+        # data.max_demos_per_problem: the demos the IRL step and the supervised stage see.
+        self.train_problems, dropped = limit_demos(data["train"], cfg.data.max_demos_per_problem)
+        if dropped:
+            self.log(f"data.max_demos_per_problem={cfg.data.max_demos_per_problem}: left out {dropped} expert demos of the training problems")
+        self.eval_problems = data["eval"][: cfg.eval.num_prompts]
+        self.hard_problems = data["hard_eval"][: cfg.eval.num_prompts]
+        self.stream = PromptStream(self.train_problems, cfg.data.prompts_per_iteration, seed=cfg.seed, shuffle=cfg.data.shuffle)
+        # A curriculum's first stage (data.curriculum_iterations batches), its own seeded stream.
+        self.curriculum_stream = None
+        if cfg.data.curriculum_iterations:
+            curriculum, _ = limit_demos(data["curriculum"], cfg.data.max_demos_per_problem)
+            self.curriculum_stream = PromptStream(curriculum, cfg.data.prompts_per_iteration, seed=cfg.seed, shuffle=cfg.data.shuffle)
+
+    def _setup_run_folder(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.run_dir / "config.yaml")  # the resolved config, as this run uses it
+        atomic_write_json(self.run_dir / "data_report.json", self.data_reports)
+        self.metrics = MetricsLogger(self.run_dir)
+
+    def _setup_supervised_stage(self) -> None:
+        """Behaviour cloning on the training problems' expert demos (a Ray Train job); its result
+        is the starting policy. A resumed run finds it already in the run folder."""
+        cfg = self.cfg
+        if cfg.sft.steps > 0:
+            out = self.run_dir / "sft_policy"
+            if not (out / "config.json").is_file():
+                task = build_task(cfg.data.task, **task_kwargs(cfg))
+                pairs = [(task.format_prompt(p), demo) for p in self.train_problems for demo in p.demos]
+                tmp = self.run_dir / ".tmp-sft_policy"
+                job = SupervisedJob(
+                    init_dir=self.paths.policy, out_dir=str(tmp), pairs=pairs, steps=cfg.sft.steps,
+                    batch_size=cfg.sft.batch_size, lr=cfg.sft.lr, seed=cfg.seed, threads=cfg.sft.num_threads,
+                    chat_template=cfg.data.chat_template, dtype=cfg.model.dtype, label="sft",
+                )
+                self.log(f"supervised stage: {cfg.sft.steps} steps x {cfg.sft.batch_size} on {len(pairs)} expert demos (Ray Train job)")
+                # On the policy learner's ranks and GPUs, when the config gives them.
+                metrics = run_supervised_job(job, self.run_dir, name="sft", num_workers=cfg.policy.num_workers,
+                                             num_cpus=cfg.sft.num_cpus, num_gpus=cfg.policy.num_gpus)
+                publish_dir(tmp, out)
+                self.history["sft"] = metrics
+                self.log(f"supervised stage done: loss {metrics['loss']:.3f}, {metrics['wall_s']:.0f} s -> {out}")
+            self.paths.policy = str(out)
+        atomic_write_json(self.run_dir / "paths.json", dataclasses.asdict(self.paths))
+
+    def _setup_ray(self) -> None:
+        # A private Ray starts after the one-shot jobs above, which ran in a Ray of their own.
+        self.started_ray = init_ray(self.cfg, self.log)
+        self.memory = MemoryMonitor(whole_node=not self.started_ray)
+
+    def _setup_actors(self) -> None:
+        """The rollout workers first (the base evaluation needs them); the learners start while
+        they load, and the first call to a learner group waits for it."""
+        cfg, paths = self.cfg, self.paths
+        t0 = time.time()
+        common = dict(dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
+        learner_common = dict(common, compute_dtype=cfg.model.compute_dtype, seed=cfg.seed)
+        worker_kwargs = dict(chat_template=cfg.data.chat_template, max_prompt_tokens=cfg.data.max_prompt_tokens,
+                             task_kwargs=task_kwargs(cfg), **common)
+        if self.given_rollout is not None:
+            given = self.given_rollout
+            same = {k: v for k, v in given.worker_kwargs.items() if k != "seed"} == worker_kwargs
+            if given.cfg != cfg.rollout or given.task_name != cfg.data.task or not same:
+                raise ValueError("rollout workers can be reused only by a run with the same rollout section, task, "
+                                 "prompt encoding and dtype")
+            self.rollout = given
+            self.rollout.on_event = self._event
+            self.rollout.reset(paths.policy, cfg.model.dtype)
+        else:
+            self.rollout = RolloutGroup(cfg.rollout, paths.policy, cfg.data.task, on_event=self._event, wait=False,
+                                        seed=cfg.seed, **worker_kwargs)
+        self.policy = PolicyLearnerGroup(
+            cfg.policy, paths.policy, advantage=cfg.advantage, samples_per_prompt=cfg.rollout.samples_per_prompt,
+            temperature=cfg.rollout.temperature, ref_path=paths.ref, oracle_process_reward=cfg.prm.kind == "oracle",
+            **learner_common,
+        )
+        if has_prm_learner(cfg):
+            self.prm = PRMLearnerGroup(cfg.prm, cfg.irl, paths.prm, ref_path=paths.ref, **learner_common)
+        self.rollout.wait_ready()
+        self.log(f"rollout workers ready in {time.time() - t0:.1f} s: {cfg.rollout.num_workers} x vLLM; learners "
+                 f"starting: policy x {cfg.policy.num_workers}" + (f", PRM ({cfg.prm.kind}) x {cfg.prm.num_workers}" if self.prm else ""))
+
+    def _event(self, kind: str, info: dict) -> None:
+        """What the rollout group reports during set-up (a worker replaced), recorded as the loop
+        records it, under the iteration the loop starts from; the loop then takes this over."""
+        self.log(f"event: {kind} {info}")
+        self.metrics.event(int((self.resumed or {}).get("iteration", 0)), kind, info)
+
+    def _setup_resume(self, ckpt: Path) -> None:
+        """From a checkpoint that check_checkpoint has passed: the learners' weights, optimizer
+        shards and RNGs, the prompt streams' positions, (pipelined) the batch sampled ahead, and
+        the policy's weights in the rollout workers; records of iterations after it are dropped,
+        as they run again. The loop takes its own position from `resumed`."""
+        state = self.resumed
+        self.pending = load_checkpoint(ckpt, state, policy=self.policy, prm=self.prm, rollout=self.rollout)
+        self.stream.load_state(state["data"])
+        if self.curriculum_stream is not None and state.get("curriculum_data"):
+            self.curriculum_stream.load_state(state["curriculum_data"])
+        self.metrics.truncate_after(int(state["iteration"]))
+        # The rollout workers start from the checkpoint's policy (pipelined: behind the batch sampled ahead).
+        self.policy_version = self.policy.push_weights(self.rollout, wait=not self.cfg.pipeline.off_policy_steps)
+        self.log(f"resumed from {ckpt} at iteration {state['iteration']}")
+
+    def shutdown(self, keep_rollout: bool = False) -> None:
+        """Stop the actors (and a Ray this process started). keep_rollout: leave the rollout
+        workers running for another run to reuse (they were given to this one, or it was asked)."""
+        keep = keep_rollout or self.given_rollout is not None
+        for group in (self.rollout, self.policy, self.prm):
+            if group is not None and not (keep and group is self.rollout):
+                group.shutdown()
+        stop_ray(self.started_ray, self.joined_ray)

@@ -58,12 +58,13 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 import ray
 
 from repirl_ray import evaluation
+from repirl_ray.actors.common import sum_bundles
+from repirl_ray.checkpoints import latest_checkpoint
 from repirl_ray.config import ConfigError, TrainConfig, load_config
 from repirl_ray.driver import train
 from repirl_ray.run_setup import (
     check_given_paths,
     init_ray,
-    latest_checkpoint,
     read_given_data,
     resolve_paths,
     role_demands,
@@ -304,14 +305,6 @@ def trial_bundles(cfg: TrainConfig) -> list[dict[str, float]]:
     return [dict(b) for bundles in role_demands(cfg).values() for b in bundles]
 
 
-def _sum_bundles(bundles: list[dict[str, float]]) -> dict[str, float]:
-    total: dict[str, float] = {}
-    for b in bundles:
-        for k, v in b.items():
-            total[k] = total.get(k, 0.0) + v
-    return total
-
-
 # ------------------------------------------------------------------------------------------------
 # One trial (runs inside a Tune trial; no Tune import, so it also runs in a plain process)
 # ------------------------------------------------------------------------------------------------
@@ -413,7 +406,7 @@ def _check_fits(trials: list[Trial], configs: list[TrainConfig]) -> None:
     """On a local Ray, a trial that asks for more than the whole machine would wait forever."""
     available = ray.cluster_resources()
     for trial, cfg in zip(trials, configs):
-        need = _sum_bundles(trial_bundles(cfg))
+        need = sum_bundles(trial_bundles(cfg))
         short = {k: v for k, v in need.items() if v > available.get(k, 0.0) + 1e-9}
         if short:
             raise ConfigError(

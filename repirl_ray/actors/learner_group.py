@@ -1,7 +1,8 @@
 """Learner groups: the policy learner and the PRM learner as N ranks each (DESIGN.md section 5).
 
 A group is what the driver talks to: `update`, `score`, `weights`, `save`, `load`, as it talks to
-the RolloutGroup. With Ray, the group creates one placement group of N bundles (STRICT_PACK on
+the RolloutGroup (rollout_group.py, the same shape: bundles from common.py, `wait_ready`/`pids`,
+a local mode). With Ray, the group creates one placement group of N bundles (STRICT_PACK on
 one node by default, SPREAD by `<role>.placement`), one actor per bundle, and hands every rank
 the address of rank 0 so the learners join one torch.distributed group (gloo on CPU, nccl on
 GPU) and shard their model with FSDP2. Every learner method is collective: the group calls it on
@@ -25,7 +26,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from repirl_ray.actors.roles import actor_env, warn_missing_resources
+from repirl_ray.actors.common import actor_bundle, actor_env, wait_all, warn_missing_resources
 from repirl_ray.config import IRLConfig, PolicyConfig, PRMConfig, parse_cores
 from repirl_ray.learners.policy import PolicyLearner
 from repirl_ray.learners.prm import PRMLearner
@@ -75,9 +76,7 @@ class LearnerGroup:
             self.ranks = [cls(*args, **kwargs)]
             return
         warn_missing_resources(role, cfg.resources)
-        bundle = {"CPU": float(cfg.num_cpus), **{k: float(v) for k, v in cfg.resources.items()}}
-        if cfg.num_gpus:
-            bundle["GPU"] = float(cfg.num_gpus)
+        bundle = actor_bundle(cfg)
         strategy = "STRICT_PACK" if cfg.placement == "pack" else "SPREAD"
         parent = ray.util.get_current_placement_group()
         if parent is not None:
@@ -132,12 +131,8 @@ class LearnerGroup:
     def _wait(self, refs: list) -> list:
         """ray.get of every rank's result, failing fast: a dead rank would leave the others blocked
         in a collective, so the first error kills the group."""
-        pending = list(refs)
         try:
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                ray.get(ready)
-            return ray.get(refs)
+            return wait_all(refs)
         except RayActorError as err:
             self.shutdown()
             raise LearnerDied(self.role, err) from err
@@ -174,6 +169,11 @@ class LearnerGroup:
             return [os.getpid()]
         return self._wait([a.ping.remote() for a in self.ranks])
 
+    def wait_ready(self) -> None:
+        """Wait until every rank has started (its model loaded); a rank that failed to start
+        stops the group here. Without it, the group's first call waits."""
+        self.pids()
+
     def shutdown(self) -> None:
         if self.local:
             return
@@ -202,6 +202,15 @@ class PolicyLearnerGroup(LearnerGroup):
         """(the weights for the rollout workers, as one ObjectRef, or the value in-process; version)."""
         return self.call_two("weights")
 
+    def push_weights(self, rollout, *, wait: bool = True) -> int:
+        """The policy's weights to every rollout worker (one object in the store, the same ref for
+        all); returns their version. The version is read first, so a dead policy learner stops
+        the run here instead of looking like a failure of the rollout workers that wait for its
+        weights. wait=False (pipelined loop): the push queues behind the batch being sampled."""
+        weights, version = self.weights()
+        rollout.load_weights(weights, int(version), wait=wait)
+        return int(version)
+
 
 class PRMLearnerGroup(LearnerGroup):
     def __init__(self, cfg: PRMConfig, irl: IRLConfig, model_path: str, *, local: bool = False, **kwargs):
@@ -215,3 +224,8 @@ class PRMLearnerGroup(LearnerGroup):
         """(token rewards [B, T] of the kept rollouts, as an ObjectRef for the policy learner, or
         the array in-process; scoring statistics such as the step AUROC)."""
         return self.call_two("score", keep_prompts, *rollouts)
+
+    def score_fetched(self, keep_prompts, rollouts: list) -> tuple[object, dict]:
+        """score, with the token rewards [B, T] read into this process (`repirl eval`, `bon`)."""
+        rewards, stats = self.score(keep_prompts, rollouts)
+        return (rewards if self.local else ray.get(rewards)), stats

@@ -10,7 +10,7 @@ import ray
 
 from repirl_ray.config import load_config
 from repirl_ray.driver import Trainer
-from repirl_ray.run_setup import latest_checkpoint
+from repirl_ray.checkpoints import latest_checkpoint
 from tests.conftest import TINY_RUN, TINY_WORLD, overrides
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ import ray
 
 from repirl_ray.config import load_config
 from repirl_ray.driver import LearnerFailure, Trainer, train
-from repirl_ray.run_setup import latest_checkpoint
+from repirl_ray.checkpoints import latest_checkpoint
 from tests.conftest import TINY_RUN, TINY_WORLD, overrides
 from tests.helpers import assert_same_iterations, events, kill_when, logged, train_records
 

@@ -71,7 +71,7 @@ def run_two_iterations(run_dir, **extra):
     trainer = Trainer(cfg, run_dir, log_fn=log)
     try:
         summary = trainer.train()
-        train_problems = trainer.train_problems
+        train_problems = trainer.setup.train_problems
     finally:
         trainer.shutdown()
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -133,12 +133,12 @@ def byte_model_dir(tmp_path_factory):
     (["data.fields.demos=none"], "2 of 2 problems have no expert demo (first ids: '0', '1')"),
 ])
 def test_train_stops_on_unusable_data_before_ray_starts(capsys, monkeypatch, tmp_path, byte_model_dir, extra, message):
-    import repirl_ray.driver
+    import repirl_ray.run_setup
 
     def no_ray(*args, **kwargs):  # the test session may hold a Ray already: catch the call itself
         raise AssertionError("Ray was started before the data checks stopped the run")
 
-    monkeypatch.setattr(repirl_ray.driver, "init_ray", no_ray)
+    monkeypatch.setattr(repirl_ray.run_setup, "init_ray", no_ray)
     data = write_jsonl(tmp_path / "gsm8k.jsonl", GSM8K_ROWS)
     code = main(["train", f"model.policy_path={byte_model_dir}", "data.task=math", "data.format=gsm8k",
                  f"data.train_path={data}", f"data.eval_path={data}", f"run_dir={tmp_path / 'run'}", *extra])

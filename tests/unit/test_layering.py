@@ -1,6 +1,7 @@
 """The import direction of DESIGN.md section 2: the learners, models, tasks and math run without
 Ray or vLLM (checked in fresh interpreters); the package's own import graph, read from the
-source (imports inside functions included), has no cycle and no import against LAYERS."""
+source (imports inside functions included), has no cycle and no import against LAYERS; Ray is
+called only in actors/, run_setup.py, cli.py and sweep.py; the driver stays the loop."""
 
 import ast
 import subprocess
@@ -46,7 +47,7 @@ LAYERS = [
     ("models",),
     ("rollout", "learners"),
     ("actors",),
-    ("world", "run_setup", "evaluation"),
+    ("world", "run_setup", "evaluation", "checkpoints"),
     ("driver", "assess"),
     ("sweep",),
     ("cli",),
@@ -167,3 +168,44 @@ def test_the_checks_see_a_cycle_and_a_back_arrow_inside_a_function(tmp_path):
     graph = import_graph(pkg)
     assert cycles(graph) == [["repirl_ray.tasks.a", "repirl_ray.tasks.b"]]
     assert back_arrows(graph) == ["repirl_ray.tasks.c (layer 3) imports repirl_ray.models.m (layer 6)"]
+
+
+# Where Ray is called: the groups in actors/ (which create the actors), run set-up (Ray itself),
+# the CLI and the sweep (Tune). The loop, evaluation and checkpoints only call the groups.
+RAY_HOMES = ("actors/", "run_setup.py", "cli.py", "sweep.py")
+
+
+def ray_calls(source: str) -> list[str]:
+    """`line: call` of every `.remote(...)`, `ray.get/put/wait(...)` (or get/put/wait imported
+    from ray) in a module's source."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module == "ray":
+            out += [f"{node.lineno}: from ray import {a.name}" for a in node.names if a.name in ("get", "put", "wait")]
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            f = node.func
+            if f.attr == "remote" or (f.attr in ("get", "put", "wait") and isinstance(f.value, ast.Name) and f.value.id == "ray"):
+                out.append(f"{node.lineno}: {ast.unparse(f)}(...)")
+    return out
+
+
+def test_the_ray_call_finder_finds_them_and_nothing_else():
+    source = "a = ray.get(ref)\nb = w.ping.remote()\nc = f.options(num_returns=2).remote(1)\nd = {}.get('k')\nstore.put(1)\n"
+    assert ray_calls(source) == ["1: ray.get(...)", "2: w.ping.remote(...)", "3: f.options(num_returns=2).remote(...)"]
+    assert ray_calls("from ray import get, util\n") == ["1: from ray import get"]
+
+
+def test_ray_is_called_only_in_the_actors_run_setup_cli_and_sweep():
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if not rel.startswith(RAY_HOMES):
+            calls = ray_calls(path.read_text())
+            if calls:
+                found[rel] = calls
+    assert not found, f"Ray calls outside {RAY_HOMES}: move them into a group in actors/: {found}"
+
+
+def test_the_driver_is_the_loop_and_its_schedule():
+    lines = len((PACKAGE / "driver.py").read_text().splitlines())
+    assert lines <= 250, f"repirl_ray/driver.py has {lines} lines (at most 250): set-up, evaluation, checkpoints have their homes"

@@ -7,14 +7,8 @@ import pytest
 
 from repirl_ray.config import ConfigError, load_config
 from repirl_ray.learners.common import checkpoint_files
-from repirl_ray.run_setup import (
-    CheckpointError,
-    check_checkpoint,
-    check_fits,
-    new_run_dir,
-    resume_target,
-    role_demands,
-)
+from repirl_ray.checkpoints import CheckpointError, check_checkpoint, resume_target
+from repirl_ray.run_setup import check_fits, new_run_dir, role_demands
 
 
 def test_default_roles_fit_on_two_cores():

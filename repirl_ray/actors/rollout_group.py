@@ -1,60 +1,35 @@
-"""The rollout workers as Ray actors (the RolloutGroup), and what every role's actors share:
-their environment and the check for custom resources no node offers. The learner groups are in
-learner_group.py.
+"""The rollout workers as one group, beside the learner groups (learner_group.py) and shaped like
+them: actors created here with `ray.remote(RolloutWorker)` and the role's bundle (common.py), the
+same readiness handshake (`wait_ready`, `pids`), and a local mode (`local=True`) that holds one
+plain RolloutWorker in this process and calls it directly, so a unit test runs the group with a
+fake engine and no Ray.
 
-The plain classes (RolloutWorker, PolicyLearner, PRMLearner) carry no Ray decorator: `ray.remote`
-is applied where they are created, so the same classes run in-process in tests. Every actor gets
-an explicit fractional num_cpus: on a small machine an actor asking for a whole CPU when none is
-free waits forever, silently.
+The group shards prompts across the workers, pushes weights to all of them, replaces a worker
+that dies (its shard is generated again with the same seeds and the same weights version, so no
+sample changes), and writes and reads a sampled batch as files (the pipelined loop's batch
+sampled ahead, kept in a checkpoint).
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import ray
 from ray.exceptions import RayActorError
 
+from repirl_ray.actors.common import actor_bundle, actor_env, log, wait_all, warn_missing_resources
+from repirl_ray.batch import Rollouts, load_rollouts, save_rollouts
 from repirl_ray.config import RolloutConfig, parse_cores
 from repirl_ray.rollout.worker import RolloutWorker
 from repirl_ray.tasks.base import Problem
+from repirl_ray.utils import atomic_write_json
 
-log = logging.getLogger("repirl")
-
-# Quiet libraries in every actor: the driver prints one line per iteration.
-QUIET_ENV = {
-    "VLLM_LOGGING_LEVEL": "ERROR",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "TOKENIZERS_PARALLELISM": "false",
-    "TORCH_CPP_LOG_LEVEL": "ERROR",
-    "PYTHONWARNINGS": "ignore",
-    "TQDM_DISABLE": "1",
-}
-
-
-def actor_env(extra: dict[str, str] | None = None) -> dict:
-    env = dict(QUIET_ENV)
-    for key in ("HF_HUB_OFFLINE", "HF_HOME", "REPIRL_CACHE"):
-        if key in os.environ:
-            env[key] = os.environ[key]
-    env.update(extra or {})
-    return {"env_vars": env}
-
-
-def warn_missing_resources(role: str, resources: dict) -> None:
-    """An actor that asks for a custom resource no node offers waits silently; say so."""
-    if not resources:
-        return
-    available = ray.cluster_resources()
-    missing = [k for k in resources if k not in available]
-    if missing:
-        log.warning(
-            "%s asks for resources %s that no node of this cluster offers yet: it will wait until an "
-            "autoscaler adds such a node (remove %s.resources.* on a cluster without them)", role, missing, role
-        )
+# Per-row fields of a rollout worker's summary, with their dtypes.
+ARRAY_FIELDS = {"outcome": np.float32, "format_ok": np.float32, "prompt_index": np.int64, "response_len": np.int32}
 
 
 def core_lists(num_workers: int, spec: str = "") -> list[str]:
@@ -73,8 +48,9 @@ def core_lists(num_workers: int, spec: str = "") -> list[str]:
 @dataclass
 class Sampled:
     """One batch sampled across the rollout workers: ObjectRefs of each worker's rollout shard and
-    demo shard (they go to the learners unopened), and the small per-shard summaries the driver
-    reads (outcomes per row, the policy version that sampled them)."""
+    demo shard (they go to the learners unopened; local mode: the shards themselves), and the
+    small per-shard summaries the driver reads (outcomes per row, the policy version that sampled
+    them)."""
 
     rollouts: list
     demos: list
@@ -96,25 +72,25 @@ class _Pending:
     kwargs: dict
     version: int  # the weights the workers hold when they reach this batch
     shards: list[tuple[int, int]]
-    refs: dict[int, tuple]  # shard -> (rollouts, demos, summary) refs
+    refs: dict[int, tuple]  # shard -> (rollouts, demos, summary) refs (local mode: values)
     demo_problems: list | None = None  # whose demos fill each slot (None: the slot's own problem)
 
 
 class RolloutGroup:
-    """The rollout workers: shards prompts across them, pushes weights to all of them, and
-    replaces a worker that dies (its shard is generated again with the same seeds and the same
-    weights version, so no sample changes).
+    """The rollout workers; see the module docstring.
 
     `submit` hands a batch to the workers and returns at once; `collect` waits for it. The serial
     loop calls both back to back (`generate`); the pipelined loop collects a batch, submits the
     next one and updates the learners while the workers sample it. A worker runs its calls in
-    order, so a weight push made while it samples takes effect from its next batch on."""
+    order, so a weight push made while it samples takes effect from its next batch on. In local
+    mode `submit` samples before it returns."""
 
     def __init__(self, cfg: RolloutConfig, model_path: str, task_name: str, *, on_event=None, wait: bool = True,
-                 **worker_kwargs):
+                 local: bool = False, **worker_kwargs):
         self.cfg = cfg
         self.model_path = model_path
         self.task_name = task_name
+        self.local = local
         self.worker_kwargs = worker_kwargs
         self.on_event = on_event or (lambda kind, info: log.warning("%s: %s", kind, info))
         # Pushed weights by version, for replacements: the newest, and the one an in-flight batch
@@ -123,25 +99,50 @@ class RolloutGroup:
         self.version = 0
         self.replacements = 0
         self._loading: list = []  # weight pushes not waited for (pipelined loop)
-        warn_missing_resources("rollout", cfg.resources)
-        self.workers = [self._start(i) for i in range(cfg.num_workers)]
+        if local:
+            self.workers = [RolloutWorker(cfg, model_path, task_name, **worker_kwargs)]
+        else:
+            warn_missing_resources("rollout", cfg.resources)
+            self.workers = [self._start(i) for i in range(cfg.num_workers)]
         if wait:
             self.wait_ready()
 
-    def wait_ready(self) -> None:
-        ray.get([w.ping.remote() for w in self.workers])
-
+    # ------------------------------------------------------------------------------------------
+    # The workers: started, called, waited for, replaced
     def _start(self, index: int):
         env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
         if self.cfg.num_gpus == 0:
             env["VLLM_CPU_OMP_THREADS_BIND"] = core_lists(self.cfg.num_workers, self.cfg.cores)[index] if self.cfg.bind_cores else "nobind"
+        bundle = actor_bundle(self.cfg)
         actor = ray.remote(RolloutWorker).options(
-            num_cpus=self.cfg.num_cpus,
-            num_gpus=self.cfg.num_gpus,
-            resources=dict(self.cfg.resources) or None,
+            num_cpus=bundle.pop("CPU"),
+            num_gpus=bundle.pop("GPU", 0),
+            resources=bundle or None,
             runtime_env=actor_env(env),
         )
         return actor.remote(self.cfg, self.model_path, self.task_name, **self.worker_kwargs)
+
+    def _call(self, worker, method: str, *args, num_returns: int = 1, **kwargs):
+        """worker.method(...): a Ray call that returns its ObjectRef(s) at once, or in local mode
+        the call itself."""
+        if self.local:
+            return getattr(worker, method)(*args, **kwargs)
+        fn = getattr(worker, method)
+        return (fn.options(num_returns=num_returns) if num_returns != 1 else fn).remote(*args, **kwargs)
+
+    def _get(self, refs):
+        return refs if self.local else ray.get(refs)
+
+    def pids(self) -> list[int]:
+        """Process id of every worker (tests kill workers by it); also waits until all are up."""
+        if self.local:
+            return [os.getpid()]
+        return wait_all([w.ping.remote() for w in self.workers])
+
+    def wait_ready(self) -> None:
+        """Wait until every worker has started (its engine loaded); a worker that failed to start
+        raises here, without waiting for the others."""
+        self.pids()
 
     def _replace(self, index: int, reason: str, version: int) -> None:
         """A new worker in place of a dead one, holding the weights of `version`."""
@@ -156,6 +157,8 @@ class RolloutGroup:
         if self.weights.get(version) is not None:
             ray.get(self.workers[index].load_weights.remote(self.weights[version], version))
 
+    # ------------------------------------------------------------------------------------------
+    # Sampling
     def shards(self, n: int) -> list[tuple[int, int]]:
         bounds = np.linspace(0, n, len(self.workers) + 1).round().astype(int)
         return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -163,9 +166,8 @@ class RolloutGroup:
     def _submit_shard(self, pending: _Pending, j: int) -> None:
         a, b = pending.shards[j]
         demo_problems = pending.demo_problems[a:b] if pending.demo_problems is not None else None
-        pending.refs[j] = tuple(self.workers[j].generate.options(num_returns=3).remote(
-            pending.problems[a:b], list(range(a, b)), **pending.kwargs, demo_problems=demo_problems
-        ))
+        pending.refs[j] = tuple(self._call(self.workers[j], "generate", pending.problems[a:b], list(range(a, b)),
+                                           **pending.kwargs, demo_problems=demo_problems, num_returns=3))
 
     def submit(self, problems: list[Problem], *, n: int, temperature: float, seed: int, with_demos: bool,
                demo_problems: list[Problem] | None = None) -> _Pending:
@@ -191,7 +193,7 @@ class RolloutGroup:
             for j in todo:
                 refs = pending.refs[j]
                 try:
-                    results[j] = (refs[0], refs[1], ray.get(refs[2]))
+                    results[j] = (refs[0], refs[1], self._get(refs[2]))
                 except RayActorError as err:
                     if attempts[j] >= max_attempts:
                         raise
@@ -209,19 +211,21 @@ class RolloutGroup:
         """Sample n responses per problem across the workers and wait for them."""
         return self.collect(self.submit(problems, n=n, temperature=temperature, seed=seed, with_demos=with_demos))
 
+    # ------------------------------------------------------------------------------------------
+    # Weights
     def load_weights(self, weights_ref, version: int, *, wait: bool = True) -> None:
         """Push new weights to every worker (one object in the store, the same ref for all). With
         wait=False the push queues behind the batch a worker is sampling (pipelined loop)."""
         self.weights = {v: w for v, w in self.weights.items() if v >= self.version or v == 0}
         self.weights[version] = weights_ref
         self.version = version
-        refs = [w.load_weights.remote(weights_ref, version) for w in self.workers]
+        refs = [self._call(w, "load_weights", weights_ref, version) for w in self.workers]
         if not wait:
             self._loading = list(enumerate(refs))
             return
         for i, ref in enumerate(refs):
             try:
-                ray.get(ref)
+                self._get(ref)
             except RayActorError as err:
                 self._replace(i, f"died while loading weights: {type(err).__name__}", version)
 
@@ -239,13 +243,13 @@ class RolloutGroup:
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"{weights} not found: reusing rollout engines needs a single-file HF checkpoint")
         self._finish_loads()
-        ref = ray.put(weight_buckets(load_file(weights), DTYPES[dtype]))
+        ref = self.put(weight_buckets(load_file(weights), DTYPES[dtype]))
         self.model_path = model_path  # a replacement worker starts from it
         self.weights = {0: ref}
         self.version = 0
-        for i, load in enumerate([w.load_weights.remote(ref, 0) for w in self.workers]):
+        for i, load in enumerate([self._call(w, "load_weights", ref, 0) for w in self.workers]):
             try:
-                ray.get(load)
+                self._get(load)
             except RayActorError as err:
                 self._replace(i, f"died while loading weights: {type(err).__name__}", 0)
 
@@ -255,11 +259,43 @@ class RolloutGroup:
         loading, self._loading = self._loading, []
         for _, ref in loading:
             try:
-                ray.get(ref)
+                self._get(ref)
             except RayActorError:
                 pass
 
+    # ------------------------------------------------------------------------------------------
+    # Batches in the object store and in files
+    def put(self, batch):
+        """A batch into the object store once, for several calls (local mode: the batch itself)."""
+        return batch if self.local else ray.put(batch)
+
+    def gather(self, parts: list) -> Rollouts:
+        """The rollouts of the workers' shards (ObjectRefs, or values in local mode), merged here."""
+        return Rollouts.gather(None, self._get(list(parts)))[0]
+
+    def save_sampled(self, batch: Sampled, out_dir: Path) -> None:
+        """A sampled batch as files: its rollout and demo shards merged, and its summary."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rollouts, demos = Rollouts.gather(None, self._get(batch.rollouts) + self._get(batch.demos))
+        save_rollouts(rollouts, out_dir / "rollouts.npz")
+        if demos is not None:
+            save_rollouts(demos, out_dir / "demos.npz")
+        summary = {k: (np.concatenate([s[k] for s in batch.summaries]).tolist() if k in ARRAY_FIELDS else
+                       [a for s in batch.summaries for a in s[k]] if k == "answers" else batch.summaries[0][k])
+                   for k in batch.summaries[0]}
+        atomic_write_json(out_dir / "summary.json", summary)
+
+    def load_sampled(self, in_dir: Path) -> Sampled:
+        """A batch written by save_sampled, its shards in the object store again (one of each)."""
+        summary = json.loads((in_dir / "summary.json").read_text())
+        for k, dtype in ARRAY_FIELDS.items():
+            summary[k] = np.asarray(summary[k], dtype)
+        demos = [self.put(load_rollouts(in_dir / "demos.npz"))] if (in_dir / "demos.npz").is_file() else [None]
+        return Sampled([self.put(load_rollouts(in_dir / "rollouts.npz"))], demos, [summary])
+
     def shutdown(self) -> None:
+        if self.local:
+            return
         for w in self.workers:
             try:
                 ray.kill(w)

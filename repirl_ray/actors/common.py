@@ -1,0 +1,79 @@
+"""What the rollout group and the learner groups share: the bundle of resources one actor of a
+role asks for (one builder, read by the groups, run_setup's feasibility check and sweep trials),
+the environment of every actor, the warning for custom resources no node offers, and the
+fail-fast wait for all of a group's actors.
+
+Every actor gets an explicit fractional num_cpus: on a small machine an actor asking for a whole
+CPU when none is free waits forever, silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+log = logging.getLogger("repirl")
+
+# Quiet libraries in every actor: the driver prints one line per iteration.
+QUIET_ENV = {
+    "VLLM_LOGGING_LEVEL": "ERROR",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+    "TORCH_CPP_LOG_LEVEL": "ERROR",
+    "PYTHONWARNINGS": "ignore",
+    "TQDM_DISABLE": "1",
+}
+
+
+def actor_env(extra: dict[str, str] | None = None) -> dict:
+    env = dict(QUIET_ENV)
+    for key in ("HF_HUB_OFFLINE", "HF_HOME", "REPIRL_CACHE"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    env.update(extra or {})
+    return {"env_vars": env}
+
+
+def actor_bundle(section) -> dict[str, float]:
+    """The resources one actor of a role asks for, as a placement-group bundle: CPU, the role's
+    custom resources, and GPU when it asks for any. section: the role's config (rollout, policy,
+    prm: num_cpus, num_gpus, resources)."""
+    out = {"CPU": float(section.num_cpus), **{k: float(v) for k, v in section.resources.items()}}
+    if section.num_gpus:
+        out["GPU"] = float(section.num_gpus)
+    return out
+
+
+def sum_bundles(bundles) -> dict[str, float]:
+    """Resources of several bundles (or nodes) together, key by key, in the order they come."""
+    total: dict[str, float] = {}
+    for b in bundles:
+        for k, v in b.items():
+            total[k] = total.get(k, 0.0) + v
+    return total
+
+
+def warn_missing_resources(role: str, resources: dict) -> None:
+    """An actor that asks for a custom resource no node offers waits silently; say so."""
+    if not resources:
+        return
+    available = ray.cluster_resources()
+    missing = [k for k in resources if k not in available]
+    if missing:
+        log.warning(
+            "%s asks for resources %s that no node of this cluster offers yet: it will wait until an "
+            "autoscaler adds such a node (remove %s.resources.* on a cluster without them)", role, missing, role
+        )
+
+
+def wait_all(refs: list) -> list:
+    """ray.get of every actor's result, failing fast: the first error is raised as soon as it
+    comes back, not after the slowest actor has answered (a dead rank would leave the others of a
+    collective blocked)."""
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        ray.get(ready)
+    return ray.get(refs)

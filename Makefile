@@ -47,7 +47,7 @@ world-asset: $(STAMP)
 	$(BIN)/repirl make-world --rebuild --export-asset
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=20 tests
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -40,7 +40,23 @@ def _group(tmp_path):
     return RolloutGroup(RolloutConfig(num_workers=2), str(tmp_path), "arithmetic", local=True, engine=engine), engine
 
 
-def test_local_group_samples_pushes_weights_and_starts_no_ray(tmp_path):
+def _no_ray(monkeypatch):
+    """Any Ray call fails the test: local mode must not touch Ray, whether or not an earlier test
+    in this process left a Ray session up."""
+
+    def refuse(name):
+        def call(*args, **kwargs):
+            raise AssertionError(f"local mode called ray.{name}")
+
+        return call
+
+    for name in ("init", "remote", "get", "put", "wait", "kill", "get_actor"):
+        monkeypatch.setattr(ray, name, refuse(name))
+
+
+def test_local_group_samples_pushes_weights_and_starts_no_ray(tmp_path, monkeypatch):
+    was_up = ray.is_initialized()
+    _no_ray(monkeypatch)
     group, engine = _group(tmp_path)
     assert group.pids() and len(group.workers) == 1  # local: one in-process worker, whatever num_workers says
     batch = group.generate([A, B, C], n=2, temperature=1.0, seed=0, with_demos=True)
@@ -54,7 +70,7 @@ def test_local_group_samples_pushes_weights_and_starts_no_ray(tmp_path):
     group.load_weights("weights-v3", 3, wait=False)
     pending = group.submit([A], n=1, temperature=1.0, seed=1, with_demos=False)
     assert group.collect(pending).version == 3 and engine.loaded == ["weights-v3"]
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == was_up
 
 
 def test_sampled_batch_survives_files(tmp_path):

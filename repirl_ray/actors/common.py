@@ -77,3 +77,12 @@ def wait_all(refs: list) -> list:
         ready, pending = ray.wait(pending, num_returns=1)
         ray.get(ready)
     return ray.get(refs)
+
+
+def kill_all(actors) -> None:
+    """Stop a group's actors; one that is already dead must not keep the others alive."""
+    for actor in actors:
+        try:
+            ray.kill(actor)
+        except Exception:
+            pass

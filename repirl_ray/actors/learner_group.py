@@ -26,7 +26,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from repirl_ray.actors.common import actor_bundle, actor_env, wait_all, warn_missing_resources
+from repirl_ray.actors.common import actor_bundle, actor_env, kill_all, wait_all, warn_missing_resources
 from repirl_ray.config import IRLConfig, PolicyConfig, PRMConfig, parse_cores
 from repirl_ray.learners.policy import PolicyLearner
 from repirl_ray.learners.prm import PRMLearner
@@ -177,11 +177,7 @@ class LearnerGroup:
     def shutdown(self) -> None:
         if self.local:
             return
-        for a in self.ranks:
-            try:
-                ray.kill(a)
-            except Exception:
-                pass
+        kill_all(self.ranks)
         if self.pg is not None:
             try:
                 remove_placement_group(self.pg)

@@ -21,7 +21,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError
 
-from repirl_ray.actors.common import actor_bundle, actor_env, log, wait_all, warn_missing_resources
+from repirl_ray.actors.common import actor_bundle, actor_env, kill_all, log, wait_all, warn_missing_resources
 from repirl_ray.batch import Rollouts, load_rollouts, save_rollouts
 from repirl_ray.config import RolloutConfig, parse_cores
 from repirl_ray.rollout.worker import RolloutWorker
@@ -296,8 +296,4 @@ class RolloutGroup:
     def shutdown(self) -> None:
         if self.local:
             return
-        for w in self.workers:
-            try:
-                ray.kill(w)
-            except Exception:
-                pass
+        kill_all(self.workers)

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
+from repirl_ray.evaluation import format_mean_std_cell
 
 
 def load(folders: list[str]) -> list[dict]:
@@ -38,14 +38,8 @@ def table(runs: list[dict]) -> str:
     cols = selectors + [f"{k} - majority" for k in selectors if k.startswith("prm_")]
     lines = ["| N | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for i, n in enumerate(runs[0]["n"]):
-        cells = []
-        for key in selectors:
-            v = np.array([r[key][i] for r in runs])
-            cells.append(f"{v.mean():.3f} +- {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}")
-        for key in selectors:
-            if key.startswith("prm_"):
-                d = np.array([r[key][i] - r["majority"][i] for r in runs])
-                cells.append(f"{d.mean():+.3f} +- {d.std(ddof=1) if len(d) > 1 else 0.0:.3f}")
+        cells = [format_mean_std_cell([r[key][i] for r in runs]) for key in selectors]
+        cells += [format_mean_std_cell([r[key][i] - r["majority"][i] for r in runs]) for key in selectors if key.startswith("prm_")]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import ray
+from omegaconf import OmegaConf
 
 from repirl_ray.config import load_config
 from repirl_ray.driver import Trainer
@@ -25,12 +26,24 @@ QUIET = dict(log_fn=lambda *_: None)
 ENGINES: dict = {}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def stop_shared_engines():
+    """The shared workers stop with this module, not with the session's Ray: later modules' actors
+    get their memory and cores."""
+    yield
+    if "shared" in ENGINES:
+        ENGINES.pop("shared").shutdown()
+
+
 def run_mode(mode, world_cache, run_dir, reuse=True, **extra):
     # The mode's own iteration count where it sets one (bc: 0), else the tiny run's 2.
     run = {k: v for k, v in TINY_RUN.items() if not (mode == "bc" and k == "iterations")}
-    cfg = load_config(str(ROOT / "configs" / "modes" / f"{mode}.yaml"),
-                      overrides(TINY_WORLD, run, **{"world.dir": str(world_cache), "rollout.num_workers": 1,
-                                                    "sft.steps": 10, "sft.batch_size": 8, **extra}))
+    path = str(ROOT / "configs" / "modes" / f"{mode}.yaml")
+    # A mode with a supervised stage (sft_rloo, bc) runs a short one; the others run none, as
+    # their configs say (each stage is a Ray Train job: ~15 s of start-up on 2 cores).
+    sft = {"sft.steps": 10, "sft.batch_size": 8} if OmegaConf.load(path).get("sft", {}).get("steps", 0) else {}
+    cfg = load_config(path, overrides(TINY_WORLD, run, **{"world.dir": str(world_cache), "rollout.num_workers": 1,
+                                                           **sft, **extra}))
     run_dir.mkdir(parents=True)
     trainer = Trainer(cfg, run_dir, rollout=ENGINES.get("shared") if reuse else None, **QUIET)
     if reuse:

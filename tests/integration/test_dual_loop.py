@@ -52,9 +52,15 @@ def test_two_iterations_change_every_parameter(ray_session, world_cache, tmp_pat
     assert [r["rollout/policy_version"] for r in train_records] == [0, 1]
 
     assert summary["iterations"] == 2
-    # The metric is computed, not just present: a step AUROC of the PRM on the fixed eval set.
-    assert 0.0 <= summary["step_auroc"] <= 1.0
-    assert 0.0 <= summary["step_auroc_prefix_min"] <= 1.0
+    # The PRM's step AUROC on the fixed held-out set, before and after: the implicit PRM starts as
+    # the reference model (every token reward 0, all steps tied: exactly 0.5), and two updates at
+    # lr 1e-2 untie them. The summary holds the last evaluation's numbers.
+    assert summary["base_step_auroc"] == 0.5
+    assert 0.0 < summary["step_auroc"] < 1.0 and summary["step_auroc"] != 0.5
+    last_eval = [r for r in records if "eval/step_auroc" in r][-1]
+    assert last_eval["iteration"] == 2
+    assert (last_eval["eval/step_auroc"], last_eval["eval/step_auroc_prefix_min"]) == (
+        summary["step_auroc"], summary["step_auroc_prefix_min"])
     for key in ("base_accuracy", "final_accuracy", "step_auroc", "wall_s", "peak_rss_gib",
                 "base_greedy_accuracy", "final_greedy_accuracy"):
         assert key in summary

@@ -1,7 +1,7 @@
 """Resume and failures, with real actors: a run continued from its checkpoint equals an
-uninterrupted one; a rollout worker killed mid-run is replaced and its rollouts generated again;
-a learner killed mid-run stops the run with its last checkpoint intact; SIGTERM to the driver
-writes a checkpoint and exits cleanly."""
+uninterrupted one (2-rank learner groups, 2 rollout workers, a curriculum); a rollout worker
+killed mid-run is replaced and its rollouts generated again; a learner killed mid-run stops the
+run with its last checkpoint intact; SIGTERM to the driver writes a checkpoint and exits cleanly."""
 
 import json
 import os
@@ -25,29 +25,6 @@ pytestmark = pytest.mark.integration
 
 def _cfg(world_cache, **extra):
     return load_config(None, overrides(TINY_WORLD, TINY_RUN, **{"world.dir": str(world_cache), **extra}))
-
-
-def test_resume_equals_uninterrupted_run(ray_session, world_cache, tmp_path):
-    """4 iterations in one go == 2 iterations, then a resume for 2 more. With a curriculum of 3
-    iterations on the easy split before the hard one: the checkpoint falls inside it, and both
-    prompt streams resume where they were."""
-    common = {"iterations": 4, "checkpoint.every": 2, "eval.every": 0, "rollout.num_workers": 2,
-              "data.world_split": "hard_train", "data.curriculum_iterations": 3}
-    whole = tmp_path / "whole"
-    train(_cfg(world_cache, run_dir=str(whole), **common), log_fn=lambda *_: None)
-
-    split = tmp_path / "split"
-    train(_cfg(world_cache, run_dir=str(split), **{**common, "iterations": 2}), log_fn=lambda *_: None)
-    assert latest_checkpoint(split).name == "iter_000002"
-    train(resume=str(split), overrides=["iterations=4"], log_fn=lambda *_: None)
-
-    assert_same_iterations(whole, split, 4)
-    report = json.loads((whole / "data_report.json").read_text())
-    assert report["curriculum"]["path"].endswith("train.jsonl") and report["train"]["path"].endswith("hard_train.jsonl")
-    sa = json.loads((whole / "summary.json").read_text())
-    sb = json.loads((split / "summary.json").read_text())
-    for k in ("final_accuracy", "final_greedy_accuracy", "step_auroc", "base_accuracy"):
-        assert sa[k] == pytest.approx(sb[k], abs=1e-6), k
 
 
 def test_killed_rollout_worker_is_replaced(ray_session, world_cache, tmp_path):
@@ -127,10 +104,14 @@ def test_sigterm_writes_a_checkpoint_and_exits(tiny_world, world_cache, tmp_path
     assert not (run_dir / "summary.json").exists()
 
 
-def test_two_rank_learner_groups_resume_exactly(ray_session, world_cache, tmp_path):
-    """Learner groups of 2 ranks each (FSDP2 over gloo): 4 iterations in one go == 2, then a resume
-    of the 2-rank checkpoint (weights, every rank's optimizer shard, RNGs) for 2 more."""
-    common = {"iterations": 4, "checkpoint.every": 2, "eval.every": 0, "rollout.num_workers": 1,
+def test_resume_equals_uninterrupted_run(ray_session, world_cache, tmp_path):
+    """4 iterations in one go == 2 iterations, then a resume for 2 more, with learner groups of 2
+    ranks each (FSDP2 over gloo) and 2 rollout workers: the checkpoint holds the weights, every
+    rank's optimizer shard and the RNGs. With a curriculum of 3 iterations on the easy split before
+    the hard one, the checkpoint falls inside it, and both prompt streams resume where they were.
+    (One test for all of it: each run here is ~15 s of actor start-up on 2 cores.)"""
+    common = {"iterations": 4, "checkpoint.every": 2, "eval.every": 0, "rollout.num_workers": 2,
+              "data.world_split": "hard_train", "data.curriculum_iterations": 3,
               "policy.num_workers": 2, "prm.num_workers": 2, "policy.num_threads": 1, "prm.num_threads": 1}
     whole = tmp_path / "whole"
     train(_cfg(world_cache, run_dir=str(whole), **common), log_fn=lambda *_: None)
@@ -138,8 +119,15 @@ def test_two_rank_learner_groups_resume_exactly(ray_session, world_cache, tmp_pa
     split = tmp_path / "split"
     train(_cfg(world_cache, run_dir=str(split), **{**common, "iterations": 2}), log_fn=lambda *_: None)
     ckpt = latest_checkpoint(split)
+    assert ckpt.name == "iter_000002"
     assert json.loads((ckpt / "trainer_state.json").read_text())["ranks"] == {"policy": 2, "prm": 2}
     assert (ckpt / "policy" / "optimizer" / "rank_1.pt").is_file() and (ckpt / "prm" / "optimizer" / "rank_1.pt").is_file()
     train(resume=str(split), overrides=["iterations=4"], log_fn=lambda *_: None)
 
     assert_same_iterations(whole, split, 4)
+    report = json.loads((whole / "data_report.json").read_text())
+    assert report["curriculum"]["path"].endswith("train.jsonl") and report["train"]["path"].endswith("hard_train.jsonl")
+    sa = json.loads((whole / "summary.json").read_text())
+    sb = json.loads((split / "summary.json").read_text())
+    for k in ("final_accuracy", "final_greedy_accuracy", "step_auroc", "base_accuracy"):
+        assert sa[k] == pytest.approx(sb[k], abs=1e-6), k

@@ -12,7 +12,7 @@ from repirl_ray.checkpoints import check_checkpoint, latest_checkpoint, load_che
 from repirl_ray.config import AdvantageConfig, IRLConfig, PolicyConfig, PRMConfig, load_config
 from repirl_ray.data import PromptStream
 from repirl_ray.tasks.base import Problem
-from tests.unit.test_learners import K, make_rollouts, tiny_dir  # noqa: F401 (fixture)
+from tests.helpers import K, make_rollouts
 
 
 def test_saved_checkpoints_pass_the_resume_check_and_load_back(tiny_dir, tmp_path):

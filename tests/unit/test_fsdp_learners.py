@@ -22,7 +22,7 @@ from repirl_ray.learners.policy import PolicyLearner
 from repirl_ray.learners.prm import PRMLearner
 from repirl_ray.models.prm import HeadPRM
 from repirl_ray.models.tiny import build_char_tokenizer, build_tiny_qwen2
-from tests.unit.test_learners import make_rollouts
+from tests.helpers import make_rollouts
 
 K = 3  # samples per prompt: 3 prompts x 3 = 9 rows, uneven over 2 ranks (5 / 4)
 # Policy: two mini-batches (5 + 4 rows), micro-batches of 2: rank 0 runs 2 micro-batches of

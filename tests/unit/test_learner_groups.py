@@ -10,7 +10,7 @@ from repirl_ray.actors.learner_group import PolicyLearnerGroup, PRMLearnerGroup
 from repirl_ray.config import AdvantageConfig, IRLConfig, PolicyConfig, PRMConfig
 from repirl_ray.learners.policy import PolicyLearner
 from repirl_ray.learners.prm import PRMLearner
-from tests.unit.test_learners import K, make_rollouts, tiny_dir  # noqa: F401 (fixture)
+from tests.helpers import K, make_rollouts
 
 
 def _configs():

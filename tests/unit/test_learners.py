@@ -10,42 +10,7 @@ from repirl_ray.batch import Rollouts, build_rollouts
 from repirl_ray.config import AdvantageConfig, IRLConfig, PolicyConfig, PRMConfig
 from repirl_ray.learners.policy import PolicyLearner
 from repirl_ray.learners.prm import PRMLearner, null_metrics, null_step_quality, step_quality
-from repirl_ray.models.tiny import build_char_tokenizer, build_tiny_qwen2
-
-K = 4
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny_learner_model")
-    tok = build_char_tokenizer()
-    build_tiny_qwen2(len(tok), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, seed=2).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
-
-
-def make_rollouts(num_prompts=2, seed=0, is_demo=False, version=0, max_len=7, logp_range=(0.1, 2.0), k=K):
-    """K rollouts per prompt with outcomes 1,0,1,0 (each prompt has P and N), random tokens and
-    sampling log-probs of policy `version`; or one expert demo per prompt."""
-    rng = np.random.default_rng(seed)
-    prompts, responses, logps, pidx, sidx, outcome = [], [], [], [], [], []
-    per = 1 if is_demo else k
-    for p in range(num_prompts):
-        prompt = [1] + list(rng.integers(3, 20, size=3 + p))
-        for k in range(per):
-            length = int(rng.integers(3, max_len))
-            responses.append(list(rng.integers(3, 20, size=length - 1)) + [2])
-            logps.append(list(-rng.uniform(*logp_range, size=length)))
-            prompts.append(prompt)
-            pidx.append(p)
-            sidx.append(k)
-            outcome.append(1.0 if (is_demo or k % 2 == 0) else 0.0)
-    n = len(prompts)
-    return build_rollouts(
-        prompts, responses, None if is_demo else logps, prompt_index=pidx, sample_index=sidx, outcome=outcome,
-        format_ok=[1.0] * n, is_demo=is_demo, policy_version=-1 if is_demo else version, step_ids=None,
-        first_wrong=[-2] * n, pad_id=0,
-    )
+from tests.helpers import K, make_rollouts
 
 
 def changed(before: dict, after: dict) -> list[str]:

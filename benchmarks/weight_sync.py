@@ -19,7 +19,8 @@ memory the first time a process writes a given page (a page fault per 4 KiB), wh
 only in its first few pushes, until the pushes have cycled through the store. The breakdown
 repeats the new push with timers inside the actors (put: bucketing + serialisation into the
 store in the learner, with the page faults it took; get: the worker's ray.get; load: the
-engine's load, params copied: engine parameters that took a copy; prefix-cache reset). Writes benchmarks/results/weight_sync.md.
+engine's load, params copied: engine parameters that took a copy; lm_head repack; prefix-cache
+reset). Writes benchmarks/results/weight_sync.md.
 """
 
 from __future__ import annotations
@@ -111,12 +112,14 @@ def actor_classes():
         """The copying load (GPU engines, and CPU engines before parameters viewed the store):
         the model's load_weights copies the buckets into its parameters, in place."""
         import torch
+        from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
 
         from repirl_ray.models.weights import bucket_tensors
 
         model = worker.model_runner.get_model()
         with torch.no_grad():
             model.load_weights(bucket_tensors(buckets, worker.model_runner.model_config.dtype))
+        dispatch_cpu_unquantized_gemm(model.lm_head, remove_weight=False)
 
     class BenchWorker(RolloutWorker):
         def __init__(self, *args, packed: bool = False, **kwargs):
@@ -278,17 +281,17 @@ def main(argv=None) -> int:
     lines += [
         "",
         "Where the new push goes (medians, ms; put = bucketing + serialisation into the store in the learner, "
-        "get = the worker's ray.get, load = the engine's load (its parameters set to views of the store object on the CPU; params copied: those that took a copy), then the prefix-cache reset; "
+        "get = the worker's ray.get, load = the engine's load (its parameters set to views of the store object on the CPU; params copied: those that took a copy), then lm_head repack and prefix-cache reset; "
         "total as seen by the caller, with the actor calls):",
         "",
-        "| size | bucketing | put | put page faults | get | load | params copied | prefix reset | total | the push above: weights() stored | then load_weights() |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| size | bucketing | put | put page faults | get | load | params copied | lm_head repack | prefix reset | total | the push above: weights() stored | then load_weights() |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         p = r["parts"]
         lines.append(
             f"| {r['params'] / 1e6:.1f}M | {ms(p['bucket_s'])} | {ms(p['put_s'])} | {p['put_faults']:.0f} | {ms(p['get_s'])} | {ms(p['load_s'])} | {p['params_copied']:.0f} | "
-            f"{ms(p['prefix_reset_s'])} | {ms(p['total_s'])} | {ms(r['stored'])} | "
+            f"{ms(p['lm_head_repack_s'])} | {ms(p['prefix_reset_s'])} | {ms(p['total_s'])} | {ms(r['stored'])} | "
             f"{ms(r['new'] - r['stored'])} |"
         )
     lines += [

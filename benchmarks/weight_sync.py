@@ -30,6 +30,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -239,6 +240,10 @@ def main(argv=None) -> int:
     parser.add_argument("--split-bucket-mb", type=float, default=16, help="bucket size of the one-object-per-bucket variant")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "weight_sync.md"))
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error(f"--repeats must be at least 1 and --warmup at least 0, got {args.repeats} and {args.warmup}")
+    if args.bucket_mb <= 0 or args.split_bucket_mb <= 0:
+        parser.error(f"--bucket-mb and --split-bucket-mb must be positive, got {args.bucket_mb:g} and {args.split_bucket_mb:g}")
     for key, value in ENV.items():
         os.environ.setdefault(key, value)
     import ray
@@ -266,7 +271,7 @@ def main(argv=None) -> int:
     lines = [
         f"# Weight push: learner -> object store -> vLLM engine ({machine})",
         "",
-        f"Command: `python benchmarks/weight_sync.py --repeats {args.repeats} --warmup {args.warmup}`. fp32, buckets of "
+        f"Command: `python benchmarks/weight_sync.py {' '.join(sys.argv[1:] if argv is None else argv)}`. fp32, buckets of "
         f"{args.bucket_mb:g} MB. Median of {args.repeats} pushes after {args.warmup} warm-up rounds; memcpy and the "
         f"paths taken in turn in the same invocation. First push: the cold one, before the warm-up (fresh store pages). Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (other jobs share the cores).",
         "",

@@ -39,7 +39,7 @@ from repirl_ray.learners.common import (
 from repirl_ray.learners.distributed import clip_grad_norm
 from repirl_ray.models.policy import DTYPES, export_state, load_causal_lm, save_hf_model
 from repirl_ray.models.sequence import model_inputs, response_logprobs
-from repirl_ray.models.weights import BUCKET_BYTES, weight_buckets
+from repirl_ray.models.weights import BUCKET_BYTES, flatten_parameters, weight_buckets
 
 
 class PolicyLearner:
@@ -79,6 +79,10 @@ class PolicyLearner:
             load_causal_lm(model_path, "float32", trust_remote_code),
             gradient_checkpointing=cfg.gradient_checkpointing, compute_dtype=compute_dtype, ranks=self.ranks, device=self.device,
         )
+        if not self.ranks.sharded:
+            # One buffer in the order the weights are sent: each push bucket is one array for Ray
+            # to copy into the store (models/weights.py, Bucket).
+            flatten_parameters(self.model)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self.ref = None
         if cfg.kl_coef > 0:

@@ -2,6 +2,7 @@
 out, nothing is copied when the dtype already matches, and buckets respect their size bound;
 the parts of a packed engine parameter travel back to back and are viewed as it without a copy."""
 
+import pickle
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from repirl_ray.models.tiny import build_tiny_qwen2
-from repirl_ray.models.weights import bucket_tensors, engine_order, engine_views, weight_buckets
+from repirl_ray.models.weights import bucket_tensors, engine_order, engine_views, flatten_parameters, weight_buckets
 
 
 def _model(dtype=torch.float32):
@@ -190,3 +191,72 @@ def test_engine_views_give_up_where_the_buckets_do_not_match_the_parameters(chan
     else:
         params["norm.weight"] = torch.empty(3, dtype=torch.float64)
     assert engine_views(buckets, torch.float32, params, PACKED) is None
+
+
+def _pickled(buckets):
+    """As Ray stores and reads them: pickle protocol 5, arrays out of band, read back over
+    read-only copies of the out-of-band buffers. Returns (the buckets read back, buffer sizes)."""
+    buffers = []
+    data = pickle.dumps(buckets, protocol=5, buffer_callback=buffers.append)
+    stored = [memoryview(bytes(b.raw())) for b in buffers]
+    return pickle.loads(data, buffers=stored), [len(b) for b in stored]
+
+
+def test_flattened_parameters_travel_as_one_array_per_bucket_and_arrive_as_views_of_it():
+    model = _model()
+    x = torch.tensor([[1, 5, 7, 2]])
+    logits = model(x).logits
+    flatten_parameters(model)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
+    assert torch.equal(model(x).logits, logits)
+    # Training keeps the parameters in the buffer: the same objects, updated in place.
+    model(x).logits.sum().backward()
+    torch.optim.AdamW(model.parameters(), lr=0.1).step()
+    state = model.state_dict()
+    buckets = weight_buckets(state, torch.float32, 64 * 1024)
+    assert len(buckets) >= 3
+    for bucket in buckets:  # the span and its arrays are views of the parameters: no copy
+        assert bucket.span is not None
+        for name, array in bucket:
+            assert np.shares_memory(array, state[name].numpy()) and np.shares_memory(array, bucket.span)
+    back, sizes = _pickled(buckets)
+    assert len(sizes) == len(buckets)  # one buffer per bucket, not one per tensor
+    assert sum(sizes) < sum(a.nbytes for b in buckets for _, a in b) + 64 * len(state)  # no more than the alignment
+    assert [[n for n, _ in b] for b in back] == [[n for n, _ in b] for b in buckets]
+    for bucket in back:
+        for name, array in bucket:
+            assert not array.flags.writeable and np.shares_memory(array, bucket.span)
+            assert torch.equal(torch.from_numpy(array.copy()), state[name])
+    # Parts of one engine parameter still lie back to back on arrival (engine_views needs it).
+    arrays = {n: a for b in back for n, a in b}
+    q, k, v = (arrays[f"model.layers.1.self_attn.{p}_proj.weight"] for p in "qkv")
+    assert k.ctypes.data == q.ctypes.data + q.nbytes and v.ctypes.data == k.ctypes.data + k.nbytes
+
+
+def test_separate_tensors_travel_array_by_array():
+    state = _model().state_dict()  # each parameter in memory of its own
+    buckets = weight_buckets(state, torch.float32, 64 * 1024)
+    assert all(bucket.span is None for bucket in buckets)
+    back, sizes = _pickled(buckets)
+    assert len(sizes) == len(state) - 1  # every tensor but the tied lm_head
+    assert all(torch.equal(torch.from_numpy(a.copy()), state[n]) for b in back for n, a in b)
+
+
+def test_a_conversion_is_written_into_one_array_per_bucket():
+    state = _model().state_dict()  # fp32 parameters apart, sent as bf16: each needs a copy anyway
+    buckets = weight_buckets(state, torch.bfloat16, 32 * 1024)
+    assert all(bucket.span is not None for bucket in buckets)
+    back, sizes = _pickled(buckets)
+    assert len(sizes) == len(buckets)
+    back_t = dict(bucket_tensors(back, torch.bfloat16))
+    assert all(torch.equal(back_t[n].view(torch.uint16), state[n].to(torch.bfloat16).view(torch.uint16)) for n in back_t)
+
+
+def test_tensors_of_one_buffer_out_of_its_order_travel_array_by_array():
+    model = _model()
+    flatten_parameters(model)
+    state = dict(reversed(model.state_dict().items()))  # sent in another order than they lie
+    buckets = weight_buckets(state, torch.float32, 64 * 1024)
+    assert all(bucket.span is None for bucket in buckets)
+    back, _ = _pickled(buckets)
+    assert all(torch.equal(torch.from_numpy(a.copy()), state[n]) for b in back for n, a in b)

@@ -21,7 +21,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError
 
-from repirl_ray.actors.common import actor_bundle, actor_env, kill_all, log, pin_threads, wait_all, warn_missing_resources
+from repirl_ray.actors.common import actor_bundle, actor_env, kill_all, log, pin_threads, renice_threads, wait_all, warn_missing_resources
 from repirl_ray.batch import Rollouts, load_rollouts, save_rollouts
 from repirl_ray.config import RolloutConfig, parse_cores
 from repirl_ray.rollout.worker import RolloutWorker
@@ -132,6 +132,8 @@ class RolloutGroup:
             # multiprocessing executor reads it): bind the worker here, as the learners are.
             cores = parse_cores(core_lists(self.cfg.num_workers, self.cfg.cores)[index])
             worker.__ray_call__.remote(lambda _, c=cores: pin_threads(c))
+        if self.threads and self.threads.nice:
+            worker.__ray_call__.remote(lambda _, n=self.threads.nice: renice_threads(n))
         return worker
 
     def _call(self, worker, method: str, *args, num_returns: int = 1, **kwargs):

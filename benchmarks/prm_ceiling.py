@@ -188,7 +188,8 @@ def main(argv=None) -> int:
 
     # The runs' eval settings of the sweeps (benchmarks/sweeps/prm_quality.yaml) unless overridden.
     cfg = load_config(None, ["eval.num_prompts=128", "rollout.num_workers=1", *args.overrides])
-    torch.set_num_threads(cfg.prm.num_threads)
+    if cfg.prm.num_threads != "auto":  # auto: torch's own count (this process runs alone)
+        torch.set_num_threads(cfg.prm.num_threads)
     paths = resolve_paths(cfg, log)
     data, _ = load_run_data(cfg, paths, {}, log)
     eval_problems = data["eval"][: cfg.eval.num_prompts]

@@ -16,8 +16,10 @@ what the workers' verification, batching and Ray cost).
 Each size and batch runs serial and pipelined (pipeline.off_policy_steps=1) in two layouts:
 - shared: the default (2 rollout workers, the learners unpinned): every phase competes for the
   same cores, as on a laptop;
-- split: 1 rollout worker bound to core 0, the learners pinned to core 1 (one torch thread each),
-  as separate devices would be on a cluster: the layout in which overlapping can pay.
+- split: 1 rollout worker bound to core 0, the learners pinned to core 1, as separate devices
+  would be on a cluster: the layout in which overlapping can pay.
+Every role runs the thread budget the run resolves (repirl_ray/threads.py, printed by each run
+and kept in its JSON); --set adds config overrides to every run (e.g. policy.num_threads=2).
 Results go to --out (one JSON per variant: a rerun skips what is done) and a table to
 --out/scaling.md, printed at the end with the machine it ran on.
 """
@@ -46,8 +48,7 @@ SIZES = {  # name: (hidden, layers, heads, intermediate)
 }
 LAYOUTS = {
     "shared": [],
-    "split": ["rollout.num_workers=1", "rollout.cores=0", "policy.cores=1", "prm.cores=1",
-              "policy.num_threads=1", "prm.num_threads=1"],
+    "split": ["rollout.num_workers=1", "rollout.cores=0", "policy.cores=1", "prm.cores=1"],
 }
 K = 4
 MAX_NEW = 40
@@ -79,13 +80,14 @@ def raw_engine_tokens_per_s(model_dir: Path, prompts: list[list[int]]) -> float:
     return sum(len(s.token_ids) for group in out for s in group) / dt
 
 
-def run_variant(model_dir: Path, prompts: int, mode: str, layout: str, iterations: int, work: Path, world) -> dict:
+def run_variant(model_dir: Path, prompts: int, mode: str, layout: str, iterations: int, work: Path, world,
+                extra: list[str] = ()) -> dict:
     run_dir = work / "runs" / f"{model_dir.name}-p{prompts}-{mode}-{layout}"
     cmd = [sys.executable, "-m", "repirl_ray.cli", "train", f"run_dir={run_dir}", f"iterations={iterations}",
            f"model.policy_path={model_dir}", f"data.train_path={world.train}", f"data.eval_path={world.eval}",
            f"data.prompts_per_iteration={prompts}", "filter.enabled=false", f"rollout.max_new_tokens={MAX_NEW}",
            "eval.every=0", "eval.num_prompts=8", "eval.samples_per_prompt=1", "eval.greedy=false",
-           "checkpoint.every=0", f"pipeline.off_policy_steps={1 if mode == 'pipelined' else 0}", *LAYOUTS[layout]]
+           "checkpoint.every=0", f"pipeline.off_policy_steps={1 if mode == 'pipelined' else 0}", *LAYOUTS[layout], *extra]
     if run_dir.exists():
         import shutil
 
@@ -100,7 +102,9 @@ def run_variant(model_dir: Path, prompts: int, mode: str, layout: str, iteration
              for p in ("rollout", "prm", "score", "policy", "sync", "iteration")}
     tokens = float(np.mean([r["rollout/response_len"] for r in train])) * prompts * K
     summary = json.loads((run_dir / "summary.json").read_text())
+    budget = [line for line in proc.stdout.splitlines() if line.startswith("threads per process")]
     return {
+        "threads": budget[0] if budget else "",
         **{f"s_{k}": v for k, v in phase.items()},
         "rollout_tok_s": tokens / phase["rollout"] if phase["rollout"] else None,
         "learner_tok_s": tokens / phase["policy"] if phase["policy"] else None,
@@ -115,6 +119,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--prompts", type=int, nargs="+", default=[8, 16], help="prompts per iteration (x K = 4)")
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
+    parser.add_argument("--modes", nargs="+", default=["serial", "pipelined"], choices=["serial", "pipelined"])
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scaling"))
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -135,8 +141,9 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="repirl-scaling-"))
     rows = []
     t_start = time.time()
+    load_before = os.getloadavg()[0]
     plan = [(s, p, layout, mode) for s in args.sizes for p in args.prompts for layout in args.layouts
-            for mode in ("serial", "pipelined")]
+            for mode in args.modes]
     print(f"scaling: {len(plan)} runs of {args.iterations} iterations; machine: {platform.platform()}, "
           f"{os.cpu_count()} CPUs", flush=True)
     raw_cache: dict = {}
@@ -147,7 +154,7 @@ def main(argv=None) -> int:
         if path.is_file():
             result = json.loads(path.read_text())
         else:
-            result = run_variant(model_dir, prompts, mode, layout, args.iterations, work, world)
+            result = run_variant(model_dir, prompts, mode, layout, args.iterations, work, world, args.set)
             if (size, prompts) not in raw_cache:
                 ids = [tok(task.format_prompt(p)).input_ids for p in problems[:prompts]]
                 raw_cache[(size, prompts)] = raw_engine_tokens_per_s(model_dir, ids)
@@ -158,10 +165,17 @@ def main(argv=None) -> int:
         status = "FAILED" if "failed" in result else f"{result['s_iteration']:.2f} s/iteration"
         print(f"[{i + 1}/{len(plan)}] {key}: {status} ({time.time() - t_start:.0f} s so far)", flush=True)
     table = format_table(rows)
+    env = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS") if k in os.environ}
     report = [f"# Scaling: seconds per iteration by model size, batch, layout and loop", "",
-              f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, torch CPU; {args.iterations} iterations per run "
-              "(the first left out), K = 4, 40 new tokens at most, implicit PRM. One invocation: ratios compare runs "
-              "made minutes apart on the same machine.", "", table, ""]
+              f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+              f"torch CPU; 1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; "
+              f"{args.iterations} iterations per run (the first left out), K = 4, 40 new tokens at most, implicit PRM"
+              + (f"; overrides {' '.join(args.set)}" if args.set else "") + (f"; environment {env}" if env else "")
+              + ". One invocation: ratios compare runs made minutes apart on the same machine. workers / raw: the "
+              "rollout workers' tokens/s against one raw vLLM engine in the benchmark's process, serial rows only "
+              "(a pipelined row's rollout time is only the wait for a batch sampled beside the learners).",
+              "", table, "", "Thread budgets (as each run printed them):", "",
+              *sorted({f"- {r.get('layout')}, {r.get('mode')}: {r['threads']}" for r in rows if r.get("threads")}), ""]
     (out / "scaling.md").write_text("\n".join(report))
     print("\n".join(report))
     return 0
@@ -183,7 +197,8 @@ def format_table(rows: list[dict]) -> str:
             f"| {r['size']} ({r['params'] / 1e6:.1f} M) | {r['prompts']} x {K} | {r['layout']} | {r['mode']} | "
             f"{fmt(r['s_rollout'])} | {fmt(r['s_prm'])} | {fmt(r['s_score'])} | {fmt(r['s_policy'])} | {fmt(r['s_sync'])} | "
             f"{fmt(r['s_iteration'])} | {ratio:.2f} | {r['rollout_tok_s']:.0f} | {r['raw_engine_tok_s']:.0f} | "
-            f"{r['rollout_tok_s'] / r['raw_engine_tok_s']:.2f} | {r['learner_tok_s']:.0f} | {r['peak_rss_gib']:.1f} |"
+            f"{fmt(r['rollout_tok_s'] / r['raw_engine_tok_s']) if r['mode'] == 'serial' else '-'} | "
+            f"{r['learner_tok_s']:.0f} | {r['peak_rss_gib']:.1f} |"
         )
     return "\n".join(lines)
 

@@ -20,7 +20,8 @@ from repirl_ray.actors.learner_group import PRMLearnerGroup
 from repirl_ray.actors.rollout_group import RolloutGroup
 from repirl_ray.batch import load_rollouts
 from repirl_ray.config import ConfigError, load_config
-from repirl_ray.run_setup import init_ray, read_data_split, resolve_paths, stop_ray, task_kwargs
+from repirl_ray.run_setup import init_ray, node_cores, read_data_split, resolve_paths, stop_ray, task_kwargs
+from repirl_ray.threads import thread_budgets
 from repirl_ray.learners.prm import null_metrics, null_step_quality, step_quality
 from repirl_ray.models.prm import read_prm_meta
 from repirl_ray.utils import atomic_write_json
@@ -48,8 +49,11 @@ class CheckpointSession:
         # Read as the run read it (its data.format and field mapping).
         self.problems = read_data_split(cfg, "eval" if split == "eval" else "hard_eval", eval_path)[0][: cfg.eval.num_prompts]
         self.started_ray = init_ray(cfg, log)
+        # Sampling and scoring take turns here.
+        threads = thread_budgets(cfg, node_cores(cfg, joined=not self.started_ray), pipelined=False)
         self.rollout = RolloutGroup(
-            cfg.rollout, str(self.ckpt / "policy"), cfg.data.task, seed=cfg.seed, chat_template=cfg.data.chat_template,
+            cfg.rollout, str(self.ckpt / "policy"), cfg.data.task, threads=threads["rollout"], seed=cfg.seed,
+            chat_template=cfg.data.chat_template,
             max_prompt_tokens=cfg.data.max_prompt_tokens, task_kwargs=task_kwargs(cfg), dtype=cfg.model.dtype,
             trust_remote_code=cfg.model.trust_remote_code,
         )
@@ -58,7 +62,8 @@ class CheckpointSession:
         if meta is not None:
             # The checkpoint's own kind; scoring needs one rank (a checkpoint holds whole weights).
             prm_cfg = dataclasses.replace(cfg.prm, kind=meta["kind"], head=meta.get("head", "linear"), num_workers=1)
-            self.prm = PRMLearnerGroup(prm_cfg, cfg.irl, str(self.ckpt / "prm"), dtype=cfg.model.dtype,
+            self.prm = PRMLearnerGroup(prm_cfg, cfg.irl, str(self.ckpt / "prm"), threads=threads.get("prm", threads["policy"]),
+                                       dtype=cfg.model.dtype,
                                        compute_dtype=cfg.model.compute_dtype, trust_remote_code=cfg.model.trust_remote_code)
 
     def sample(self, n: int, temperature: float, seed: int = 20_011):

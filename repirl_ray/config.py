@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import yaml
 from omegaconf import OmegaConf
@@ -148,7 +148,7 @@ class SFTConfig:
     batch_size: int = 64
     lr: float = 1e-4
     num_cpus: float = 1.0
-    num_threads: int = 2
+    num_threads: Union[int, str] = "auto"  # torch threads per rank; auto: the node's cores / ranks (threads.py)
 
 
 @dataclass
@@ -167,6 +167,7 @@ class RolloutConfig:
     enforce_eager: bool = True
     bind_cores: bool = True  # CPU: pin each worker's threads to its own cores
     cores: str = ""  # CPU: the cores the workers are bound to (split among them), e.g. "0" or "0-3"; "" = all
+    num_threads: Union[int, str] = "auto"  # torch/OpenMP threads per worker; auto: its share of its cores (threads.py)
 
 
 @dataclass
@@ -192,7 +193,7 @@ class PolicyConfig:
     num_cpus: float = 0.5
     num_gpus: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {learner: 1}
-    num_threads: int = 2  # torch threads of each rank
+    num_threads: Union[int, str] = "auto"  # torch threads of each rank; auto: its share of its cores (threads.py)
     cores: str = ""  # CPU: pin every rank to these cores, e.g. "1" or "2-3" (Linux affinity); "" = no pinning
 
 
@@ -224,7 +225,7 @@ class PRMConfig:
     num_cpus: float = 0.5
     num_gpus: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {learner: 1}
-    num_threads: int = 2  # torch threads of each rank
+    num_threads: Union[int, str] = "auto"  # torch threads of each rank; auto: its share of its cores (threads.py)
     cores: str = ""  # CPU: pin every rank to these cores, e.g. "1" or "2-3" (Linux affinity); "" = no pinning
 
 
@@ -510,6 +511,10 @@ def validate(cfg: TrainConfig) -> None:
             f"config key 'policy.micro_batch_size': {cfg.policy.micro_batch_size} must divide "
             f"policy.mini_batch_size {cfg.policy.mini_batch_size}"
         )
+    for key in ("rollout.num_threads", "policy.num_threads", "prm.num_threads", "sft.num_threads"):
+        value = _get(cfg, key)
+        if value != "auto" and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"config key '{key}': {value!r} is neither auto nor a thread count >= 1")
     for role in ("rollout", "policy", "prm"):
         parse_cores(_get(cfg, f"{role}.cores"), f"{role}.cores")
         if _get(cfg, f"{role}.num_cpus") <= 0:

@@ -36,6 +36,7 @@ from repirl_ray.metrics import MemoryMonitor, MetricsLogger
 from repirl_ray.models.packaged import resolve_model
 from repirl_ray.models.policy import check_model_path
 from repirl_ray.tasks import Task, build_task
+from repirl_ray.threads import describe_budgets, thread_budgets
 from repirl_ray.data.dataset import REASONING_GYM, DataReport, check_prompts, read_split
 from repirl_ray.data.dataset import task_kwargs as dataset_task_kwargs
 from repirl_ray.utils import atomic_write_json, publish_dir
@@ -311,6 +312,16 @@ def check_cluster_fits(cfg: TrainConfig) -> None:
     check_fits(role_demands(cfg), nodes, packed)
 
 
+def node_cores(cfg: TrainConfig, joined: bool) -> int:
+    """The CPUs of the node the roles share, for their thread budgets: on a joined cluster the
+    largest node's (Ray's count), else ray.num_cpus or the cores this process may run on."""
+    if joined:
+        return max(int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")) or 1
+    if cfg.ray.num_cpus:
+        return cfg.ray.num_cpus
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def stop_ray(started: bool, joined: bool) -> None:
     """Stop a Ray this process started (init_ray returned True), or leave a joined cluster."""
     if started or (joined and ray.is_initialized()):
@@ -379,6 +390,7 @@ class RunSetup:
         self.started_ray = self.joined_ray = False
         try:
             self._setup_checks(resume_from)
+            self._setup_threads(node_cores(self.cfg, self.joined_ray))
             self._setup_data()
             self._setup_run_folder()
             self._setup_supervised_stage()
@@ -414,6 +426,13 @@ class RunSetup:
             if torch.cuda.is_available():
                 node["GPU"] = float(torch.cuda.device_count())
             check_fits(role_demands(cfg), [node], {"policy": cfg.policy.placement == "pack", "prm": cfg.prm.placement == "pack"})
+
+    def _setup_threads(self, cores: int) -> None:
+        """Each role's threads and OpenMP wait policy (threads.py), from the cores it shares with
+        the roles that run beside it; printed, as a run's first speed fact."""
+        pipelined = self.cfg.pipeline.off_policy_steps > 0
+        self.threads = thread_budgets(self.cfg, cores, pipelined=pipelined)
+        self.log(describe_budgets(self.threads, cores, pipelined))
 
     def _setup_data(self) -> None:
         cfg = self.cfg
@@ -451,7 +470,7 @@ class RunSetup:
                 tmp = self.run_dir / ".tmp-sft_policy"
                 job = SupervisedJob(
                     init_dir=self.paths.policy, out_dir=str(tmp), pairs=pairs, steps=cfg.sft.steps,
-                    batch_size=cfg.sft.batch_size, lr=cfg.sft.lr, seed=cfg.seed, threads=cfg.sft.num_threads,
+                    batch_size=cfg.sft.batch_size, lr=cfg.sft.lr, seed=cfg.seed, threads=self.threads["sft"].num_threads,
                     chat_template=cfg.data.chat_template, dtype=cfg.model.dtype, label="sft",
                 )
                 self.log(f"supervised stage: {cfg.sft.steps} steps x {cfg.sft.batch_size} on {len(pairs)} expert demos (Ray Train job)")
@@ -489,14 +508,15 @@ class RunSetup:
             self.rollout.reset(paths.policy, cfg.model.dtype)
         else:
             self.rollout = RolloutGroup(cfg.rollout, paths.policy, cfg.data.task, on_event=self._event, wait=False,
-                                        seed=cfg.seed, **worker_kwargs)
+                                        threads=self.threads["rollout"], seed=cfg.seed, **worker_kwargs)
         self.policy = PolicyLearnerGroup(
             cfg.policy, paths.policy, advantage=cfg.advantage, samples_per_prompt=cfg.rollout.samples_per_prompt,
             temperature=cfg.rollout.temperature, ref_path=paths.ref, oracle_process_reward=cfg.prm.kind == "oracle",
-            **learner_common,
+            threads=self.threads["policy"], **learner_common,
         )
         if has_prm_learner(cfg):
-            self.prm = PRMLearnerGroup(cfg.prm, cfg.irl, paths.prm, ref_path=paths.ref, **learner_common)
+            self.prm = PRMLearnerGroup(cfg.prm, cfg.irl, paths.prm, ref_path=paths.ref, threads=self.threads["prm"],
+                                       **learner_common)
         self.rollout.wait_ready()
         self.log(f"rollout workers ready in {time.time() - t0:.1f} s: {cfg.rollout.num_workers} x vLLM; learners "
                  f"starting: policy x {cfg.policy.num_workers}" + (f", PRM ({cfg.prm.kind}) x {cfg.prm.num_workers}" if self.prm else ""))

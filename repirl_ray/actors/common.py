@@ -36,6 +36,26 @@ def actor_env(extra: dict[str, str] | None = None) -> dict:
     return {"env_vars": env}
 
 
+def pin_threads(cores: list[int]) -> None:
+    """Bind every thread of this process (torch's and OpenMP's pools exist already; threads
+    started later inherit it) to `cores`. Run in an actor through `__ray_call__`."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except OSError:
+            pass  # a thread that ended meanwhile
+
+
+def renice_threads(nice: int) -> None:
+    """Set the nice value of every thread of this process (on Linux each thread has its own;
+    threads started later inherit it). Run in an actor through `__ray_call__`."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+        except OSError:
+            pass  # a thread that ended meanwhile
+
+
 def actor_bundle(section) -> dict[str, float]:
     """The resources one actor of a role asks for, as a placement-group bundle: CPU, the role's
     custom resources, and GPU when it asks for any. section: the role's config (rollout, policy,

@@ -26,8 +26,9 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from repirl_ray.actors.common import actor_bundle, actor_env, kill_all, wait_all, warn_missing_resources
+from repirl_ray.actors.common import actor_bundle, actor_env, kill_all, pin_threads, wait_all, warn_missing_resources
 from repirl_ray.config import IRLConfig, PolicyConfig, PRMConfig, parse_cores
+from repirl_ray.threads import RoleThreads
 from repirl_ray.learners.policy import PolicyLearner
 from repirl_ray.learners.prm import PRMLearner
 
@@ -48,15 +49,6 @@ def _rank0_address(loopback: bool) -> tuple[str, int]:
     return host, port
 
 
-def _pin(cores: list[int]) -> None:
-    """Bind every thread of this process (torch's and OpenMP's pools exist already) to `cores`."""
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(tid), cores)
-        except OSError:
-            pass  # a thread that ended meanwhile
-
-
 def _resolve(parts):
     """A local learner is handed what the rollout workers returned: ObjectRefs are fetched."""
     return [ray.get(p) if isinstance(p, ray.ObjectRef) else p for p in parts]
@@ -66,7 +58,9 @@ class LearnerGroup:
     """N ranks of one learner class; see the module docstring."""
 
     def __init__(self, role: str, cls, cfg, args: tuple, kwargs: dict, *, local: bool = False,
-                 ready_timeout_s: float = 600.0):
+                 threads: RoleThreads | None = None, ready_timeout_s: float = 600.0):
+        """threads: each rank's thread budget (threads.py; run set-up resolves it). None: the
+        section's num_threads as given, and Ray's default (one thread) for auto."""
         self.role = role
         self.cfg = cfg
         self.local = local
@@ -104,7 +98,9 @@ class LearnerGroup:
                                for r in range(self.world_size)]
             loopback = strategy == "STRICT_PACK"
         dist_url = ""
-        env = {"OMP_NUM_THREADS": str(cfg.num_threads)}
+        if threads is None and cfg.num_threads != "auto":
+            threads = RoleThreads(cfg.num_threads, given=True)
+        env = threads.env() if threads else {}
         if self.world_size > 1:
             ip, port = ray.get(ray.remote(_rank0_address).options(num_cpus=0, scheduling_strategy=self.strategies[0]).remote(loopback))
             dist_url = f"tcp://{ip}:{port}"
@@ -125,7 +121,7 @@ class LearnerGroup:
             # Pinned like separate devices would be (e.g. samplers on one core, learners on another).
             cores = parse_cores(cfg.cores, f"{role}.cores")
             for a in self.ranks:
-                a.__ray_call__.remote(lambda self, c=cores: _pin(c))
+                a.__ray_call__.remote(lambda self, c=cores: pin_threads(c))
 
     # ------------------------------------------------------------------------------------------
     def _wait(self, refs: list) -> list:
@@ -187,8 +183,9 @@ class LearnerGroup:
 
 
 class PolicyLearnerGroup(LearnerGroup):
-    def __init__(self, cfg: PolicyConfig, model_path: str, *, local: bool = False, **kwargs):
-        super().__init__("policy", PolicyLearner, cfg, (cfg, model_path), kwargs, local=local)
+    def __init__(self, cfg: PolicyConfig, model_path: str, *, local: bool = False, threads: RoleThreads | None = None,
+                 **kwargs):
+        super().__init__("policy", PolicyLearner, cfg, (cfg, model_path), kwargs, local=local, threads=threads)
 
     def update(self, keep_prompts, token_rewards, rollouts: list) -> dict:
         """Two-channel RLOO advantages and one PPO pass (ALGORITHM.md sections 3-4)."""
@@ -209,8 +206,9 @@ class PolicyLearnerGroup(LearnerGroup):
 
 
 class PRMLearnerGroup(LearnerGroup):
-    def __init__(self, cfg: PRMConfig, irl: IRLConfig, model_path: str, *, local: bool = False, **kwargs):
-        super().__init__("prm", PRMLearner, cfg, (cfg, irl, model_path), kwargs, local=local)
+    def __init__(self, cfg: PRMConfig, irl: IRLConfig, model_path: str, *, local: bool = False,
+                 threads: RoleThreads | None = None, **kwargs):
+        super().__init__("prm", PRMLearner, cfg, (cfg, irl, model_path), kwargs, local=local, threads=threads)
 
     def update(self, keep_prompts, rollouts: list, demos: list) -> dict:
         """One IRL step (ALGORITHM.md section 2) on P = demos + correct rollouts against N."""

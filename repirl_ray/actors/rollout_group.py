@@ -21,10 +21,11 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError
 
-from repirl_ray.actors.common import actor_bundle, actor_env, kill_all, log, wait_all, warn_missing_resources
+from repirl_ray.actors.common import actor_bundle, actor_env, kill_all, log, pin_threads, renice_threads, wait_all, warn_missing_resources
 from repirl_ray.batch import Rollouts, load_rollouts, save_rollouts
 from repirl_ray.config import RolloutConfig, parse_cores
 from repirl_ray.rollout.worker import RolloutWorker
+from repirl_ray.threads import RoleThreads
 from repirl_ray.tasks.base import Problem
 from repirl_ray.utils import atomic_write_json
 
@@ -86,11 +87,16 @@ class RolloutGroup:
     mode `submit` samples before it returns."""
 
     def __init__(self, cfg: RolloutConfig, model_path: str, task_name: str, *, on_event=None, wait: bool = True,
-                 local: bool = False, **worker_kwargs):
+                 local: bool = False, threads: RoleThreads | None = None, **worker_kwargs):
+        """threads: each worker's thread budget (threads.py; run set-up resolves it). None: the
+        section's num_threads as given, and Ray's default (one thread) for auto."""
         self.cfg = cfg
         self.model_path = model_path
         self.task_name = task_name
         self.local = local
+        if threads is None and cfg.num_threads != "auto":
+            threads = RoleThreads(cfg.num_threads, given=True)
+        self.threads = threads
         self.worker_kwargs = worker_kwargs
         self.on_event = on_event or (lambda kind, info: log.warning("%s: %s", kind, info))
         # Pushed weights by version, for replacements: the newest, and the one an in-flight batch
@@ -110,7 +116,7 @@ class RolloutGroup:
     # ------------------------------------------------------------------------------------------
     # The workers: started, called, waited for, replaced
     def _start(self, index: int):
-        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", **(self.threads.env() if self.threads else {})}
         if self.cfg.num_gpus == 0:
             env["VLLM_CPU_OMP_THREADS_BIND"] = core_lists(self.cfg.num_workers, self.cfg.cores)[index] if self.cfg.bind_cores else "nobind"
         bundle = actor_bundle(self.cfg)
@@ -120,7 +126,15 @@ class RolloutGroup:
             resources=bundle or None,
             runtime_env=actor_env(env),
         )
-        return actor.remote(self.cfg, self.model_path, self.task_name, **self.worker_kwargs)
+        worker = actor.remote(self.cfg, self.model_path, self.task_name, **self.worker_kwargs)
+        if self.cfg.num_gpus == 0 and self.cfg.bind_cores and self.cfg.cores:
+            # The in-process vLLM-CPU engine ignores VLLM_CPU_OMP_THREADS_BIND (only its
+            # multiprocessing executor reads it): bind the worker here, as the learners are.
+            cores = parse_cores(core_lists(self.cfg.num_workers, self.cfg.cores)[index])
+            worker.__ray_call__.remote(lambda _, c=cores: pin_threads(c))
+        if self.threads and self.threads.nice:
+            worker.__ray_call__.remote(lambda _, n=self.threads.nice: renice_threads(n))
+        return worker
 
     def _call(self, worker, method: str, *args, num_returns: int = 1, **kwargs):
         """worker.method(...): a Ray call that returns its ObjectRef(s) at once, or in local mode

@@ -65,7 +65,8 @@ class PolicyLearner:
         master weights and AdamW moments are float32, forward/backward run in compute_dtype.
         oracle_process_reward (prm.kind=oracle): the process channel's token rewards come from
         the rows' step labels (learners/advantages.oracle_rewards), not from a PRM."""
-        torch.set_num_threads(cfg.num_threads)
+        if cfg.num_threads != "auto":
+            torch.set_num_threads(cfg.num_threads)  # auto: the group's OMP_NUM_THREADS (threads.py) set torch's count
         torch.manual_seed(seed)
         self.cfg = cfg
         self.advantage = advantage or AdvantageConfig()

@@ -64,7 +64,8 @@ class PRMLearner:
     ):
         """dtype: of saved HF folders (model.dtype); the trainable weights and AdamW moments are
         float32 masters, forward/backward run in compute_dtype, pi_ref is held in compute_dtype."""
-        torch.set_num_threads(cfg.num_threads)
+        if cfg.num_threads != "auto":
+            torch.set_num_threads(cfg.num_threads)  # auto: the group's OMP_NUM_THREADS (threads.py) set torch's count
         torch.manual_seed(seed)
         self.cfg = cfg
         self.irl = irl

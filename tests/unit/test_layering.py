@@ -43,7 +43,7 @@ LAYERS = [
     ("sandbox",),
     ("tasks",),
     ("config",),
-    ("data",),
+    ("data", "threads"),
     ("models",),
     ("rollout", "learners"),
     ("actors",),

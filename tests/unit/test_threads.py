@@ -1,0 +1,86 @@
+"""Thread budgets per role (repirl_ray/threads.py), worked out by hand: each process gets its
+role's cores divided among the role's own processes; where the rollout workers sample beside a
+learner on the same cores (pipelined loop) they run at nice 19; a number the user gave is kept."""
+
+import pytest
+
+from repirl_ray.config import ConfigError, TrainConfig, load_config
+from repirl_ray.run_setup import RunSetup
+from repirl_ray.threads import RoleThreads, describe_budgets, thread_budgets
+
+
+def cfg(**sections) -> TrainConfig:
+    """The defaults with some keys of some sections replaced: cfg(rollout={"num_workers": 1})."""
+    c = TrainConfig()
+    for name, values in sections.items():
+        for key, value in values.items():
+            setattr(getattr(c, name), key, value)
+    return c
+
+
+def test_two_cores_one_worker_each_role_has_the_node_and_the_pipelined_sampling_yields():
+    serial = thread_budgets(cfg(rollout={"num_workers": 1}), 2, pipelined=False)
+    assert (serial["rollout"], serial["policy"], serial["prm"]) == (RoleThreads(2), RoleThreads(2), RoleThreads(2))
+    assert serial["sft"] == RoleThreads(2)
+    pipelined = thread_budgets(cfg(rollout={"num_workers": 1}), 2, pipelined=True)
+    assert (pipelined["rollout"], pipelined["policy"], pipelined["prm"]) == (RoleThreads(2, 19), RoleThreads(2), RoleThreads(2))
+    assert pipelined["sft"] == RoleThreads(2)  # the supervised stage runs alone, before the loop
+
+
+def test_two_cores_two_workers_share_the_cores():
+    # The default: 2 workers on 2 cores, 1 thread each; each learner rank has both.
+    b = thread_budgets(cfg(), 2, pipelined=False)
+    assert (b["rollout"], b["policy"], b["prm"]) == (RoleThreads(1), RoleThreads(2), RoleThreads(2))
+    b = thread_budgets(cfg(), 2, pipelined=True)
+    assert (b["rollout"], b["policy"], b["prm"]) == (RoleThreads(1, 19), RoleThreads(2), RoleThreads(2))
+
+
+def test_many_cores_and_ranks():
+    # 64 cores: 64 // 2 workers = 32, 64 // 1 policy rank = 64, 64 // 4 PRM ranks = 16, sft 64 // 1.
+    b = thread_budgets(cfg(prm={"num_workers": 4}), 64, pipelined=False)
+    assert [b[r].num_threads for r in ("rollout", "policy", "prm", "sft")] == [32, 64, 16, 64]
+    # 8 cores, the policy on 2 ranks: policy 4, sft on the policy's ranks 4; 3 workers: 2 (8 // 3).
+    b = thread_budgets(cfg(policy={"num_workers": 2}, rollout={"num_workers": 3}), 8, pipelined=True)
+    assert [b[r] for r in ("rollout", "policy", "sft")] == [RoleThreads(2, 19), RoleThreads(4), RoleThreads(4)]
+
+
+def test_split_layout_roles_on_their_own_cores():
+    split = cfg(rollout={"num_workers": 1, "cores": "0-1"}, policy={"cores": "2-3"}, prm={"cores": "2-3"})
+    for pipelined in (False, True):
+        b = thread_budgets(split, 4, pipelined=pipelined)
+        assert (b["rollout"], b["policy"], b["prm"]) == (RoleThreads(2), RoleThreads(2), RoleThreads(2))
+    # The benchmark's split layout on 2 cores: 1 core each, never niced (no core shared).
+    b = thread_budgets(cfg(rollout={"num_workers": 1, "cores": "0"}, policy={"cores": "1"}, prm={"cores": "1"}), 2, pipelined=True)
+    assert (b["rollout"], b["policy"], b["prm"]) == (RoleThreads(1), RoleThreads(1), RoleThreads(1))
+    # One learner on the rollout's core is enough for the sampling to yield.
+    b = thread_budgets(cfg(rollout={"num_workers": 1, "cores": "0"}, policy={"cores": "1"}, prm={"cores": "0"}), 2, pipelined=True)
+    assert b["rollout"] == RoleThreads(1, 19)
+
+
+def test_a_number_the_user_gave_is_kept_and_marked_given():
+    b = thread_budgets(cfg(policy={"num_threads": 3}, rollout={"num_threads": 4}, sft={"num_threads": 1}), 2, pipelined=True)
+    assert b["policy"] == RoleThreads(3, given=True) and b["rollout"] == RoleThreads(4, 19, given=True)
+    assert b["prm"] == RoleThreads(2) and b["sft"] == RoleThreads(1, given=True)
+    assert RoleThreads(3, 19).env() == {"OMP_NUM_THREADS": "3"}
+
+
+def test_no_prm_learner_no_prm_budget():
+    b = thread_budgets(cfg(prm={"kind": "none"}, advantage={"c_process": 0.0}), 2, pipelined=False)
+    assert set(b) == {"rollout", "policy", "sft"}
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many"])
+def test_num_threads_neither_auto_nor_a_count_is_an_error_naming_the_key(value):
+    with pytest.raises(ConfigError, match="'policy.num_threads'"):
+        load_config(None, [f"policy.num_threads={value}"])
+
+
+def test_the_start_up_line_shows_every_role_budget():
+    lines: list[str] = []
+    setup = RunSetup.__new__(RunSetup)  # only the thread step: no data, no Ray
+    setup.cfg, setup.log = load_config(None, ["pipeline.off_policy_steps=1", "policy.num_threads=1"]), lines.append
+    setup._setup_threads(2)
+    assert lines == ["threads per process (2 cores, pipelined loop): rollout 1 (auto) nice 19, policy 1, prm 2 (auto), "
+                     "sft 2 (auto)"]
+    assert setup.threads["policy"] == RoleThreads(1, given=True)
+    assert describe_budgets({"rollout": RoleThreads(4)}, 8, False) == "threads per process (8 cores, serial loop): rollout 4 (auto)"

@@ -87,7 +87,7 @@ def test_pipelined_run_with_a_worker_killed_mid_overlap(ray_session, world_cache
 def test_pipelined_resume_equals_uninterrupted_run(ray_session, world_cache, tmp_path):
     """4 pipelined iterations in one go == 2, then a resume for 2 more: the batch sampled ahead at
     the checkpoint is restored, not sampled again with newer weights."""
-    common = {"iterations": 4, "checkpoint.every": 2}
+    common = {"iterations": 4, "checkpoint.every": 2, "rollout.num_workers": 1}  # sharding: the kill test above
     whole = tmp_path / "whole"
     train(_cfg(world_cache, run_dir=str(whole), **common), log_fn=lambda *_: None)
 

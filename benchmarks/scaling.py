@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -89,8 +90,6 @@ def run_variant(model_dir: Path, prompts: int, mode: str, layout: str, iteration
            "eval.every=0", "eval.num_prompts=8", "eval.samples_per_prompt=1", "eval.greedy=false",
            "checkpoint.every=0", f"pipeline.off_policy_steps={1 if mode == 'pipelined' else 0}", *LAYOUTS[layout], *extra]
     if run_dir.exists():
-        import shutil
-
         shutil.rmtree(run_dir)
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -111,6 +110,29 @@ def run_variant(model_dir: Path, prompts: int, mode: str, layout: str, iteration
         "peak_rss_gib": summary["peak_rss_gib"],
         "wall_s": time.time() - t0,
     }
+
+
+def run_plan(plan, args, out, work, world, tok, task, problems, raw_cache, t_start) -> list[dict]:
+    """Each variant of the plan (or its saved result), with the raw engine's tokens/s beside it."""
+    rows = []
+    for i, (size, prompts, layout, mode) in enumerate(plan):
+        key = f"{size}-p{prompts}-{layout}-{mode}"
+        path = out / "variants" / f"{key}.json"
+        model_dir, n_params = build_model(size, work)
+        if path.is_file():
+            result = json.loads(path.read_text())
+        else:
+            result = run_variant(model_dir, prompts, mode, layout, args.iterations, work, world, args.set)
+            if (size, prompts) not in raw_cache:
+                ids = [tok(task.format_prompt(p)).input_ids for p in problems[:prompts]]
+                raw_cache[(size, prompts)] = raw_engine_tokens_per_s(model_dir, ids)
+            result.update({"size": size, "params": n_params, "prompts": prompts, "layout": layout, "mode": mode,
+                           "raw_engine_tok_s": raw_cache[(size, prompts)]})
+            path.write_text(json.dumps(result, indent=1))
+        rows.append(result)
+        status = "FAILED" if "failed" in result else f"{result['s_iteration']:.2f} s/iteration"
+        print(f"[{i + 1}/{len(plan)}] {key}: {status} ({time.time() - t_start:.0f} s so far)", flush=True)
+    return rows
 
 
 def main(argv=None) -> int:
@@ -139,7 +161,6 @@ def main(argv=None) -> int:
     task = ArithmeticTask()
     problems = load_problems(str(world.train), require_demos=False)
     work = Path(tempfile.mkdtemp(prefix="repirl-scaling-"))
-    rows = []
     t_start = time.time()
     load_before = os.getloadavg()[0]
     plan = [(s, p, layout, mode) for s in args.sizes for p in args.prompts for layout in args.layouts
@@ -147,23 +168,10 @@ def main(argv=None) -> int:
     print(f"scaling: {len(plan)} runs of {args.iterations} iterations; machine: {platform.platform()}, "
           f"{os.cpu_count()} CPUs", flush=True)
     raw_cache: dict = {}
-    for i, (size, prompts, layout, mode) in enumerate(plan):
-        key = f"{size}-p{prompts}-{layout}-{mode}"
-        path = out / "variants" / f"{key}.json"
-        model_dir, n_params = build_model(size, work)
-        if path.is_file():
-            result = json.loads(path.read_text())
-        else:
-            result = run_variant(model_dir, prompts, mode, layout, args.iterations, work, world, args.set)
-            if (size, prompts) not in raw_cache:
-                ids = [tok(task.format_prompt(p)).input_ids for p in problems[:prompts]]
-                raw_cache[(size, prompts)] = raw_engine_tokens_per_s(model_dir, ids)
-            result.update({"size": size, "params": n_params, "prompts": prompts, "layout": layout, "mode": mode,
-                           "raw_engine_tok_s": raw_cache[(size, prompts)]})
-            path.write_text(json.dumps(result, indent=1))
-        rows.append(result)
-        status = "FAILED" if "failed" in result else f"{result['s_iteration']:.2f} s/iteration"
-        print(f"[{i + 1}/{len(plan)}] {key}: {status} ({time.time() - t_start:.0f} s so far)", flush=True)
+    try:
+        rows = run_plan(plan, args, out, work, world, tok, task, problems, raw_cache, t_start)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the models built here (2.6 GB at 27M) and their runs
     table = format_table(rows)
     env = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS") if k in os.environ}
     report = [f"# Scaling: seconds per iteration by model size, batch, layout and loop", "",

@@ -67,6 +67,21 @@ def _torch_globals() -> dict:
 
 
 @pytest.fixture(autouse=True)
+def restore_working_folder():
+    """Each test leaves the process in the folder it found it in: a test that changed it into its
+    tmp_path (sweep.run_trial does, as in a Tune trial) left every later test in a folder that is
+    deleted when that test passes (os.getcwd() then raises)."""
+    before = os.getcwd()
+    yield
+    try:
+        changed = os.getcwd() != before
+    except FileNotFoundError:
+        changed = True
+    if changed:
+        os.chdir(before)
+
+
+@pytest.fixture(autouse=True)
 def restore_torch_globals():
     """Each test leaves torch's process-wide settings as it found them. A learner sets the thread
     count of the whole process (torch.set_num_threads in its constructor, as a Ray actor should),

@@ -123,7 +123,8 @@ def test_trial_bundles_follow_the_config():
     assert trial_bundles(rloo) == [{"CPU": 0.5}] * 3  # no PRM learner
 
 
-def test_a_failing_trial_writes_its_error_line_and_raises(tmp_path):
+def test_a_failing_trial_writes_its_error_line_and_raises(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # run_trial changes the working folder (as in a Tune trial): undone after
     run_dir = tmp_path / "trials" / "000-seed=0"
     trial = {"key": "000-seed=0", "run_dir": str(run_dir), "cwd": str(tmp_path), "base_config": "",
              "overrides": ["model.policy_path=/no/such/model", "seed=0"]}

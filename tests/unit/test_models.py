@@ -9,17 +9,6 @@ from repirl_ray.algo import entropy_from_logits, implicit_token_rewards
 from repirl_ray.batch import build_rollouts
 from repirl_ray.models.prm import HeadPRM, ImplicitPRM, load_prm
 from repirl_ray.models.sequence import ModelInputs, model_inputs, response_logprobs
-from repirl_ray.models.tiny import build_char_tokenizer, build_tiny_qwen2
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny_model")
-    tok = build_char_tokenizer()
-    model = build_tiny_qwen2(len(tok), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, seed=1)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
 
 
 def _batch(prompts, responses):

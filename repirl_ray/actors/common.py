@@ -36,24 +36,25 @@ def actor_env(extra: dict[str, str] | None = None) -> dict:
     return {"env_vars": env}
 
 
+def _each_thread(apply) -> None:
+    """apply(tid) to every thread of this process; a thread that ended meanwhile is skipped."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            apply(int(tid))
+        except OSError:
+            pass
+
+
 def pin_threads(cores: list[int]) -> None:
     """Bind every thread of this process (torch's and OpenMP's pools exist already; threads
     started later inherit it) to `cores`. Run in an actor through `__ray_call__`."""
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(tid), cores)
-        except OSError:
-            pass  # a thread that ended meanwhile
+    _each_thread(lambda tid: os.sched_setaffinity(tid, cores))
 
 
 def renice_threads(nice: int) -> None:
     """Set the nice value of every thread of this process (on Linux each thread has its own;
     threads started later inherit it). Run in an actor through `__ray_call__`."""
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, int(tid), nice)
-        except OSError:
-            pass  # a thread that ended meanwhile
+    _each_thread(lambda tid: os.setpriority(os.PRIO_PROCESS, tid, nice))
 
 
 def actor_bundle(section) -> dict[str, float]:

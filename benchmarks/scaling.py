@@ -99,12 +99,18 @@ def run_variant(model_dir: Path, prompts: int, mode: str, layout: str, iteration
     train = [r for r in records if "rollout/accuracy" in r][1:]
     phase = {p: float(np.mean([r.get(f"timing/{p}", 0.0) for r in train]))
              for p in ("rollout", "prm", "score", "policy", "sync", "iteration")}
+    # The slowest worker's seconds in its engine and in all (docs/usage.md): what of the rollout
+    # is sampling, and what is verification, batching and Ray.
+    worker = {k: float(np.mean([r.get(f"rollout/{k}_s", np.nan) for r in train])) for k in ("engine", "worker")}
     tokens = float(np.mean([r["rollout/response_len"] for r in train])) * prompts * K
     summary = json.loads((run_dir / "summary.json").read_text())
     budget = [line for line in proc.stdout.splitlines() if line.startswith("threads per process")]
     return {
         "threads": budget[0] if budget else "",
         **{f"s_{k}": v for k, v in phase.items()},
+        "s_rollout_engine": worker["engine"],
+        "s_rollout_worker": worker["worker"],
+        "engine_tok_s": tokens / worker["engine"],
         "rollout_tok_s": tokens / phase["rollout"] if phase["rollout"] else None,
         "learner_tok_s": tokens / phase["policy"] if phase["policy"] else None,
         "peak_rss_gib": summary["peak_rss_gib"],
@@ -181,7 +187,10 @@ def main(argv=None) -> int:
               + (f"; overrides {' '.join(args.set)}" if args.set else "") + (f"; environment {env}" if env else "")
               + ". One invocation: ratios compare runs made minutes apart on the same machine. workers / raw: the "
               "rollout workers' tokens/s against one raw vLLM engine in the benchmark's process, serial rows only "
-              "(a pipelined row's rollout time is only the wait for a batch sampled beside the learners).",
+              "(a pipelined row's rollout time is only the wait for a batch sampled beside the learners); "
+              "of which in engines: the slowest worker's seconds inside its engine's generate; engines / raw: "
+              "the batch's tokens over those seconds against the raw engine (what sharding and threads cost; "
+              "the rest of workers / raw is prompts, verification, batching and Ray).",
               "", table, "", "Thread budgets (as each run printed them):", "",
               *sorted({f"- {r.get('layout')}, {r.get('mode')}: {r['threads']}" for r in rows if r.get("threads")}), ""]
     (out / "scaling.md").write_text("\n".join(report))
@@ -191,7 +200,8 @@ def main(argv=None) -> int:
 
 def format_table(rows: list[dict]) -> str:
     head = ("| size | prompts x K | layout | loop | rollout s | PRM s | score s | policy s | sync s | iteration s | "
-            "pipelined / serial | rollout tok/s | raw vLLM tok/s | workers / raw | learner tok/s | peak GiB |")
+            "pipelined / serial | rollout tok/s | raw vLLM tok/s | workers / raw | of which in engines s | engines / raw | "
+            "learner tok/s | peak GiB |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     serial = {(r.get("size"), r.get("prompts"), r.get("layout")): r for r in rows if r.get("mode") == "serial" and "failed" not in r}
     for r in rows:
@@ -206,6 +216,8 @@ def format_table(rows: list[dict]) -> str:
             f"{fmt(r['s_rollout'])} | {fmt(r['s_prm'])} | {fmt(r['s_score'])} | {fmt(r['s_policy'])} | {fmt(r['s_sync'])} | "
             f"{fmt(r['s_iteration'])} | {ratio:.2f} | {r['rollout_tok_s']:.0f} | {r['raw_engine_tok_s']:.0f} | "
             f"{fmt(r['rollout_tok_s'] / r['raw_engine_tok_s']) if r['mode'] == 'serial' else '-'} | "
+            f"{fmt(r.get('s_rollout_engine')) if r['mode'] == 'serial' else '-'} | "
+            f"{fmt(r['engine_tok_s'] / r['raw_engine_tok_s']) if r['mode'] == 'serial' and r.get('engine_tok_s') else '-'} | "
             f"{r['learner_tok_s']:.0f} | {r['peak_rss_gib']:.1f} |"
         )
     return "\n".join(lines)

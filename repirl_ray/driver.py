@@ -111,6 +111,7 @@ class Trainer:
             "rollout/policy_version": float(batch.version),
             # Versions between the policy being updated and the one that sampled its batch.
             "rollout/staleness": float(self.learner_version - batch.version),
+            **batch.worker_times(),
         }
 
         # 2. Prompt filter (PRIME): keep prompts whose K-sample accuracy lies in [low, high].

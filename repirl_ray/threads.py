@@ -9,9 +9,10 @@ fixes the overlap but slows the serial loop (1.27x), and splitting the cores bet
 and learning leaves the learners one thread where they had two (1.27-1.41x the serial iteration).
 What measured best: each role keeps the threads it would have alone (its cores divided among its
 own processes), and where the rollout workers sample beside a learner on the same cores (the
-pipelined loop, pipeline.off_policy_steps > 0), they run at the lowest priority (nice 19), so
-the sampling takes the cycles the learners leave idle (1.10-1.31x the serial
-iteration on 2 shared cores, from 5.2x).
+pipelined loop, pipeline.off_policy_steps > 0), they run at idle priority (Linux SCHED_IDLE), so
+the sampling takes only the cycles the learners leave idle (1.07x the serial iteration on 2
+shared cores at 0.8M, from 5.2x; nice 19 measured 1.14-1.31x: a niced thread keeps its core for
+its time slice when a learner thread wakes, an idle-priority one gives it up at once).
 
 A role without `cores` runs on all of the node's; two roles share cores unless both name
 disjoint `cores`. A role's num_threads given as a number is kept as given; "auto" is resolved
@@ -28,10 +29,10 @@ from repirl_ray.config import TrainConfig, has_prm_learner, parse_cores
 
 @dataclass(frozen=True)
 class RoleThreads:
-    """One role's budget: threads of each of its processes, and their nice value (0 = normal)."""
+    """One role's budget: threads of each of its processes, and whether they run at idle priority."""
 
     num_threads: int
-    nice: int = 0
+    idle: bool = False
     given: bool = False  # num_threads as the user gave it (not "auto")
 
     def env(self) -> dict[str, str]:
@@ -41,7 +42,7 @@ class RoleThreads:
         return {"OMP_NUM_THREADS": str(self.num_threads)}
 
     def describe(self) -> str:
-        return f"{self.num_threads}" + ("" if self.given else " (auto)") + (f" nice {self.nice}" if self.nice else "")
+        return f"{self.num_threads}" + ("" if self.given else " (auto)") + (" idle priority" if self.idle else "")
 
 
 def _cores(spec: str, node_cores: int, key: str) -> frozenset[int]:
@@ -55,7 +56,7 @@ def thread_budgets(cfg: TrainConfig, node_cores: int, *, pipelined: bool) -> dic
     rollout workers sample beside the learners (the pipelined loop). Each process of a role gets
     max(1, cores of the role // processes of the role); e.g. on 2 cores with 2 rollout workers
     and 1 rank per learner: 1 thread per worker, 2 per learner rank; pipelined, the workers at
-    nice 19."""
+    idle priority."""
     roles = {"rollout": (cfg.rollout, cfg.rollout.num_workers), "policy": (cfg.policy, cfg.policy.num_workers)}
     if has_prm_learner(cfg):
         roles["prm"] = (cfg.prm, cfg.prm.num_workers)
@@ -64,11 +65,11 @@ def thread_budgets(cfg: TrainConfig, node_cores: int, *, pipelined: bool) -> dic
     beside = pipelined and any(cores["rollout"] & cores[r] for r in roles if r != "rollout")
     out = {}
     for role, (sec, processes) in roles.items():
-        nice = 19 if beside and role == "rollout" else 0
+        idle = beside and role == "rollout"
         if sec.num_threads == "auto":
-            out[role] = RoleThreads(max(1, len(cores[role]) // processes), nice)
+            out[role] = RoleThreads(max(1, len(cores[role]) // processes), idle)
         else:
-            out[role] = RoleThreads(sec.num_threads, nice, given=True)
+            out[role] = RoleThreads(sec.num_threads, idle, given=True)
     # The supervised stage runs alone, before the loop, on the policy learner's ranks.
     sft = cfg.sft.num_threads
     out["sft"] = RoleThreads(sft, given=True) if sft != "auto" else RoleThreads(max(1, node_cores // cfg.policy.num_workers))

@@ -51,10 +51,14 @@ def pin_threads(cores: list[int]) -> None:
     _each_thread(lambda tid: os.sched_setaffinity(tid, cores))
 
 
-def renice_threads(nice: int) -> None:
-    """Set the nice value of every thread of this process (on Linux each thread has its own;
-    threads started later inherit it). Run in an actor through `__ray_call__`."""
-    _each_thread(lambda tid: os.setpriority(os.PRIO_PROCESS, tid, nice))
+def idle_priority() -> None:
+    """Run every thread of this process at idle priority (Linux SCHED_IDLE; each thread has its
+    own policy, and threads started later inherit it): it gets a core only when no normal thread
+    wants it, and gives it up as soon as one wakes. Run in an actor through `__ray_call__`."""
+    if not hasattr(os, "SCHED_IDLE"):  # not Linux (macOS): the lowest nice value, for the process
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
+        return
+    _each_thread(lambda tid: os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0)))
 
 
 def actor_bundle(section) -> dict[str, float]:

@@ -21,7 +21,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError
 
-from repirl_ray.actors.common import actor_bundle, actor_env, kill_all, log, pin_threads, renice_threads, wait_all, warn_missing_resources
+from repirl_ray.actors.common import actor_bundle, actor_env, kill_all, log, idle_priority, pin_threads, wait_all, warn_missing_resources
 from repirl_ray.batch import Rollouts, load_rollouts, save_rollouts
 from repirl_ray.config import RolloutConfig, parse_cores
 from repirl_ray.rollout.worker import RolloutWorker
@@ -63,6 +63,12 @@ class Sampled:
     @property
     def version(self) -> int:
         return int(self.summaries[0]["policy_version"])
+
+    def worker_times(self) -> dict[str, float]:
+        """Where the rollout's time went, from the slowest worker: seconds in its engine, and in
+        all (prompts, engine, verification, batching); timing/rollout minus these is Ray's part."""
+        return {"rollout/engine_s": max(s["sample_s"] for s in self.summaries),
+                "rollout/worker_s": max(s["total_s"] for s in self.summaries)}
 
 
 @dataclass
@@ -132,8 +138,8 @@ class RolloutGroup:
             # multiprocessing executor reads it): bind the worker here, as the learners are.
             cores = parse_cores(core_lists(self.cfg.num_workers, self.cfg.cores)[index])
             worker.__ray_call__.remote(lambda _, c=cores: pin_threads(c))
-        if self.threads and self.threads.nice:
-            worker.__ray_call__.remote(lambda _, n=self.threads.nice: renice_threads(n))
+        if self.threads and self.threads.idle:
+            worker.__ray_call__.remote(lambda _: idle_priority())
         return worker
 
     def _call(self, worker, method: str, *args, num_returns: int = 1, **kwargs):

@@ -50,6 +50,10 @@ def test_two_iterations_change_every_parameter(ray_session, world_cache, tmp_pat
         assert EXPECTED_METRICS <= set(r), EXPECTED_METRICS - set(r)
     # Each batch records the policy version that sampled it: 0, then 1 after the first push.
     assert [r["rollout/policy_version"] for r in train_records] == [0, 1]
+    # Where the rollout's time went (serial loop): the slowest worker's engine call lies inside
+    # its whole call, which lies inside the driver's rollout phase.
+    for r in train_records:
+        assert 0 < r["rollout/engine_s"] <= r["rollout/worker_s"] <= r["timing/rollout"], r
 
     assert summary["iterations"] == 2
     # The PRM's step AUROC on the fixed held-out set, before and after: the implicit PRM starts as

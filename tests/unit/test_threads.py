@@ -1,6 +1,12 @@
 """Thread budgets per role (repirl_ray/threads.py), worked out by hand: each process gets its
 role's cores divided among the role's own processes; where the rollout workers sample beside a
-learner on the same cores (pipelined loop) they run at nice 19; a number the user gave is kept."""
+learner on the same cores (pipelined loop) they run at idle priority; a number the user gave is kept."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -23,7 +29,7 @@ def test_two_cores_one_worker_each_role_has_the_node_and_the_pipelined_sampling_
     assert (serial["rollout"], serial["policy"], serial["prm"]) == (RoleThreads(2), RoleThreads(2), RoleThreads(2))
     assert serial["sft"] == RoleThreads(2)
     pipelined = thread_budgets(cfg(rollout={"num_workers": 1}), 2, pipelined=True)
-    assert (pipelined["rollout"], pipelined["policy"], pipelined["prm"]) == (RoleThreads(2, 19), RoleThreads(2), RoleThreads(2))
+    assert (pipelined["rollout"], pipelined["policy"], pipelined["prm"]) == (RoleThreads(2, idle=True), RoleThreads(2), RoleThreads(2))
     assert pipelined["sft"] == RoleThreads(2)  # the supervised stage runs alone, before the loop
 
 
@@ -32,7 +38,7 @@ def test_two_cores_two_workers_share_the_cores():
     b = thread_budgets(cfg(), 2, pipelined=False)
     assert (b["rollout"], b["policy"], b["prm"]) == (RoleThreads(1), RoleThreads(2), RoleThreads(2))
     b = thread_budgets(cfg(), 2, pipelined=True)
-    assert (b["rollout"], b["policy"], b["prm"]) == (RoleThreads(1, 19), RoleThreads(2), RoleThreads(2))
+    assert (b["rollout"], b["policy"], b["prm"]) == (RoleThreads(1, idle=True), RoleThreads(2), RoleThreads(2))
 
 
 def test_many_cores_and_ranks():
@@ -41,7 +47,7 @@ def test_many_cores_and_ranks():
     assert [b[r].num_threads for r in ("rollout", "policy", "prm", "sft")] == [32, 64, 16, 64]
     # 8 cores, the policy on 2 ranks: policy 4, sft on the policy's ranks 4; 3 workers: 2 (8 // 3).
     b = thread_budgets(cfg(policy={"num_workers": 2}, rollout={"num_workers": 3}), 8, pipelined=True)
-    assert [b[r] for r in ("rollout", "policy", "sft")] == [RoleThreads(2, 19), RoleThreads(4), RoleThreads(4)]
+    assert [b[r] for r in ("rollout", "policy", "sft")] == [RoleThreads(2, idle=True), RoleThreads(4), RoleThreads(4)]
 
 
 def test_split_layout_roles_on_their_own_cores():
@@ -49,19 +55,19 @@ def test_split_layout_roles_on_their_own_cores():
     for pipelined in (False, True):
         b = thread_budgets(split, 4, pipelined=pipelined)
         assert (b["rollout"], b["policy"], b["prm"]) == (RoleThreads(2), RoleThreads(2), RoleThreads(2))
-    # The benchmark's split layout on 2 cores: 1 core each, never niced (no core shared).
+    # The benchmark's split layout on 2 cores: 1 core each, never at idle priority (no core shared).
     b = thread_budgets(cfg(rollout={"num_workers": 1, "cores": "0"}, policy={"cores": "1"}, prm={"cores": "1"}), 2, pipelined=True)
     assert (b["rollout"], b["policy"], b["prm"]) == (RoleThreads(1), RoleThreads(1), RoleThreads(1))
     # One learner on the rollout's core is enough for the sampling to yield.
     b = thread_budgets(cfg(rollout={"num_workers": 1, "cores": "0"}, policy={"cores": "1"}, prm={"cores": "0"}), 2, pipelined=True)
-    assert b["rollout"] == RoleThreads(1, 19)
+    assert b["rollout"] == RoleThreads(1, idle=True)
 
 
 def test_a_number_the_user_gave_is_kept_and_marked_given():
     b = thread_budgets(cfg(policy={"num_threads": 3}, rollout={"num_threads": 4}, sft={"num_threads": 1}), 2, pipelined=True)
-    assert b["policy"] == RoleThreads(3, given=True) and b["rollout"] == RoleThreads(4, 19, given=True)
+    assert b["policy"] == RoleThreads(3, given=True) and b["rollout"] == RoleThreads(4, idle=True, given=True)
     assert b["prm"] == RoleThreads(2) and b["sft"] == RoleThreads(1, given=True)
-    assert RoleThreads(3, 19).env() == {"OMP_NUM_THREADS": "3"}
+    assert RoleThreads(3, idle=True).env() == {"OMP_NUM_THREADS": "3"}
 
 
 def test_no_prm_learner_no_prm_budget():
@@ -80,7 +86,27 @@ def test_the_start_up_line_shows_every_role_budget():
     setup = RunSetup.__new__(RunSetup)  # only the thread step: no data, no Ray
     setup.cfg, setup.log = load_config(None, ["pipeline.off_policy_steps=1", "policy.num_threads=1"]), lines.append
     setup._setup_threads(2)
-    assert lines == ["threads per process (2 cores, pipelined loop): rollout 1 (auto) nice 19, policy 1, prm 2 (auto), "
+    assert lines == ["threads per process (2 cores, pipelined loop): rollout 1 (auto) idle priority, policy 1, prm 2 (auto), "
                      "sft 2 (auto)"]
     assert setup.threads["policy"] == RoleThreads(1, given=True)
     assert describe_budgets({"rollout": RoleThreads(4)}, 8, False) == "threads per process (8 cores, serial loop): rollout 4 (auto)"
+
+
+def test_idle_priority_covers_every_thread_and_those_started_later():
+    # In a child process: a process cannot leave idle priority without privileges.
+    code = textwrap.dedent("""
+        import json, os, threading
+        from repirl_ray.actors.common import idle_priority
+        before = threading.Thread(target=threading.Event().wait, args=(30,), daemon=True)
+        before.start()
+        idle_priority()
+        later = []
+        after = threading.Thread(target=lambda: later.append(os.sched_getscheduler(0)))
+        after.start(); after.join()
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+        print(json.dumps({"policies": [os.sched_getscheduler(t) for t in tids], "later": later,
+                          "before_seen": before.native_id in tids}))
+    """)
+    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert out["before_seen"] and len(out["policies"]) >= 2
+    assert set(out["policies"]) == {os.SCHED_IDLE} and out["later"] == [os.SCHED_IDLE]

@@ -58,9 +58,10 @@ COLUMNS = {
 }
 
 
-# Rough cost of a run relative to rloo's (the last claims run), to balance the lanes.
-COST = {"repirl": 2.2, "repirl_head": 1.7, "rloo": 1.0, "prime": 1.8, "prm_only": 2.2, "ttt": 1.8, "bc": 1.5,
-        "sft_rloo": 0.9, "hard_repirl": 1.4, "hard_rloo": 0.6}
+# Rough cost of a run relative to rloo's (the claims run of 2026-12-04: wall_s, bc with its
+# supervised stage), to balance the lanes.
+COST = {"repirl": 1.9, "repirl_head": 1.7, "rloo": 1.0, "prime": 1.7, "prm_only": 2.0, "ttt": 1.45, "bc": 1.5,
+        "sft_rloo": 0.7, "hard_repirl": 2.4, "hard_rloo": 0.8}
 NEEDS = {"ttt": "repirl", "sft_rloo": "bc"}  # run after that mode's run of the same seed (same lane)
 
 
@@ -178,7 +179,10 @@ def lanes_of(plan: list[tuple], parallel: int) -> list[list[tuple]]:
         i = loads.index(min(loads))
         lanes[i] += chain
         loads[i] += sum(COST[("hard_" if h else "") + m] for m, _, h in chain)
-    return [lane for lane in lanes if lane]
+    # A lane's hard-problem runs last and together: they sample up to 64 tokens, so they need other
+    # rollout workers (~20 s to start), once per lane instead of at every switch (sorted is stable:
+    # a run still follows the run it needs).
+    return [sorted(lane, key=lambda r: r[2]) for lane in lanes if lane]
 
 
 def lane_pins(parallel: int) -> list[list[str]]:

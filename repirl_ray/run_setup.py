@@ -36,7 +36,7 @@ from repirl_ray.metrics import MemoryMonitor, MetricsLogger
 from repirl_ray.models.packaged import resolve_model
 from repirl_ray.models.policy import check_model_path
 from repirl_ray.tasks import Task, build_task
-from repirl_ray.threads import describe_budgets, thread_budgets
+from repirl_ray.threads import SHARED_OVERLAP_NOTE, describe_budgets, thread_budgets
 from repirl_ray.data.dataset import REASONING_GYM, DataReport, check_prompts, read_split
 from repirl_ray.data.dataset import task_kwargs as dataset_task_kwargs
 from repirl_ray.utils import atomic_write_json, publish_dir
@@ -433,6 +433,8 @@ class RunSetup:
         pipelined = self.cfg.pipeline.off_policy_steps > 0
         self.threads = thread_budgets(self.cfg, cores, pipelined=pipelined)
         self.log(describe_budgets(self.threads, cores, pipelined))
+        if self.threads["rollout"].idle:
+            self.log(SHARED_OVERLAP_NOTE)
 
     def _setup_data(self) -> None:
         cfg = self.cfg

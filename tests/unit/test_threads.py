@@ -12,7 +12,7 @@ import pytest
 
 from repirl_ray.config import ConfigError, TrainConfig, load_config
 from repirl_ray.run_setup import RunSetup
-from repirl_ray.threads import RoleThreads, describe_budgets, thread_budgets
+from repirl_ray.threads import SHARED_OVERLAP_NOTE, RoleThreads, describe_budgets, thread_budgets
 
 
 def cfg(**sections) -> TrainConfig:
@@ -87,9 +87,16 @@ def test_the_start_up_line_shows_every_role_budget():
     setup.cfg, setup.log = load_config(None, ["pipeline.off_policy_steps=1", "policy.num_threads=1"]), lines.append
     setup._setup_threads(2)
     assert lines == ["threads per process (2 cores, pipelined loop): rollout 1 (auto) idle priority, policy 1, prm 2 (auto), "
-                     "sft 2 (auto)"]
+                     "sft 2 (auto)", SHARED_OVERLAP_NOTE]
     assert setup.threads["policy"] == RoleThreads(1, given=True)
     assert describe_budgets({"rollout": RoleThreads(4)}, 8, False) == "threads per process (8 cores, serial loop): rollout 4 (auto)"
+    # The serial loop, and a pipelined one whose rollout has cores of its own: no such note.
+    for extra in (["pipeline.off_policy_steps=0"], ["pipeline.off_policy_steps=1", "rollout.cores=0", "policy.cores=1",
+                                                     "prm.cores=1", "rollout.num_workers=1"]):
+        lines.clear()
+        setup.cfg = load_config(None, extra)
+        setup._setup_threads(2)
+        assert len(lines) == 1 and lines[0].startswith("threads per process"), lines
 
 
 def test_idle_priority_covers_every_thread_and_those_started_later():

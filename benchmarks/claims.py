@@ -196,8 +196,10 @@ def lane_pins(parallel: int) -> list[list[str]]:
     if parallel <= 1 or len(cores) < parallel:
         return [[] for _ in range(max(1, parallel))]
     per = len(cores) // parallel
-    return [[f"rollout.cores={mine}", f"policy.cores={mine}", f"prm.cores={mine}", f"policy.num_threads={per}",
-             f"prm.num_threads={per}", f"sft.num_threads={per}"] for mine in core_lists(parallel)]
+    # One rollout worker per core of the lane: two engines on one core took 1.2x as long
+    # (benchmarks/claims.py --seeds 0 1 --iterations 10 --modes repirl rloo: 131 s vs 107 s, same numbers).
+    return [[f"rollout.cores={mine}", f"rollout.num_workers={per}", f"policy.cores={mine}", f"prm.cores={mine}",
+             f"policy.num_threads={per}", f"prm.num_threads={per}", f"sft.num_threads={per}"] for mine in core_lists(parallel)]
 
 
 def read_result(out: Path, name: str) -> dict:

@@ -9,15 +9,18 @@ world's 20-token vocabulary, built from a config; no download) and each batch si
 iteration, K = 4 samples each), a `repirl train` subprocess runs --iterations iterations on the
 built-in world's prompts (the prompt filter off, so every iteration trains on the whole batch)
 and reports seconds per phase (iteration 1 left out: start-up effects), rollout tokens/s through
-the rollout workers, learner tokens/s (policy update), and peak memory. Beside it, the raw vLLM
-engine on the same prompts in this process (rollout tokens/s of the engine alone: the ratio is
-what the workers' verification, batching and Ray cost).
+the rollout workers, learner tokens/s (policy update), and peak memory. Beside a serial run, the
+raw vLLM engine in this process on the same prompts with the run's final policy (a random model's
+response lengths change as it trains, and tokens/s with them), median of 3 batches: the ratio is
+what sharding, the workers' verification, batching and Ray cost.
 
-Each size and batch runs serial and pipelined (pipeline.off_policy_steps=1) in two layouts:
+Each size and batch runs serial and pipelined (pipeline.off_policy_steps=1, pipeline.overlap as
+the run resolves it: auto) in two layouts:
 - shared: the default (2 rollout workers, the learners unpinned): every phase competes for the
-  same cores, as on a laptop;
+  same cores, as on a laptop; pipelined, the next batch is sampled after the updates (auto);
+  `--modes overlapped` adds runs that sample it beside them (pipeline.overlap=always);
 - split: 1 rollout worker bound to core 0, the learners pinned to core 1, as separate devices
-  would be on a cluster: the layout in which overlapping can pay.
+  would be on a cluster: the layout in which overlapping can pay (auto samples beside).
 Every role runs the thread budget the run resolves (repirl_ray/threads.py, printed by each run
 and kept in its JSON); --set adds config overrides to every run (e.g. policy.num_threads=2).
 Results go to --out (one JSON per variant: a rerun skips what is done) and a table to
@@ -68,17 +71,21 @@ def build_model(name: str, root: Path) -> tuple[Path, int]:
     return out, sum(p.numel() for p in model.parameters())
 
 
-def raw_engine_tokens_per_s(model_dir: Path, prompts: list[list[int]]) -> float:
-    """The vLLM engine alone, in this process, on the same prompts and sampling settings."""
+def raw_engine_tokens_per_s(model_dir: Path, prompts: list[list[int]], repeats: int = 3) -> float:
+    """The vLLM engine alone, in this process, on the same prompts and sampling settings: the
+    median of `repeats` batches."""
     from repirl_ray.rollout.vllm_engine import VLLMEngine
 
     engine = VLLMEngine(str(model_dir), max_model_len=128, kv_cache_gib=0.5)
     engine.generate(prompts[:2], n=K, temperature=1.0, top_p=1.0, max_tokens=MAX_NEW, seeds=None)  # warm-up
-    t0 = time.perf_counter()
-    out = engine.generate(prompts, n=K, temperature=1.0, top_p=1.0, max_tokens=MAX_NEW, seeds=list(range(len(prompts))))
-    dt = time.perf_counter() - t0
+    rates = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        out = engine.generate(prompts, n=K, temperature=1.0, top_p=1.0, max_tokens=MAX_NEW,
+                              seeds=[r * 1000 + i for i in range(len(prompts))])
+        rates.append(sum(len(s.token_ids) for group in out for s in group) / (time.perf_counter() - t0))
     del engine
-    return sum(len(s.token_ids) for group in out for s in group) / dt
+    return float(np.median(rates))
 
 
 def run_variant(model_dir: Path, prompts: int, mode: str, layout: str, iterations: int, work: Path, world,
@@ -88,7 +95,8 @@ def run_variant(model_dir: Path, prompts: int, mode: str, layout: str, iteration
            f"model.policy_path={model_dir}", f"data.train_path={world.train}", f"data.eval_path={world.eval}",
            f"data.prompts_per_iteration={prompts}", "filter.enabled=false", f"rollout.max_new_tokens={MAX_NEW}",
            "eval.every=0", "eval.num_prompts=8", "eval.samples_per_prompt=1", "eval.greedy=false",
-           "checkpoint.every=0", f"pipeline.off_policy_steps={1 if mode == 'pipelined' else 0}", *LAYOUTS[layout], *extra]
+           "checkpoint.every=0", f"pipeline.off_policy_steps={0 if mode == 'serial' else 1}",
+           f"pipeline.overlap={'always' if mode == 'overlapped' else 'auto'}", *LAYOUTS[layout], *extra]
     if run_dir.exists():
         shutil.rmtree(run_dir)
     t0 = time.time()
@@ -115,11 +123,14 @@ def run_variant(model_dir: Path, prompts: int, mode: str, layout: str, iteration
         "learner_tok_s": tokens / phase["policy"] if phase["policy"] else None,
         "peak_rss_gib": summary["peak_rss_gib"],
         "wall_s": time.time() - t0,
+        "final_policy": str(sorted((run_dir / "checkpoints").glob("iter_*"))[-1] / "policy"),
     }
 
 
-def run_plan(plan, args, out, work, world, tok, task, problems, raw_cache, t_start) -> list[dict]:
-    """Each variant of the plan (or its saved result), with the raw engine's tokens/s beside it."""
+def run_plan(plan, args, out, work, world, tok, task, problems, t_start) -> list[dict]:
+    """Each variant of the plan (or its saved result); beside each serial one the raw engine's
+    tokens/s with the run's final policy (its responses as long as the run's last ones: a random
+    model's lengths change as it trains, and tokens/s with them)."""
     rows = []
     for i, (size, prompts, layout, mode) in enumerate(plan):
         key = f"{size}-p{prompts}-{layout}-{mode}"
@@ -129,11 +140,10 @@ def run_plan(plan, args, out, work, world, tok, task, problems, raw_cache, t_sta
             result = json.loads(path.read_text())
         else:
             result = run_variant(model_dir, prompts, mode, layout, args.iterations, work, world, args.set)
-            if (size, prompts) not in raw_cache:
+            if mode == "serial" and "failed" not in result:
                 ids = [tok(task.format_prompt(p)).input_ids for p in problems[:prompts]]
-                raw_cache[(size, prompts)] = raw_engine_tokens_per_s(model_dir, ids)
-            result.update({"size": size, "params": n_params, "prompts": prompts, "layout": layout, "mode": mode,
-                           "raw_engine_tok_s": raw_cache[(size, prompts)]})
+                result["raw_engine_tok_s"] = raw_engine_tokens_per_s(Path(result["final_policy"]), ids)
+            result.update({"size": size, "params": n_params, "prompts": prompts, "layout": layout, "mode": mode})
             path.write_text(json.dumps(result, indent=1))
         rows.append(result)
         status = "FAILED" if "failed" in result else f"{result['s_iteration']:.2f} s/iteration"
@@ -148,7 +158,8 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", type=int, nargs="+", default=[8, 16], help="prompts per iteration (x K = 4)")
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
-    parser.add_argument("--modes", nargs="+", default=["serial", "pipelined"], choices=["serial", "pipelined"])
+    parser.add_argument("--modes", nargs="+", default=["serial", "pipelined"], choices=["serial", "pipelined", "overlapped"],
+                        help="overlapped: pipelined with pipeline.overlap=always")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scaling"))
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -173,9 +184,8 @@ def main(argv=None) -> int:
             for mode in args.modes]
     print(f"scaling: {len(plan)} runs of {args.iterations} iterations; machine: {platform.platform()}, "
           f"{os.cpu_count()} CPUs", flush=True)
-    raw_cache: dict = {}
     try:
-        rows = run_plan(plan, args, out, work, world, tok, task, problems, raw_cache, t_start)
+        rows = run_plan(plan, args, out, work, world, tok, task, problems, t_start)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # the models built here (2.6 GB at 27M) and their runs
     table = format_table(rows)
@@ -186,7 +196,8 @@ def main(argv=None) -> int:
               f"{args.iterations} iterations per run (the first left out), K = 4, 40 new tokens at most, implicit PRM"
               + (f"; overrides {' '.join(args.set)}" if args.set else "") + (f"; environment {env}" if env else "")
               + ". One invocation: ratios compare runs made minutes apart on the same machine. workers / raw: the "
-              "rollout workers' tokens/s against one raw vLLM engine in the benchmark's process, serial rows only "
+              "rollout workers' tokens/s against one raw vLLM engine in the benchmark's process (the same prompts and "
+              "sampling settings, the run's final policy, median of 3 batches), serial rows only "
               "(a pipelined row's rollout time is only the wait for a batch sampled beside the learners); "
               "of which in engines: the slowest worker's seconds inside its engine's generate; engines / raw: "
               "the batch's tokens over those seconds against the raw engine (what sharding and threads cost; "
@@ -214,11 +225,12 @@ def format_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['size']} ({r['params'] / 1e6:.1f} M) | {r['prompts']} x {K} | {r['layout']} | {r['mode']} | "
             f"{fmt(r['s_rollout'])} | {fmt(r['s_prm'])} | {fmt(r['s_score'])} | {fmt(r['s_policy'])} | {fmt(r['s_sync'])} | "
-            f"{fmt(r['s_iteration'])} | {ratio:.2f} | {r['rollout_tok_s']:.0f} | {r['raw_engine_tok_s']:.0f} | "
-            f"{fmt(r['rollout_tok_s'] / r['raw_engine_tok_s']) if r['mode'] == 'serial' else '-'} | "
-            f"{fmt(r.get('s_rollout_engine')) if r['mode'] == 'serial' else '-'} | "
-            f"{fmt(r['engine_tok_s'] / r['raw_engine_tok_s']) if r['mode'] == 'serial' and r.get('engine_tok_s') else '-'} | "
-            f"{r['learner_tok_s']:.0f} | {r['peak_rss_gib']:.1f} |"
+            f"{fmt(r['s_iteration'])} | {ratio:.2f} | {r['rollout_tok_s']:.0f} | "
+            # workers / raw: serial rows only (a pipelined row's rollout time is the wait for a
+            # batch sampled beside the learners).
+            + (f"{raw:.0f} | {r['rollout_tok_s'] / raw:.2f} | {fmt(r.get('s_rollout_engine'))} | "
+               f"{fmt(r['engine_tok_s'] / raw)} | " if (raw := r.get("raw_engine_tok_s")) else "- | - | - | - | ")
+            + f"{r['learner_tok_s']:.0f} | {r['peak_rss_gib']:.1f} |"
         )
     return "\n".join(lines)
 

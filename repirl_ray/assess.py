@@ -50,7 +50,7 @@ class CheckpointSession:
         self.problems = read_data_split(cfg, "eval" if split == "eval" else "hard_eval", eval_path)[0][: cfg.eval.num_prompts]
         self.started_ray = init_ray(cfg, log)
         # Sampling and scoring take turns here.
-        threads = thread_budgets(cfg, node_cores(cfg, joined=not self.started_ray), pipelined=False)
+        threads = thread_budgets(cfg, node_cores(cfg, joined=not self.started_ray), overlapped=False)
         self.rollout = RolloutGroup(
             cfg.rollout, str(self.ckpt / "policy"), cfg.data.task, threads=threads["rollout"], seed=cfg.seed,
             chat_template=cfg.data.chat_template,

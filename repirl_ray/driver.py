@@ -6,10 +6,10 @@ in checkpoints.py; the groups in actors/ make every Ray call, none is made here.
 Trajectories, token rewards, advantages and weights move between actors as ObjectRefs; the
 driver itself only reads small summaries (outcomes per row, metrics).
 
-`pipeline.off_policy_steps: 1` overlaps sampling with learning: the rollout workers sample the
-next batch while the learners update on the current one, so an update's samples come from the
-policy one version behind. PPO's ratio and the PRM's importance weights use the sampler's
-log-probs (the behaviour policy), so both stay correct; the staleness is logged.
+`pipeline.off_policy_steps: 1`: the rollout workers sample the next batch while the learners
+update on this one (or after, with the same weights, where they share cores: pipeline.overlap),
+so an update's samples come from the policy one version behind. PPO's ratio and the PRM's
+importance weights use the sampler's log-probs, so both stay correct; the staleness is logged.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from repirl_ray import algo
@@ -70,12 +69,7 @@ class Trainer:
         problems, _ = stream.next_batch()
         demo_problems = None
         if self.cfg.irl.demo_pairing == "shuffled":
-            # The released code's expert loader is not aligned with the prompts: each slot's demos
-            # come from a training problem drawn at random (seeded by the iteration, so a resumed
-            # run draws the same ones), with that problem's own prompt.
-            rng = np.random.default_rng([self.cfg.seed, index, 1])
-            pool = stream.problems
-            demo_problems = [pool[i] for i in rng.choice(len(pool), size=len(problems), replace=len(pool) < len(problems))]
+            demo_problems = stream.shuffled_demo_problems(len(problems), self.cfg.seed, index)
         return self.rollout.submit(
             problems, n=self.cfg.rollout.samples_per_prompt, temperature=self.cfg.rollout.temperature,
             seed=self.cfg.seed * 100_003 + index, with_demos=self.prm is not None, demo_problems=demo_problems,
@@ -88,11 +82,16 @@ class Trainer:
         if pending is None:
             pending = self._submit(self.iteration)
         batch = pending if isinstance(pending, Sampled) else self.rollout.collect(pending)
-        if self.cfg.pipeline.off_policy_steps:
-            # Also after the last iteration: the final checkpoint keeps it, so a run extended with
-            # --resume continues exactly as one that had run longer in the first place.
-            self._pending = self._submit(self.iteration + 1)
+        if self.setup.overlapped:
+            self._sample_ahead()
         return batch
+
+    def _sample_ahead(self) -> None:
+        """Pipelined: the next batch to the workers, ahead of this update's weights. Also after the
+        last iteration: the final checkpoint keeps it, so a run extended with --resume continues
+        exactly as one that had run longer in the first place."""
+        if self.cfg.pipeline.off_policy_steps and self._pending is None:
+            self._pending = self._submit(self.iteration + 1)
 
     def run_iteration(self) -> dict:
         """One iteration of ALGORITHM.md section 5."""
@@ -124,6 +123,7 @@ class Trainer:
         metrics["rollout/kept_frac"] = len(keep) / len(slots)
         if len(keep) == 0:
             self.log(f"iteration {self.iteration + 1}: no prompt kept by the filter; no update this iteration")
+            self._sample_ahead()
             return {**metrics, **timer.results()}
         # The learners gather the kept prompts' rows from the workers' shards themselves.
 
@@ -147,7 +147,9 @@ class Trainer:
             with timer("prm"):
                 metrics.update(self.prm.update(keep, batch.rollouts, batch.demos))
 
-        # 6. New policy weights to the rollout workers (object store), before their next batch.
+        # 6. New policy weights to the rollout workers (object store). Pipelined: behind the next
+        # batch, which the workers sample with the version they hold, as if beside the updates.
+        self._sample_ahead()
         with timer("sync"):
             self.learner_version = self.policy.push_weights(self.rollout, wait=not cfg.pipeline.off_policy_steps)
 
@@ -157,9 +159,8 @@ class Trainer:
         """The learners, the loop's position and (pipelined) the batch sampled ahead: checkpoints.py."""
         if self._pending is not None and not isinstance(self._pending, Sampled):
             self._pending = self.rollout.collect(self._pending)
-        path = save_checkpoint(self.run_dir, self.iteration, self._trainer_state, policy=self.policy, prm=self.prm,
-                               rollout=self.rollout, pending=self._pending, keep_last=self.cfg.checkpoint.keep_last,
-                               log_fn=self.log)
+        path = save_checkpoint(self.run_dir, self.iteration, self._trainer_state, policy=self.policy, prm=self.prm, rollout=self.rollout,
+                               pending=self._pending, keep_last=self.cfg.checkpoint.keep_last, log_fn=self.log)
         self._saved_at = self.iteration
         return path
 

@@ -36,7 +36,7 @@ from repirl_ray.metrics import MemoryMonitor, MetricsLogger
 from repirl_ray.models.packaged import resolve_model
 from repirl_ray.models.policy import check_model_path
 from repirl_ray.tasks import Task, build_task
-from repirl_ray.threads import SHARED_OVERLAP_NOTE, describe_budgets, thread_budgets
+from repirl_ray.threads import DEFERRED_NOTE, SHARED_OVERLAP_NOTE, describe_budgets, samples_beside_updates, thread_budgets
 from repirl_ray.data.dataset import REASONING_GYM, DataReport, check_prompts, read_split
 from repirl_ray.data.dataset import task_kwargs as dataset_task_kwargs
 from repirl_ray.utils import atomic_write_json, publish_dir
@@ -428,13 +428,19 @@ class RunSetup:
             check_fits(role_demands(cfg), [node], {"policy": cfg.policy.placement == "pack", "prm": cfg.prm.placement == "pack"})
 
     def _setup_threads(self, cores: int) -> None:
-        """Each role's threads and OpenMP wait policy (threads.py), from the cores it shares with
-        the roles that run beside it; printed, as a run's first speed fact."""
+        """Each role's threads and priority (threads.py), from the cores it shares with the roles
+        that run beside it, and whether the pipelined loop samples beside the updates; printed, as
+        a run's first speed fact."""
         pipelined = self.cfg.pipeline.off_policy_steps > 0
-        self.threads = thread_budgets(self.cfg, cores, pipelined=pipelined)
-        self.log(describe_budgets(self.threads, cores, pipelined))
+        self.overlapped = samples_beside_updates(self.cfg, cores)
+        self.threads = thread_budgets(self.cfg, cores, overlapped=self.overlapped)
+        loop = ("serial loop" if not pipelined else "pipelined loop" if self.overlapped
+                else "pipelined loop, next batch sampled after the updates")
+        self.log(describe_budgets(self.threads, cores, loop))
         if self.threads["rollout"].idle:
             self.log(SHARED_OVERLAP_NOTE)
+        elif pipelined and not self.overlapped and self.cfg.pipeline.overlap == "auto":
+            self.log(DEFERRED_NOTE)
 
     def _setup_data(self) -> None:
         cfg = self.cfg

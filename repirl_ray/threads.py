@@ -13,6 +13,12 @@ pipelined loop, pipeline.off_policy_steps > 0), they run at idle priority (Linux
 the sampling takes only the cycles the learners leave idle (1.07x the serial iteration on 2
 shared cores at 0.8M, from 5.2x; nice 19 measured 1.14-1.31x: a niced thread keeps its core for
 its time slice when a learner thread wakes, an idle-priority one gives it up at once).
+Even so, on shared cores there is no idle core for the overlap to fill: the learners slowed by
+about what the sampling beside them took (27M: PRM update 2.55 -> 3.18 s for a 0.71-s rollout),
+0.93-1.14x the serial iteration by size and batch. So by default (pipeline.overlap: auto) the
+pipelined loop samples beside the learners only where the rollout has compute of its own, and
+where it would share a learner's cores it samples the next batch after the updates, with the
+same weights: the same batches and updates, at the serial loop's speed.
 
 A role without `cores` runs on all of the node's; two roles share cores unless both name
 disjoint `cores`. A role's num_threads given as a number is kept as given; "auto" is resolved
@@ -49,20 +55,41 @@ def _cores(spec: str, node_cores: int, key: str) -> frozenset[int]:
     return frozenset(parse_cores(spec, key)) if spec else frozenset(range(node_cores))
 
 
-def thread_budgets(cfg: TrainConfig, node_cores: int, *, pipelined: bool) -> dict[str, RoleThreads]:
+def shares_learner_cores(cfg: TrainConfig, node_cores: int) -> bool:
+    """Whether the rollout workers compute on CPU cores that a learner on CPU also uses (a role
+    without `cores` has all of the node's)."""
+    learners = [cfg.policy] + ([cfg.prm] if has_prm_learner(cfg) else [])
+    if cfg.rollout.num_gpus:
+        return False
+    rollout = _cores(cfg.rollout.cores, node_cores, "rollout.cores")
+    return any(not sec.num_gpus and rollout & _cores(sec.cores, node_cores, f"{name}.cores")
+               for name, sec in zip(("policy", "prm"), learners))
+
+
+def samples_beside_updates(cfg: TrainConfig, node_cores: int) -> bool:
+    """Whether the next batch is sampled while the learners update (the pipelined loop's overlap;
+    pipeline.overlap), rather than after them with the same weights."""
+    if not cfg.pipeline.off_policy_steps:
+        return False
+    if cfg.pipeline.overlap == "auto":
+        return not shares_learner_cores(cfg, node_cores)
+    return cfg.pipeline.overlap == "always"
+
+
+def thread_budgets(cfg: TrainConfig, node_cores: int, *, overlapped: bool) -> dict[str, RoleThreads]:
     """The budget of each role of this run: {"rollout", "policy", ["prm"], "sft"} -> RoleThreads.
 
-    node_cores: the CPUs of the node the roles share (Ray's count for it); pipelined: whether the
-    rollout workers sample beside the learners (the pipelined loop). Each process of a role gets
-    max(1, cores of the role // processes of the role); e.g. on 2 cores with 2 rollout workers
-    and 1 rank per learner: 1 thread per worker, 2 per learner rank; pipelined, the workers at
-    idle priority."""
+    node_cores: the CPUs of the node the roles share (Ray's count for it); overlapped: whether the
+    rollout workers sample while the learners update (samples_beside_updates). Each process of a
+    role gets max(1, cores of the role // processes of the role); e.g. on 2 cores with 2 rollout
+    workers and 1 rank per learner: 1 thread per worker, 2 per learner rank; sampling beside the
+    updates on a learner's cores, the workers at idle priority."""
     roles = {"rollout": (cfg.rollout, cfg.rollout.num_workers), "policy": (cfg.policy, cfg.policy.num_workers)}
     if has_prm_learner(cfg):
         roles["prm"] = (cfg.prm, cfg.prm.num_workers)
     cores = {r: _cores(sec.cores, node_cores, f"{r}.cores") for r, (sec, _) in roles.items()}
     # Sampling beside learning on the same cores: the sampling yields.
-    beside = pipelined and any(cores["rollout"] & cores[r] for r in roles if r != "rollout")
+    beside = overlapped and shares_learner_cores(cfg, node_cores)
     out = {}
     for role, (sec, processes) in roles.items():
         idle = beside and role == "rollout"
@@ -76,17 +103,24 @@ def thread_budgets(cfg: TrainConfig, node_cores: int, *, pipelined: bool) -> dic
     return out
 
 
-# What the pipelined loop measured with the sampling beside the learners (docs/speed.md).
+# What the pipelined loop measured with the sampling beside the learners on shared cores (docs/speed.md).
+SHARED_CORES_MEASURED = "on 2 shared cores this measured 0.93-1.14x the serial iteration by model size and batch"
+DEFERRED_NOTE = (
+    "pipelined loop: the rollout workers share the learners' cores, so each next batch is sampled after the "
+    "updates, with the weights it would have had beside them (one version behind; pipeline.overlap=auto); "
+    f"sampling beside the updates (pipeline.overlap=always) {SHARED_CORES_MEASURED} (no idle core to fill; "
+    "docs/speed.md); the overlap pays where the rollout has cores of its own (rollout.cores, policy.cores, "
+    "prm.cores, or separate devices)"
+)
 SHARED_OVERLAP_NOTE = (
-    "pipelined loop with the rollout workers on a learner's cores: they sample at idle priority, and "
-    "on 2 shared cores this measured 0.93-1.14x the serial iteration by model size and batch (no idle core to "
-    "fill; docs/speed.md); "
-    "the overlap pays where the rollout has cores of its own (rollout.cores, policy.cores, prm.cores, or "
-    "separate devices)"
+    "pipelined loop with the rollout workers sampling beside the updates on a learner's cores "
+    f"(pipeline.overlap=always): they sample at idle priority, and {SHARED_CORES_MEASURED} (no idle core to "
+    "fill; docs/speed.md); the overlap pays where the rollout has cores of its own (rollout.cores, "
+    "policy.cores, prm.cores, or separate devices)"
 )
 
 
-def describe_budgets(budgets: dict[str, RoleThreads], node_cores: int, pipelined: bool) -> str:
-    """The start-up line: threads per process of each role."""
+def describe_budgets(budgets: dict[str, RoleThreads], node_cores: int, loop: str) -> str:
+    """The start-up line: threads per process of each role; loop: e.g. "serial loop"."""
     parts = ", ".join(f"{role} {b.describe()}" for role, b in budgets.items())
-    return f"threads per process ({node_cores} cores, {'pipelined' if pipelined else 'serial'} loop): {parts}"
+    return f"threads per process ({node_cores} cores, {loop}): {parts}"

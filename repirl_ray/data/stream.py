@@ -55,6 +55,14 @@ class PromptStream:
             self.position += take
         return [self.problems[i] for i in indices], indices
 
+    def shuffled_demo_problems(self, size: int, seed: int, index: int) -> list[Problem]:
+        """irl.demo_pairing=shuffled: the released code's expert loader is not aligned with the
+        prompts, so each slot's demos come from a training problem drawn at random (seeded by the
+        iteration `index`, so a resumed run draws the same ones), with that problem's own prompt."""
+        rng = np.random.default_rng([seed, index, 1])
+        pool = self.problems
+        return [pool[i] for i in rng.choice(len(pool), size=size, replace=len(pool) < size)]
+
     def state(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}
 

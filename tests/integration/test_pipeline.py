@@ -2,7 +2,9 @@
 rollout workers sample the next batch while the learners update, each batch is at most one
 policy version behind (logged), every parameter trains, a rollout worker killed during an
 overlapped generation is replaced with no iteration lost or repeated, and a resumed run equals an
-uninterrupted one (the batch sampled ahead is part of the checkpoint)."""
+uninterrupted one (the batch sampled ahead is part of the checkpoint), whether the next batch is
+sampled beside the updates or after them (pipeline.overlap: the same batches, only the timing
+differs)."""
 
 import json
 
@@ -18,7 +20,8 @@ from tests.helpers import RESUME_KEYS, assert_same_iterations, events, kill_when
 
 pytestmark = pytest.mark.integration
 
-PIPELINED = {"pipeline.off_policy_steps": 1, "rollout.num_workers": 2, "eval.every": 0}
+# Beside the updates even on the test machine's shared cores (auto would sample after them).
+PIPELINED = {"pipeline.off_policy_steps": 1, "pipeline.overlap": "always", "rollout.num_workers": 2, "eval.every": 0}
 
 
 def _cfg(world_cache, **extra):
@@ -85,18 +88,30 @@ def test_pipelined_run_with_a_worker_killed_mid_overlap(ray_session, world_cache
 
 
 def test_pipelined_resume_equals_uninterrupted_run(ray_session, world_cache, tmp_path):
-    """4 pipelined iterations in one go == 2, then a resume for 2 more: the batch sampled ahead at
-    the checkpoint is restored, not sampled again with newer weights."""
+    """4 pipelined iterations in one go, sampling beside the updates == 2 sampling after them, then
+    a resume for 2 more: the batch sampled ahead at the checkpoint is restored, not sampled again
+    with newer weights, and sampling after the updates hands the workers the same weights."""
     common = {"iterations": 4, "checkpoint.every": 2, "rollout.num_workers": 1}  # sharding: the kill test above
     whole = tmp_path / "whole"
     train(_cfg(world_cache, run_dir=str(whole), **common), log_fn=lambda *_: None)
 
     split = tmp_path / "split"
-    train(_cfg(world_cache, run_dir=str(split), **{**common, "iterations": 2}), log_fn=lambda *_: None)
+    after = {**common, "iterations": 2, "pipeline.overlap": "never"}
+    trainer = Trainer(_cfg(world_cache, run_dir=str(split), **after), split, log_fn=lambda *_: None)
+    calls = []  # the driver's training batches handed to the workers, and the policy updates
+    submit, update = trainer._submit, trainer.policy.update
+    trainer._submit = lambda index: (calls.append(f"batch {index}"), submit(index))[1]
+    trainer.policy.update = lambda *a, **k: (calls.append("update"), update(*a, **k))[1]
+    try:
+        trainer.train()
+    finally:
+        trainer.shutdown()
+    # Each next batch is handed to the workers after the policy update, not before it.
+    assert calls == ["batch 0", "update", "batch 1", "update", "batch 2"]
     ckpt = latest_checkpoint(split)
     # The batch sampled ahead during iteration 2 (by the policy of version 1) is in the checkpoint.
     assert json.loads((ckpt / "trainer_state.json").read_text())["pending"]
     assert (ckpt / "pending" / "rollouts.npz").is_file()
     train(resume=str(split), overrides=["iterations=4"], log_fn=lambda *_: None)
 
-    assert_same_iterations(whole, split, 4, RESUME_KEYS + ["rollout/staleness"])
+    assert_same_iterations(whole, split, 4, RESUME_KEYS + ["rollout/staleness", "rollout/policy_version"])

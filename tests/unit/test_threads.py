@@ -12,7 +12,8 @@ import pytest
 
 from repirl_ray.config import ConfigError, TrainConfig, load_config
 from repirl_ray.run_setup import RunSetup
-from repirl_ray.threads import SHARED_OVERLAP_NOTE, RoleThreads, describe_budgets, thread_budgets
+from repirl_ray.threads import (DEFERRED_NOTE, SHARED_OVERLAP_NOTE, RoleThreads, describe_budgets, samples_beside_updates,
+                                thread_budgets)
 
 
 def cfg(**sections) -> TrainConfig:
@@ -25,53 +26,53 @@ def cfg(**sections) -> TrainConfig:
 
 
 def test_two_cores_one_worker_each_role_has_the_node_and_the_pipelined_sampling_yields():
-    serial = thread_budgets(cfg(rollout={"num_workers": 1}), 2, pipelined=False)
+    serial = thread_budgets(cfg(rollout={"num_workers": 1}), 2, overlapped=False)
     assert (serial["rollout"], serial["policy"], serial["prm"]) == (RoleThreads(2), RoleThreads(2), RoleThreads(2))
     assert serial["sft"] == RoleThreads(2)
-    pipelined = thread_budgets(cfg(rollout={"num_workers": 1}), 2, pipelined=True)
+    pipelined = thread_budgets(cfg(rollout={"num_workers": 1}), 2, overlapped=True)
     assert (pipelined["rollout"], pipelined["policy"], pipelined["prm"]) == (RoleThreads(2, idle=True), RoleThreads(2), RoleThreads(2))
     assert pipelined["sft"] == RoleThreads(2)  # the supervised stage runs alone, before the loop
 
 
 def test_two_cores_two_workers_share_the_cores():
     # The default: 2 workers on 2 cores, 1 thread each; each learner rank has both.
-    b = thread_budgets(cfg(), 2, pipelined=False)
+    b = thread_budgets(cfg(), 2, overlapped=False)
     assert (b["rollout"], b["policy"], b["prm"]) == (RoleThreads(1), RoleThreads(2), RoleThreads(2))
-    b = thread_budgets(cfg(), 2, pipelined=True)
+    b = thread_budgets(cfg(), 2, overlapped=True)
     assert (b["rollout"], b["policy"], b["prm"]) == (RoleThreads(1, idle=True), RoleThreads(2), RoleThreads(2))
 
 
 def test_many_cores_and_ranks():
     # 64 cores: 64 // 2 workers = 32, 64 // 1 policy rank = 64, 64 // 4 PRM ranks = 16, sft 64 // 1.
-    b = thread_budgets(cfg(prm={"num_workers": 4}), 64, pipelined=False)
+    b = thread_budgets(cfg(prm={"num_workers": 4}), 64, overlapped=False)
     assert [b[r].num_threads for r in ("rollout", "policy", "prm", "sft")] == [32, 64, 16, 64]
     # 8 cores, the policy on 2 ranks: policy 4, sft on the policy's ranks 4; 3 workers: 2 (8 // 3).
-    b = thread_budgets(cfg(policy={"num_workers": 2}, rollout={"num_workers": 3}), 8, pipelined=True)
+    b = thread_budgets(cfg(policy={"num_workers": 2}, rollout={"num_workers": 3}), 8, overlapped=True)
     assert [b[r] for r in ("rollout", "policy", "sft")] == [RoleThreads(2, idle=True), RoleThreads(4), RoleThreads(4)]
 
 
 def test_split_layout_roles_on_their_own_cores():
     split = cfg(rollout={"num_workers": 1, "cores": "0-1"}, policy={"cores": "2-3"}, prm={"cores": "2-3"})
-    for pipelined in (False, True):
-        b = thread_budgets(split, 4, pipelined=pipelined)
+    for overlapped in (False, True):
+        b = thread_budgets(split, 4, overlapped=overlapped)
         assert (b["rollout"], b["policy"], b["prm"]) == (RoleThreads(2), RoleThreads(2), RoleThreads(2))
     # The benchmark's split layout on 2 cores: 1 core each, never at idle priority (no core shared).
-    b = thread_budgets(cfg(rollout={"num_workers": 1, "cores": "0"}, policy={"cores": "1"}, prm={"cores": "1"}), 2, pipelined=True)
+    b = thread_budgets(cfg(rollout={"num_workers": 1, "cores": "0"}, policy={"cores": "1"}, prm={"cores": "1"}), 2, overlapped=True)
     assert (b["rollout"], b["policy"], b["prm"]) == (RoleThreads(1), RoleThreads(1), RoleThreads(1))
     # One learner on the rollout's core is enough for the sampling to yield.
-    b = thread_budgets(cfg(rollout={"num_workers": 1, "cores": "0"}, policy={"cores": "1"}, prm={"cores": "0"}), 2, pipelined=True)
+    b = thread_budgets(cfg(rollout={"num_workers": 1, "cores": "0"}, policy={"cores": "1"}, prm={"cores": "0"}), 2, overlapped=True)
     assert b["rollout"] == RoleThreads(1, idle=True)
 
 
 def test_a_number_the_user_gave_is_kept_and_marked_given():
-    b = thread_budgets(cfg(policy={"num_threads": 3}, rollout={"num_threads": 4}, sft={"num_threads": 1}), 2, pipelined=True)
+    b = thread_budgets(cfg(policy={"num_threads": 3}, rollout={"num_threads": 4}, sft={"num_threads": 1}), 2, overlapped=True)
     assert b["policy"] == RoleThreads(3, given=True) and b["rollout"] == RoleThreads(4, idle=True, given=True)
     assert b["prm"] == RoleThreads(2) and b["sft"] == RoleThreads(1, given=True)
     assert RoleThreads(3, idle=True).env() == {"OMP_NUM_THREADS": "3"}
 
 
 def test_no_prm_learner_no_prm_budget():
-    b = thread_budgets(cfg(prm={"kind": "none"}, advantage={"c_process": 0.0}), 2, pipelined=False)
+    b = thread_budgets(cfg(prm={"kind": "none"}, advantage={"c_process": 0.0}), 2, overlapped=False)
     assert set(b) == {"rollout", "policy", "sft"}
 
 
@@ -81,18 +82,46 @@ def test_num_threads_neither_auto_nor_a_count_is_an_error_naming_the_key(value):
         load_config(None, [f"policy.num_threads={value}"])
 
 
+def test_the_pipelined_loop_samples_beside_the_updates_only_where_the_rollout_has_compute_of_its_own():
+    pipelined = {"off_policy_steps": 1}
+    split = {"rollout": {"num_workers": 1, "cores": "0"}, "policy": {"cores": "1"}, "prm": {"cores": "1"}}
+    assert not samples_beside_updates(cfg(), 2)  # serial: nothing to overlap
+    assert not samples_beside_updates(cfg(pipeline=pipelined), 2)  # auto, shared cores: after the updates
+    assert samples_beside_updates(cfg(pipeline=pipelined, **split), 2)  # auto, cores of its own
+    # One learner on the rollout's core is enough to share; a learner on a GPU shares none.
+    assert not samples_beside_updates(cfg(pipeline=pipelined, **{**split, "prm": {"cores": "0"}}), 2)
+    assert samples_beside_updates(cfg(pipeline=pipelined, policy={"num_gpus": 1.0}, prm={"num_gpus": 1.0}), 2)
+    assert samples_beside_updates(cfg(pipeline=pipelined, rollout={"num_gpus": 1.0}), 2)
+    # Without a PRM learner only the policy learner's cores count.
+    no_prm = {"prm": {"kind": "none"}, "advantage": {"c_process": 0.0}, "policy": {"cores": "1"}, "rollout": {"cores": "0"}}
+    assert samples_beside_updates(cfg(pipeline=pipelined, **no_prm), 2)
+    # What the user set is kept either way.
+    assert samples_beside_updates(cfg(pipeline={**pipelined, "overlap": "always"}), 2)
+    assert not samples_beside_updates(cfg(pipeline={**pipelined, "overlap": "never"}, **split), 2)
+    with pytest.raises(ConfigError, match="'pipeline.overlap'"):
+        load_config(None, ["pipeline.overlap=sometimes"])
+
+
 def test_the_start_up_line_shows_every_role_budget():
     lines: list[str] = []
     setup = RunSetup.__new__(RunSetup)  # only the thread step: no data, no Ray
     setup.cfg, setup.log = load_config(None, ["pipeline.off_policy_steps=1", "policy.num_threads=1"]), lines.append
     setup._setup_threads(2)
-    assert lines == ["threads per process (2 cores, pipelined loop): rollout 1 (auto) idle priority, policy 1, prm 2 (auto), "
-                     "sft 2 (auto)", SHARED_OVERLAP_NOTE]
+    # The default on shared cores: the next batch after the updates, at normal priority.
+    assert lines == ["threads per process (2 cores, pipelined loop, next batch sampled after the updates): rollout 1 (auto), "
+                     "policy 1, prm 2 (auto), sft 2 (auto)", DEFERRED_NOTE] and not setup.overlapped
     assert setup.threads["policy"] == RoleThreads(1, given=True)
-    assert describe_budgets({"rollout": RoleThreads(4)}, 8, False) == "threads per process (8 cores, serial loop): rollout 4 (auto)"
-    # The serial loop, and a pipelined one whose rollout has cores of its own: no such note.
+    lines.clear()
+    setup.cfg = load_config(None, ["pipeline.off_policy_steps=1", "pipeline.overlap=always"])
+    setup._setup_threads(2)
+    assert lines == ["threads per process (2 cores, pipelined loop): rollout 1 (auto) idle priority, policy 2 (auto), "
+                     "prm 2 (auto), sft 2 (auto)", SHARED_OVERLAP_NOTE] and setup.overlapped
+    assert describe_budgets({"rollout": RoleThreads(4)}, 8, "serial loop") == "threads per process (8 cores, serial loop): rollout 4 (auto)"
+    # The serial loop, a pipelined one whose rollout has cores of its own, and one told never to
+    # overlap: no note.
     for extra in (["pipeline.off_policy_steps=0"], ["pipeline.off_policy_steps=1", "rollout.cores=0", "policy.cores=1",
-                                                     "prm.cores=1", "rollout.num_workers=1"]):
+                                                     "prm.cores=1", "rollout.num_workers=1"],
+                  ["pipeline.off_policy_steps=1", "pipeline.overlap=never"]):
         lines.clear()
         setup.cfg = load_config(None, extra)
         setup._setup_threads(2)

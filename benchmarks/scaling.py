@@ -211,7 +211,7 @@ def main(argv=None) -> int:
 
 def format_table(rows: list[dict]) -> str:
     head = ("| size | prompts x K | layout | loop | rollout s | PRM s | score s | policy s | sync s | iteration s | "
-            "pipelined / serial | rollout tok/s | raw vLLM tok/s | workers / raw | of which in engines s | engines / raw | "
+            "pipelined / serial | response tokens | rollout tok/s | raw vLLM tok/s | workers / raw | of which in engines s | engines / raw | "
             "learner tok/s | peak GiB |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     serial = {(r.get("size"), r.get("prompts"), r.get("layout")): r for r in rows if r.get("mode") == "serial" and "failed" not in r}
@@ -225,7 +225,10 @@ def format_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['size']} ({r['params'] / 1e6:.1f} M) | {r['prompts']} x {K} | {r['layout']} | {r['mode']} | "
             f"{fmt(r['s_rollout'])} | {fmt(r['s_prm'])} | {fmt(r['s_score'])} | {fmt(r['s_policy'])} | {fmt(r['s_sync'])} | "
-            f"{fmt(r['s_iteration'])} | {ratio:.2f} | {r['rollout_tok_s']:.0f} | "
+            # Mean response length of the measured iterations: a random model's changes as it trains,
+            # and a run's cost with it (rows with different lengths did different work).
+            f"{fmt(r['s_iteration'])} | {ratio:.2f} | {r['rollout_tok_s'] * r['s_rollout'] / (r['prompts'] * K):.1f} | "
+            f"{r['rollout_tok_s']:.0f} | "
             # workers / raw: serial rows only (a pipelined row's rollout time is the wait for a
             # batch sampled beside the learners).
             + (f"{raw:.0f} | {r['rollout_tok_s'] / raw:.2f} | {fmt(r.get('s_rollout_engine'))} | "

@@ -9,7 +9,7 @@ fixes the overlap but slows the serial loop (1.27x), and splitting the cores bet
 and learning leaves the learners one thread where they had two (1.27-1.41x the serial iteration).
 What measured best: each role keeps the threads it would have alone (its cores divided among its
 own processes), and where the rollout workers sample beside a learner on the same cores (the
-pipelined loop, pipeline.off_policy_steps > 0), they run at idle priority (Linux SCHED_IDLE), so
+pipelined loop with pipeline.overlap=always), they run at idle priority (Linux SCHED_IDLE), so
 the sampling takes only the cycles the learners leave idle (1.07x the serial iteration on 2
 shared cores at 0.8M, from 5.2x; nice 19 measured 1.14-1.31x: a niced thread keeps its core for
 its time slice when a learner thread wakes, an idle-priority one gives it up at once).

@@ -1,0 +1,142 @@
+"""What the rollout workers cost against one raw vLLM engine, on the same requests.
+
+    .venv/bin/python benchmarks/rollout_overhead.py                          # 3 sizes x 8, 16 prompts
+    .venv/bin/python benchmarks/rollout_overhead.py --sizes 1m --prompts 8 --repeats 5
+
+For each model size (scaling.py's random Qwen2 models with the built-in world's vocabulary) and
+batch (prompts x K = 4 samples, 40 new tokens at most), in one process:
+- the rollout workers as a run starts them (RolloutGroup, with the thread budget threads.py gives
+  the default config on this machine: 2 workers x 1 thread on 2 cores), each batch through
+  submit and collect as the driver's serial loop does: prompts, sampling, verification, the
+  expert demos, batching, Ray;
+- one raw vLLM engine in this process with all the cores, on the same prompts with the same
+  per-prompt seeds and weights: the same tokens (both counts are printed).
+workers / raw = the raw engine's seconds over the workers' for the same batch, median of --repeats
+batches after a warm-up; "of which in engines" is the slowest worker's seconds in its engine.
+
+Why not tokens/s inside a training run (scaling.py): a random model's response lengths swing
+from iteration to iteration as it trains (27M: 18, 3, 29 tokens in three iterations), and
+tokens/s with them, so a run's batches and a raw engine's are not the same work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from scaling import K, MAX_NEW, SIZES, build_model  # noqa: E402
+
+
+def measure(size: str, prompts: int, repeats: int, work: Path, cfg, problems, tok, task) -> dict:
+    import ray
+
+    from repirl_ray.actors.rollout_group import RolloutGroup
+    from repirl_ray.data.prompts import PromptEncoder
+    from repirl_ray.run_setup import task_kwargs
+    from repirl_ray.rollout.vllm_engine import VLLMEngine
+    from repirl_ray.rollout.worker import prompt_seed
+    from repirl_ray.threads import thread_budgets
+
+    model_dir, n_params = build_model(size, work)
+    batch = problems[:prompts]
+    seeds = [1000 + r for r in range(repeats)]
+    threads = thread_budgets(cfg, os.cpu_count() or 1, overlapped=False)["rollout"]
+    group = RolloutGroup(cfg.rollout, str(model_dir), cfg.data.task, threads=threads, seed=cfg.seed,
+                         chat_template=cfg.data.chat_template, max_prompt_tokens=cfg.data.max_prompt_tokens,
+                         task_kwargs=task_kwargs(cfg), dtype=cfg.model.dtype, trust_remote_code=False)
+    try:
+        group.collect(group.submit(batch[:2], n=K, temperature=1.0, seed=999, with_demos=True))  # warm-up
+        workers_s, engines_s, workers_tokens = [], [], []
+        for seed in seeds:
+            t0 = time.perf_counter()
+            sampled = group.collect(group.submit(batch, n=K, temperature=1.0, seed=seed, with_demos=True))
+            workers_s.append(time.perf_counter() - t0)
+            engines_s.append(sampled.worker_times()["rollout/engine_s"])
+            workers_tokens.append(int(sampled.field("response_len").sum()))
+    finally:
+        group.shutdown()
+        ray.shutdown()
+    engine = VLLMEngine(str(model_dir), max_model_len=cfg.rollout.max_model_len, kv_cache_gib=cfg.rollout.kv_cache_gib)
+    encode = PromptEncoder(tok, cfg.data.chat_template, cfg.data.max_prompt_tokens)  # as the workers encode
+    ids = [encode(task.format_prompt(p), p.id) for p in batch]
+    engine.generate(ids[:2], n=K, temperature=1.0, top_p=1.0, max_tokens=MAX_NEW, seeds=None)  # warm-up
+    raw_s, raw_tokens = [], []
+    for seed in seeds:
+        t0 = time.perf_counter()
+        out = engine.generate(ids, n=K, temperature=1.0, top_p=1.0, max_tokens=MAX_NEW,
+                              seeds=[prompt_seed(seed, i) for i in range(len(ids))])
+        raw_s.append(time.perf_counter() - t0)
+        raw_tokens.append(sum(len(s.token_ids) for group_ in out for s in group_))
+    del engine
+    w, e, r = (float(np.median(x)) for x in (workers_s, engines_s, raw_s))
+    return {"size": size, "params": n_params, "prompts": prompts, "threads": threads.describe(),
+            "workers": cfg.rollout.num_workers, "workers_s": w, "engines_s": e, "raw_s": r,
+            "workers_tokens": workers_tokens, "raw_tokens": raw_tokens}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--prompts", type=int, nargs="+", default=[8, 16], help="prompts per batch (x K = 4)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (rollout section)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rollout_overhead.md"))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+    from repirl_ray.config import WorldConfig, load_config
+    from repirl_ray.data.reading import load_problems
+    from repirl_ray.models.tiny import build_char_tokenizer
+    from repirl_ray.run_setup import init_ray
+    from repirl_ray.tasks.arithmetic import ArithmeticTask
+    from repirl_ray.world import ensure_world
+
+    cfg = load_config(None, [f"rollout.max_new_tokens={MAX_NEW}", f"rollout.samples_per_prompt={K}", *args.set])
+    world = ensure_world(WorldConfig())
+    problems = load_problems(str(world.train), require_demos=False)
+    tok, task = build_char_tokenizer(), ArithmeticTask()
+    load_before = os.getloadavg()[0]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="repirl-overhead-") as tmp:
+        for size in args.sizes:
+            for prompts in args.prompts:
+                t0 = time.time()
+                init_ray(cfg, lambda *_: None)
+                rows.append(measure(size, prompts, args.repeats, Path(tmp), cfg, problems, tok, task))
+                r = rows[-1]
+                print(f"{size} x {prompts} prompts: workers {r['workers_s']:.3f} s, raw {r['raw_s']:.3f} s, "
+                      f"ratio {r['raw_s'] / r['workers_s']:.2f} ({time.time() - t0:.0f} s)", flush=True)
+    lines = ["| size | prompts x K | rollout workers | workers s | of which in engines s | raw engine s | "
+             "workers / raw | engines / raw | tokens (workers; raw) |", "|" + "---|" * 9]
+    for r in rows:
+        lines.append(
+            f"| {r['size']} ({r['params'] / 1e6:.1f} M) | {r['prompts']} x {K} | {r['workers']} x {r['threads']} | "
+            f"{r['workers_s']:.3f} | {r['engines_s']:.3f} | {r['raw_s']:.3f} | **{r['raw_s'] / r['workers_s']:.2f}** | "
+            f"{r['raw_s'] / r['engines_s']:.2f} | {', '.join(map(str, r['workers_tokens']))}; "
+            f"{', '.join(map(str, r['raw_tokens']))} |")
+    report = ["# Rollout workers against one raw vLLM engine, on the same requests", "",
+              f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+              f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; median of {args.repeats} "
+              f"batches after a warm-up, K = {K}, {MAX_NEW} new tokens at most"
+              + (f"; overrides {' '.join(args.set)}" if args.set else "") + ". workers / raw: the raw engine's "
+              "seconds over the workers' (submit to collect, as the serial loop) for the same prompts, seeds and weights.",
+              "", *lines, ""]
+    Path(args.out).write_text("\n".join(report))
+    print("\n".join(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -126,7 +127,10 @@ def main(argv=None) -> int:
             f"{r['workers_s']:.3f} | {r['engines_s']:.3f} | {r['raw_s']:.3f} | **{r['raw_s'] / r['workers_s']:.2f}** | "
             f"{r['raw_s'] / r['engines_s']:.2f} | {', '.join(map(str, r['workers_tokens']))}; "
             f"{', '.join(map(str, r['raw_tokens']))} |")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     report = ["# Rollout workers against one raw vLLM engine, on the same requests", "",
+              f"Code: {commit or 'unknown'}; `{' '.join(['benchmarks/rollout_overhead.py', *(argv or sys.argv[1:])])}`; "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
               f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
               f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; median of {args.repeats} "
               f"batches after a warm-up, K = {K}, {MAX_NEW} new tokens at most"

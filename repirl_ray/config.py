@@ -277,7 +277,7 @@ class PipelineConfig:
     # Pipelined only: when the next batch is sampled. "always": beside the updates; "never": after
     # them, with the same weights (the same batch: timing changes, nothing else); "auto": beside
     # them where the rollout has compute of its own (its own cores or GPUs), after them where it
-    # would share a learner's cores (threads.py: measured 0.93-1.14x the serial iteration there).
+    # would share a learner's cores (threads.py: beside measured 0.94-1.13x after there).
     overlap: str = "auto"
 
 

@@ -36,7 +36,8 @@ from repirl_ray.metrics import MemoryMonitor, MetricsLogger
 from repirl_ray.models.packaged import resolve_model
 from repirl_ray.models.policy import check_model_path
 from repirl_ray.tasks import Task, build_task
-from repirl_ray.threads import DEFERRED_NOTE, SHARED_OVERLAP_NOTE, describe_budgets, samples_beside_updates, thread_budgets
+from repirl_ray.threads import (DEFERRED_NOTE, SHARED_OVERLAP_NOTE, describe_budgets, rollout_engines_note, samples_beside_updates,
+                               thread_budgets, weight_bytes)
 from repirl_ray.data.dataset import REASONING_GYM, DataReport, check_prompts, read_split
 from repirl_ray.data.dataset import task_kwargs as dataset_task_kwargs
 from repirl_ray.utils import atomic_write_json, publish_dir
@@ -505,6 +506,8 @@ class RunSetup:
         learner_common = dict(common, compute_dtype=cfg.model.compute_dtype, seed=cfg.seed)
         worker_kwargs = dict(chat_template=cfg.data.chat_template, max_prompt_tokens=cfg.data.max_prompt_tokens,
                              task_kwargs=task_kwargs(cfg), **common)
+        if not self.joined_ray and (note := rollout_engines_note(cfg, weight_bytes(paths.policy))):
+            self.log(note)  # one machine: its engines share its memory bandwidth
         if self.given_rollout is not None:
             given = self.given_rollout
             same = {k: v for k, v in given.worker_kwargs.items() if k != "seed"} == worker_kwargs

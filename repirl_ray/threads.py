@@ -14,8 +14,8 @@ the sampling takes only the cycles the learners leave idle (1.07x the serial ite
 shared cores at 0.8M, from 5.2x; nice 19 measured 1.14-1.31x: a niced thread keeps its core for
 its time slice when a learner thread wakes, an idle-priority one gives it up at once).
 Even so, on shared cores there is no idle core for the overlap to fill: the learners slowed by
-about what the sampling beside them took (27M: PRM update 2.55 -> 3.18 s for a 0.71-s rollout),
-0.93-1.14x the serial iteration by size and batch. So by default (pipeline.overlap: auto) the
+about what the sampling beside them took (27M: PRM update 3.30 -> 3.91 s beside a 0.67-s
+rollout), 0.94-1.13x the iteration of sampling after the updates on the same batches. So by default (pipeline.overlap: auto) the
 pipelined loop samples beside the learners only where the rollout has compute of its own, and
 where it would share a learner's cores it samples the next batch after the updates, with the
 same weights: the same batches and updates, at the serial loop's speed.
@@ -29,6 +29,7 @@ inherits them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from repirl_ray.config import TrainConfig, has_prm_learner, parse_cores
 
@@ -104,7 +105,8 @@ def thread_budgets(cfg: TrainConfig, node_cores: int, *, overlapped: bool) -> di
 
 
 # What the pipelined loop measured with the sampling beside the learners on shared cores (docs/speed.md).
-SHARED_CORES_MEASURED = "on 2 shared cores this measured 0.93-1.14x the serial iteration by model size and batch"
+SHARED_CORES_MEASURED = ("on 2 shared cores this measured 0.94-1.13x the iteration of sampling after them, on the same "
+                         "batches, by model size and batch")
 DEFERRED_NOTE = (
     "pipelined loop: the rollout workers share the learners' cores, so each next batch is sampled after the "
     "updates, with the weights it would have had beside them (one version behind; pipeline.overlap=auto); "
@@ -124,3 +126,30 @@ def describe_budgets(budgets: dict[str, RoleThreads], node_cores: int, loop: str
     """The start-up line: threads per process of each role; loop: e.g. "serial loop"."""
     parts = ", ".join(f"{role} {b.describe()}" for role, b in budgets.items())
     return f"threads per process ({node_cores} cores, {loop}): {parts}"
+
+
+# Decoding reads every weight once per step, so vLLM engines side by side on one machine's cores
+# each stream all of them: benchmarks/results/rollout_overhead.md, the same requests, 2 cores: at
+# 27M and 123M parameters 2 engines x 1 thread reached 0.65-0.81 of one raw engine with both
+# cores, 1 engine x 2 threads 0.93-0.98; at 0.8M (3 MB, within the caches) 2 engines 0.97-1.12,
+# 1 engine 0.83-0.87. Between the two, where the weights leave the caches: this many MB.
+ENGINES_BESIDE_MAX_MB = 32
+
+
+def weight_bytes(model_path: str) -> int:
+    """Bytes of the weight files of a local model folder (0 for a hub name or no such files)."""
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return 0
+    return sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin", "*.gguf") for f in folder.glob(pattern))
+
+
+def rollout_engines_note(cfg: TrainConfig, weights: int) -> str | None:
+    """A start-up hint where several rollout engines on one machine's CPU cores would each stream
+    a policy too large for the caches (weights: bytes); None where there is nothing to say."""
+    if cfg.rollout.num_gpus or cfg.rollout.num_workers < 2 or weights <= ENGINES_BESIDE_MAX_MB * 2**20:
+        return None
+    return (f"rollout: {cfg.rollout.num_workers} vLLM engines on CPU for a policy of {weights / 2**20:.0f} MB of weights: "
+            "each reads all of them at every decoding step, so engines side by side multiply the memory traffic; "
+            "one engine with all the rollout cores sampled 1.2-1.5x faster at 27M-123M parameters on 2 cores "
+            "(docs/speed.md): rollout.num_workers=1")

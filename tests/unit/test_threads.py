@@ -12,8 +12,8 @@ import pytest
 
 from repirl_ray.config import ConfigError, TrainConfig, load_config
 from repirl_ray.run_setup import RunSetup
-from repirl_ray.threads import (DEFERRED_NOTE, SHARED_OVERLAP_NOTE, RoleThreads, describe_budgets, samples_beside_updates,
-                                thread_budgets)
+from repirl_ray.threads import (DEFERRED_NOTE, SHARED_OVERLAP_NOTE, RoleThreads, describe_budgets, rollout_engines_note,
+                                samples_beside_updates, thread_budgets, weight_bytes)
 
 
 def cfg(**sections) -> TrainConfig:
@@ -126,6 +126,20 @@ def test_the_start_up_line_shows_every_role_budget():
         setup.cfg = load_config(None, extra)
         setup._setup_threads(2)
         assert len(lines) == 1 and lines[0].startswith("threads per process"), lines
+
+
+def test_several_cpu_engines_for_a_policy_beyond_the_caches_get_a_hint(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 3000)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"x" * 500)
+    (tmp_path / "config.json").write_text("{}")  # not a weight file
+    assert weight_bytes(str(tmp_path)) == 3500
+    assert weight_bytes("HuggingFaceTB/SmolLM2-135M-Instruct") == 0  # a hub name: unknown, no hint
+    mb = 2**20
+    note = rollout_engines_note(cfg(), 109 * mb)  # the default 2 workers, a 27M fp32 policy
+    assert note.startswith("rollout: 2 vLLM engines on CPU for a policy of 109 MB") and note.endswith("rollout.num_workers=1")
+    assert rollout_engines_note(cfg(), 32 * mb) is None  # the 0.8M world's policy (3 MB) and up to 32 MB: engines side by side pay
+    assert rollout_engines_note(cfg(rollout={"num_workers": 1}), 500 * mb) is None
+    assert rollout_engines_note(cfg(rollout={"num_gpus": 1.0}), 500 * mb) is None
 
 
 def test_idle_priority_covers_every_thread_and_those_started_later():

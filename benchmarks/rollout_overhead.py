@@ -40,8 +40,6 @@ from scaling import K, MAX_NEW, SIZES, build_model  # noqa: E402
 
 
 def measure(size: str, prompts: int, repeats: int, work: Path, cfg, problems, tok, task) -> dict:
-    import ray
-
     from repirl_ray.actors.rollout_group import RolloutGroup
     from repirl_ray.data.prompts import PromptEncoder
     from repirl_ray.run_setup import task_kwargs
@@ -67,7 +65,6 @@ def measure(size: str, prompts: int, repeats: int, work: Path, cfg, problems, to
             workers_tokens.append(int(sampled.field("response_len").sum()))
     finally:
         group.shutdown()
-        ray.shutdown()
     engine = VLLMEngine(str(model_dir), max_model_len=cfg.rollout.max_model_len, kv_cache_gib=cfg.rollout.kv_cache_gib)
     encode = PromptEncoder(tok, cfg.data.chat_template, cfg.data.max_prompt_tokens)  # as the workers encode
     ids = [encode(task.format_prompt(p), p.id) for p in batch]
@@ -97,6 +94,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
+    import ray
+
     from repirl_ray.config import WorldConfig, load_config
     from repirl_ray.data.reading import load_problems
     from repirl_ray.models.tiny import build_char_tokenizer
@@ -114,8 +113,11 @@ def main(argv=None) -> int:
         for size in args.sizes:
             for prompts in args.prompts:
                 t0 = time.time()
-                init_ray(cfg, lambda *_: None)
-                rows.append(measure(size, prompts, args.repeats, Path(tmp), cfg, problems, tok, task))
+                init_ray(cfg, lambda *_: None)  # a Ray per row: the raw engine then runs with no Ray beside it
+                try:
+                    rows.append(measure(size, prompts, args.repeats, Path(tmp), cfg, problems, tok, task))
+                finally:
+                    ray.shutdown()
                 r = rows[-1]
                 print(f"{size} x {prompts} prompts: workers {r['workers_s']:.3f} s, raw {r['raw_s']:.3f} s, "
                       f"ratio {r['raw_s'] / r['workers_s']:.2f} ({time.time() - t0:.0f} s)", flush=True)

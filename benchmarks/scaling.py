@@ -9,10 +9,10 @@ world's 20-token vocabulary, built from a config; no download) and each batch si
 iteration, K = 4 samples each), a `repirl train` subprocess runs --iterations iterations on the
 built-in world's prompts (the prompt filter off, so every iteration trains on the whole batch)
 and reports seconds per phase (iteration 1 left out: start-up effects), rollout tokens/s through
-the rollout workers, learner tokens/s (policy update), and peak memory. Beside a serial run, the
-raw vLLM engine in this process on the same prompts with the run's final policy (a random model's
-response lengths change as it trains, and tokens/s with them), median of 3 batches: the ratio is
-what sharding, the workers' verification, batching and Ray cost.
+the rollout workers and the slowest worker's seconds in its engine, learner tokens/s (policy
+update), the mean response length, and peak memory. The rollout workers against one raw vLLM
+engine: benchmarks/rollout_overhead.py, on the same requests (a run's tokens/s cannot be compared
+with a raw engine's: a random model's response lengths swing as it trains, and its cost with them).
 
 Each size and batch runs serial and pipelined (pipeline.off_policy_steps=1, pipeline.overlap as
 the run resolves it: auto) in two layouts:
@@ -71,23 +71,6 @@ def build_model(name: str, root: Path) -> tuple[Path, int]:
     return out, sum(p.numel() for p in model.parameters())
 
 
-def raw_engine_tokens_per_s(model_dir: Path, prompts: list[list[int]], repeats: int = 3) -> float:
-    """The vLLM engine alone, in this process, on the same prompts and sampling settings: the
-    median of `repeats` batches."""
-    from repirl_ray.rollout.vllm_engine import VLLMEngine
-
-    engine = VLLMEngine(str(model_dir), max_model_len=128, kv_cache_gib=0.5)
-    engine.generate(prompts[:2], n=K, temperature=1.0, top_p=1.0, max_tokens=MAX_NEW, seeds=None)  # warm-up
-    rates = []
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        out = engine.generate(prompts, n=K, temperature=1.0, top_p=1.0, max_tokens=MAX_NEW,
-                              seeds=[r * 1000 + i for i in range(len(prompts))])
-        rates.append(sum(len(s.token_ids) for group in out for s in group) / (time.perf_counter() - t0))
-    del engine
-    return float(np.median(rates))
-
-
 def run_variant(model_dir: Path, prompts: int, mode: str, layout: str, iterations: int, work: Path, world,
                 extra: list[str] = ()) -> dict:
     run_dir = work / "runs" / f"{model_dir.name}-p{prompts}-{mode}-{layout}"
@@ -123,14 +106,11 @@ def run_variant(model_dir: Path, prompts: int, mode: str, layout: str, iteration
         "learner_tok_s": tokens / phase["policy"] if phase["policy"] else None,
         "peak_rss_gib": summary["peak_rss_gib"],
         "wall_s": time.time() - t0,
-        "final_policy": str(sorted((run_dir / "checkpoints").glob("iter_*"))[-1] / "policy"),
     }
 
 
-def run_plan(plan, args, out, work, world, tok, task, problems, t_start) -> list[dict]:
-    """Each variant of the plan (or its saved result); beside each serial one the raw engine's
-    tokens/s with the run's final policy (its responses as long as the run's last ones: a random
-    model's lengths change as it trains, and tokens/s with them)."""
+def run_plan(plan, args, out, work, world, t_start) -> list[dict]:
+    """Each variant of the plan (or its saved result)."""
     rows = []
     for i, (size, prompts, layout, mode) in enumerate(plan):
         key = f"{size}-p{prompts}-{layout}-{mode}"
@@ -140,9 +120,6 @@ def run_plan(plan, args, out, work, world, tok, task, problems, t_start) -> list
             result = json.loads(path.read_text())
         else:
             result = run_variant(model_dir, prompts, mode, layout, args.iterations, work, world, args.set)
-            if mode == "serial" and "failed" not in result:
-                ids = [tok(task.format_prompt(p)).input_ids for p in problems[:prompts]]
-                result["raw_engine_tok_s"] = raw_engine_tokens_per_s(Path(result["final_policy"]), ids)
             result.update({"size": size, "params": n_params, "prompts": prompts, "layout": layout, "mode": mode})
             path.write_text(json.dumps(result, indent=1))
         rows.append(result)
@@ -168,15 +145,9 @@ def main(argv=None) -> int:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
     from repirl_ray.config import WorldConfig
-    from repirl_ray.models.tiny import build_char_tokenizer
-    from repirl_ray.tasks.arithmetic import ArithmeticTask
-    from repirl_ray.data.reading import load_problems
     from repirl_ray.world import ensure_world
 
     world = ensure_world(WorldConfig())
-    tok = build_char_tokenizer()
-    task = ArithmeticTask()
-    problems = load_problems(str(world.train), require_demos=False)
     work = Path(tempfile.mkdtemp(prefix="repirl-scaling-"))
     t_start = time.time()
     load_before = os.getloadavg()[0]
@@ -185,7 +156,7 @@ def main(argv=None) -> int:
     print(f"scaling: {len(plan)} runs of {args.iterations} iterations; machine: {platform.platform()}, "
           f"{os.cpu_count()} CPUs", flush=True)
     try:
-        rows = run_plan(plan, args, out, work, world, tok, task, problems, t_start)
+        rows = run_plan(plan, args, out, work, world, t_start)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # the models built here (2.6 GB at 27M) and their runs
     table = format_table(rows)
@@ -195,13 +166,11 @@ def main(argv=None) -> int:
               f"torch CPU; 1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; "
               f"{args.iterations} iterations per run (the first left out), K = 4, 40 new tokens at most, implicit PRM"
               + (f"; overrides {' '.join(args.set)}" if args.set else "") + (f"; environment {env}" if env else "")
-              + ". One invocation: ratios compare runs made minutes apart on the same machine. workers / raw: the "
-              "rollout workers' tokens/s against one raw vLLM engine in the benchmark's process (the same prompts and "
-              "sampling settings, the run's final policy, median of 3 batches), serial rows only "
-              "(a pipelined row's rollout time is only the wait for a batch sampled beside the learners); "
-              "of which in engines: the slowest worker's seconds inside its engine's generate; engines / raw: "
-              "the batch's tokens over those seconds against the raw engine (what sharding and threads cost; "
-              "the rest of workers / raw is prompts, verification, batching and Ray).",
+              + ". One invocation: ratios compare runs made minutes apart on the same machine. Response tokens: "
+              "the mean response length of the measured iterations (rows with different lengths did different "
+              "work). Of which in engines: the slowest worker's seconds inside its engine's generate, serial rows "
+              "only (a pipelined row's rollout time is only the wait for its batch). The rollout workers against "
+              "one raw vLLM engine on the same requests: benchmarks/rollout_overhead.py.",
               "", table, "", "Thread budgets (as each run printed them):", "",
               *sorted({f"- {r.get('layout')}, {r.get('mode')}: {r['threads']}" for r in rows if r.get("threads")}), ""]
     (out / "scaling.md").write_text("\n".join(report))
@@ -211,8 +180,7 @@ def main(argv=None) -> int:
 
 def format_table(rows: list[dict]) -> str:
     head = ("| size | prompts x K | layout | loop | rollout s | PRM s | score s | policy s | sync s | iteration s | "
-            "pipelined / serial | response tokens | rollout tok/s | raw vLLM tok/s | workers / raw | of which in engines s | engines / raw | "
-            "learner tok/s | peak GiB |")
+            "pipelined / serial | response tokens | rollout tok/s | of which in engines s | learner tok/s | peak GiB |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     serial = {(r.get("size"), r.get("prompts"), r.get("layout")): r for r in rows if r.get("mode") == "serial" and "failed" not in r}
     for r in rows:
@@ -229,10 +197,7 @@ def format_table(rows: list[dict]) -> str:
             # and a run's cost with it (rows with different lengths did different work).
             f"{fmt(r['s_iteration'])} | {ratio:.2f} | {r['rollout_tok_s'] * r['s_rollout'] / (r['prompts'] * K):.1f} | "
             f"{r['rollout_tok_s']:.0f} | "
-            # workers / raw: serial rows only (a pipelined row's rollout time is the wait for a
-            # batch sampled beside the learners).
-            + (f"{raw:.0f} | {r['rollout_tok_s'] / raw:.2f} | {fmt(r.get('s_rollout_engine'))} | "
-               f"{fmt(r['engine_tok_s'] / raw)} | " if (raw := r.get("raw_engine_tok_s")) else "- | - | - | - | ")
+            + f"{fmt(r.get('s_rollout_engine')) if r['mode'] == 'serial' else '-'} | "
             + f"{r['learner_tok_s']:.0f} | {r['peak_rss_gib']:.1f} |"
         )
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 
 import torch
 from safetensors.torch import load_file
@@ -103,6 +104,46 @@ class HeadPRM(nn.Module):
         atomic_write_json(os.path.join(out_dir, PRM_META), {"kind": "head", "head": self.head})
 
 
+class FrozenLogprobs:
+    """log pi(a_t|s_t) of a frozen model, remembered per trajectory.
+
+    pi_ref never changes, so neither do a trajectory's log-probs under it, and one iteration reads
+    them three times: the IRL step's weights pass and gradient pass, then the scoring of the same
+    rollouts for the policy (2 of 3 reference forwards saved; docs/speed.md). A micro-batch whose
+    trajectories were all seen is read from here; any other is computed whole and remembered.
+    A trajectory is its attended tokens (prompt and response) and its response length; the
+    max_rows most recent are kept."""
+
+    def __init__(self, model: nn.Module, max_rows: int = 8192):
+        self.model, self.max_rows = model, max_rows
+        self.rows: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+
+    @staticmethod
+    def _keys(inputs: ModelInputs) -> tuple[list[bytes], list[int]]:
+        ids = inputs.input_ids.cpu().numpy()
+        attended = inputs.attention_mask.cpu().numpy().astype(bool)
+        lengths = inputs.response_mask.sum(dim=1).long().tolist()
+        return [ids[i][attended[i]].tobytes() + n.to_bytes(4, "little") for i, n in enumerate(lengths)], lengths
+
+    @torch.no_grad()
+    def __call__(self, inputs: ModelInputs) -> torch.Tensor:
+        """[B, T] log-probs of the response tokens (0 beyond each response), without gradient."""
+        keys, lengths = self._keys(inputs)
+        if all(k in self.rows for k in keys):
+            out = torch.zeros(inputs.response_mask.shape, dtype=torch.float32)
+            for i, k in enumerate(keys):
+                out[i, : lengths[i]] = self.rows[k]
+            return out.to(inputs.response_mask.device)
+        logp, _ = response_logprobs(self.model, inputs)
+        logp = torch.where(inputs.response_mask > 0, logp, 0.0)  # as a remembered row reads back (-inf * 0 would be NaN)
+        for i, k in enumerate(keys):
+            self.rows[k] = logp[i, : lengths[i]].cpu()
+            self.rows.move_to_end(k)
+        while len(self.rows) > self.max_rows:
+            self.rows.popitem(last=False)
+        return logp
+
+
 class ImplicitPRM(nn.Module):
     kind = "implicit"
 
@@ -112,13 +153,12 @@ class ImplicitPRM(nn.Module):
         self.ref = ref.eval().requires_grad_(False)
         self.beta = beta
         self.ref_path = ref_path
+        self.ref_logprobs = FrozenLogprobs(self.ref)
 
     def log_probs(self, inputs: ModelInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """(log pi_phi(a_t|s_t), log pi_ref(a_t|s_t)), each [B, T]; pi_ref without gradient."""
         logp_phi, _ = response_logprobs(self.phi, inputs)
-        with torch.no_grad():
-            logp_ref, _ = response_logprobs(self.ref, inputs)
-        return logp_phi, logp_ref
+        return logp_phi, self.ref_logprobs(inputs)
 
     def token_rewards(self, inputs: ModelInputs) -> torch.Tensor:
         logp_phi, logp_ref = self.log_probs(inputs)

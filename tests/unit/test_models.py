@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from repirl_ray.algo import entropy_from_logits, implicit_token_rewards
-from repirl_ray.batch import build_rollouts
+from repirl_ray.batch import Rollouts, build_rollouts
 from repirl_ray.models.prm import HeadPRM, ImplicitPRM, load_prm
 from repirl_ray.models.sequence import ModelInputs, model_inputs, response_logprobs
 
@@ -164,3 +164,59 @@ def test_implicit_prm_rewards_are_algo_implicit_token_rewards():
     assert torch.allclose(rewards, torch.tensor([[0.5 * LN(2.0), 0.5 * LN(1.5), 0.0]]))
     logp_phi, logp_ref = prm.log_probs(inputs)
     assert torch.equal(rewards, implicit_token_rewards(logp_phi, logp_ref, 0.5, inputs.response_mask))
+
+
+class _Counting(torch.nn.Module):
+    """Wraps a model and counts the rows it is run on."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.rows = model, 0
+
+    def forward(self, input_ids, **kw):
+        self.rows += input_ids.shape[0]
+        return self.model(input_ids=input_ids, **kw)
+
+
+def test_frozen_logprobs_are_computed_once_per_trajectory_whatever_the_batch(tiny_dir):
+    from repirl_ray.models.policy import load_causal_lm
+    from repirl_ray.models.prm import FrozenLogprobs
+    from tests.helpers import make_rollouts
+
+    ref = _Counting(load_causal_lm(tiny_dir).eval())
+    cache = FrozenLogprobs(ref, max_rows=10)
+    batch = make_rollouts(num_prompts=2)  # 8 rows of different lengths
+    first = cache(model_inputs(batch))
+    with torch.no_grad():
+        direct, _ = response_logprobs(ref, model_inputs(batch))
+    assert ref.rows == 16 and torch.equal(first, torch.where(torch.from_numpy(batch.response_mask) > 0, direct, 0.0))
+    # The same trajectories in another order, another micro-batch and another padding (longer
+    # responses beside them): read back, the model not run.
+    rows = np.array([5, 0, 3])
+    wider = Rollouts.concat([batch.select(rows), make_rollouts(num_prompts=1, seed=7, max_len=12)])
+    part = cache(model_inputs(wider, np.arange(3)))
+    assert ref.rows == 16 and part.shape[1] == wider.response_ids.shape[1]
+    t = batch.response_ids.shape[1]
+    assert torch.equal(part[:, :t], first[rows]) and not part[:, t:].any()
+    # Trajectories not seen before: the whole micro-batch is computed and remembered; beyond
+    # max_rows the least recently used go (rows 1 and 2 of the first batch).
+    cache(model_inputs(wider))
+    assert ref.rows == 16 + 7 and len(cache.rows) == 10
+    cache(model_inputs(batch, np.array([0, 3, 4, 5, 6, 7])))
+    assert ref.rows == 23
+    cache(model_inputs(batch, np.array([1])))
+    assert ref.rows == 24
+
+
+def test_one_irl_step_and_its_scoring_run_the_reference_once_per_trajectory(tiny_dir):
+    from repirl_ray.config import IRLConfig, PRMConfig
+    from repirl_ray.learners.prm import PRMLearner
+    from tests.helpers import make_rollouts
+
+    learner = PRMLearner(PRMConfig(kind="implicit", micro_batch_size=4), IRLConfig(), tiny_dir, seed=0)
+    ref = _Counting(learner.prm.ref)
+    learner.prm.ref_logprobs.model = ref
+    rollouts, demos = make_rollouts(num_prompts=3), make_rollouts(num_prompts=3, seed=1, is_demo=True)
+    learner.update_batch(rollouts, demos)  # the weights pass and the gradient pass
+    learner.score_batch(rollouts)  # the rewards for the policy
+    assert ref.rows == len(rollouts) + len(demos)  # 15 trajectories, each through pi_ref once (was 3 times)

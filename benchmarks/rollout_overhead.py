@@ -5,8 +5,9 @@
 
 For each model size (scaling.py's random Qwen2 models with the built-in world's vocabulary) and
 batch (prompts x K = 4 samples, 40 new tokens at most), in one process:
-- the rollout workers as a run starts them (RolloutGroup, with the thread budget threads.py gives
-  the default config on this machine: 2 workers x 1 thread on 2 cores), each batch through
+- the rollout workers as a run with that policy starts them (RolloutGroup; rollout.num_workers=auto
+  and the thread budget resolved as a run resolves them: on 2 cores 2 workers x 1 thread at 0.8M,
+  1 worker x 2 threads at 27M and 123M), each batch through
   submit and collect as the driver's serial loop does: prompts, sampling, verification, the
   expert demos, batching, Ray;
 - one raw vLLM engine in this process with all the cores, on the same prompts with the same
@@ -22,6 +23,7 @@ tokens/s with them, so a run's batches and a raw engine's are not the same work.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import subprocess
@@ -42,7 +44,7 @@ from scaling import K, MAX_NEW, SIZES, build_model  # noqa: E402
 def measure(size: str, prompts: int, repeats: int, work: Path, cfg, problems, tok, task) -> dict:
     from repirl_ray.actors.rollout_group import RolloutGroup
     from repirl_ray.data.prompts import PromptEncoder
-    from repirl_ray.run_setup import task_kwargs
+    from repirl_ray.run_setup import resolve_rollout_workers, task_kwargs
     from repirl_ray.rollout.vllm_engine import VLLMEngine
     from repirl_ray.rollout.worker import prompt_seed
     from repirl_ray.threads import thread_budgets
@@ -50,6 +52,9 @@ def measure(size: str, prompts: int, repeats: int, work: Path, cfg, problems, to
     model_dir, n_params = build_model(size, work)
     batch = problems[:prompts]
     seeds = [1000 + r for r in range(repeats)]
+    # The workers as a run with this policy starts them (rollout.num_workers=auto resolved by its size).
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, policy_path=str(model_dir)))
+    cfg = resolve_rollout_workers(cfg, os.cpu_count() or 1, lambda line: print(f"{size}: {line}", flush=True))
     threads = thread_budgets(cfg, os.cpu_count() or 1, overlapped=False)["rollout"]
     group = RolloutGroup(cfg.rollout, str(model_dir), cfg.data.task, threads=threads, seed=cfg.seed,
                          chat_template=cfg.data.chat_template, max_prompt_tokens=cfg.data.max_prompt_tokens,
@@ -83,17 +88,8 @@ def measure(size: str, prompts: int, repeats: int, work: Path, cfg, problems, to
             "workers_tokens": workers_tokens, "raw_tokens": raw_tokens}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--prompts", type=int, nargs="+", default=[8, 16], help="prompts per batch (x K = 4)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (rollout section)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rollout_overhead.md"))
-    args = parser.parse_args(argv)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-
+def measure_rows(sizes: list[str], prompt_counts: list[int], repeats: int, overrides: list[str], log=print) -> list[dict]:
+    """measure() for each size and batch, each row in a Ray of its own."""
     import ray
 
     from repirl_ray.config import WorldConfig, load_config
@@ -103,24 +99,29 @@ def main(argv=None) -> int:
     from repirl_ray.tasks.arithmetic import ArithmeticTask
     from repirl_ray.world import ensure_world
 
-    cfg = load_config(None, [f"rollout.max_new_tokens={MAX_NEW}", f"rollout.samples_per_prompt={K}", *args.set])
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    cfg = load_config(None, [f"rollout.max_new_tokens={MAX_NEW}", f"rollout.samples_per_prompt={K}", *overrides])
     world = ensure_world(WorldConfig())
     problems = load_problems(str(world.train), require_demos=False)
     tok, task = build_char_tokenizer(), ArithmeticTask()
-    load_before = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory(prefix="repirl-overhead-") as tmp:
-        for size in args.sizes:
-            for prompts in args.prompts:
+        for size in sizes:
+            for prompts in prompt_counts:
                 t0 = time.time()
                 init_ray(cfg, lambda *_: None)  # a Ray per row: the raw engine then runs with no Ray beside it
                 try:
-                    rows.append(measure(size, prompts, args.repeats, Path(tmp), cfg, problems, tok, task))
+                    rows.append(measure(size, prompts, repeats, Path(tmp), cfg, problems, tok, task))
                 finally:
                     ray.shutdown()
                 r = rows[-1]
-                print(f"{size} x {prompts} prompts: workers {r['workers_s']:.3f} s, raw {r['raw_s']:.3f} s, "
-                      f"ratio {r['raw_s'] / r['workers_s']:.2f} ({time.time() - t0:.0f} s)", flush=True)
+                log(f"rollout/raw {size} x {prompts} prompts: workers {r['workers_s']:.3f} s, raw {r['raw_s']:.3f} s, "
+                    f"ratio {r['raw_s'] / r['workers_s']:.2f} ({time.time() - t0:.0f} s)")
+    return rows
+
+
+def format_rows(rows: list[dict]) -> list[str]:
     lines = ["| size | prompts x K | rollout workers | workers s | of which in engines s | raw engine s | "
              "workers / raw | engines / raw | tokens (workers; raw) |", "|" + "---|" * 9]
     for r in rows:
@@ -129,6 +130,19 @@ def main(argv=None) -> int:
             f"{r['workers_s']:.3f} | {r['engines_s']:.3f} | {r['raw_s']:.3f} | **{r['raw_s'] / r['workers_s']:.2f}** | "
             f"{r['raw_s'] / r['engines_s']:.2f} | {', '.join(map(str, r['workers_tokens']))}; "
             f"{', '.join(map(str, r['raw_tokens']))} |")
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--prompts", type=int, nargs="+", default=[8, 16], help="prompts per batch (x K = 4)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (rollout section)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rollout_overhead.md"))
+    args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
+    rows = measure_rows(args.sizes, args.prompts, args.repeats, args.set, log=lambda line: print(line, flush=True))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     report = ["# Rollout workers against one raw vLLM engine, on the same requests", "",
               f"Code: {commit or 'unknown'}; `{' '.join(['benchmarks/rollout_overhead.py', *(argv or sys.argv[1:])])}`; "
@@ -138,7 +152,7 @@ def main(argv=None) -> int:
               f"batches after a warm-up, K = {K}, {MAX_NEW} new tokens at most"
               + (f"; overrides {' '.join(args.set)}" if args.set else "") + ". workers / raw: the raw engine's "
               "seconds over the workers' (submit to collect, as the serial loop) for the same prompts, seeds and weights.",
-              "", *lines, ""]
+              "", *format_rows(rows), ""]
     Path(args.out).write_text("\n".join(report))
     print("\n".join(report))
     return 0

@@ -10,14 +10,16 @@ iteration, K = 4 samples each), a `repirl train` subprocess runs --iterations it
 built-in world's prompts (the prompt filter off, so every iteration trains on the whole batch)
 and reports seconds per phase (iteration 1 left out: start-up effects), rollout tokens/s through
 the rollout workers and the slowest worker's seconds in its engine, learner tokens/s (policy
-update), the mean response length, and peak memory. The rollout workers against one raw vLLM
-engine: benchmarks/rollout_overhead.py, on the same requests (a run's tokens/s cannot be compared
-with a raw engine's: a random model's response lengths swing as it trains, and its cost with them).
+update), the mean response length, and peak memory. Then, in the same invocation, the rollout workers
+of the shared layout against one raw vLLM engine on the same requests (benchmarks/rollout_overhead.py,
+--raw-repeats batches each; 0 skips it): the "workers / raw" column. A run's own tokens/s cannot be
+compared with a raw engine's: a random model's response lengths swing as it trains, and its cost
+with them.
 
 Each size and batch runs serial and pipelined (pipeline.off_policy_steps=1, pipeline.overlap as
 the run resolves it: auto) in two layouts:
-- shared: the default (2 rollout workers, the learners unpinned): every phase competes for the
-  same cores, as on a laptop; pipelined, the next batch is sampled after the updates (auto);
+- shared: the default (rollout.num_workers=auto: 2 workers at 0.8M, 1 at 27M and 123M on 2
+  cores; the learners unpinned): every phase competes for the same cores, as on a laptop; pipelined, the next batch is sampled after the updates (auto);
   `--modes overlapped` adds runs that sample it beside them (pipeline.overlap=always);
 - split: 1 rollout worker bound to core 0, the learners pinned to core 1, as separate devices
   would be on a cluster: the layout in which overlapping can pay (auto samples beside).
@@ -44,6 +46,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 SIZES = {  # name: (hidden, layers, heads, intermediate)
     "1m": (128, 3, 4, 512),
@@ -137,6 +140,8 @@ def main(argv=None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
     parser.add_argument("--modes", nargs="+", default=["serial", "pipelined"], choices=["serial", "pipelined", "overlapped"],
                         help="overlapped: pipelined with pipeline.overlap=always")
+    parser.add_argument("--raw-repeats", type=int, default=3,
+                        help="batches per size and batch for workers / raw (rollout_overhead.py); 0: skip")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scaling"))
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -159,7 +164,13 @@ def main(argv=None) -> int:
         rows = run_plan(plan, args, out, work, world, t_start)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # the models built here (2.6 GB at 27M) and their runs
-    table = format_table(rows)
+    raw_rows = []
+    if args.raw_repeats > 0 and "shared" in args.layouts:
+        from rollout_overhead import measure_rows
+
+        raw_rows = measure_rows(args.sizes, args.prompts, args.raw_repeats, args.set,
+                                log=lambda line: print(f"{line} ({time.time() - t_start:.0f} s so far)", flush=True))
+    table = format_table(rows, raw_rows)
     env = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS") if k in os.environ}
     report = [f"# Scaling: seconds per iteration by model size, batch, layout and loop", "",
               f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
@@ -169,18 +180,27 @@ def main(argv=None) -> int:
               + ". One invocation: ratios compare runs made minutes apart on the same machine. Response tokens: "
               "the mean response length of the measured iterations (rows with different lengths did different "
               "work). Of which in engines: the slowest worker's seconds inside its engine's generate, serial rows "
-              "only (a pipelined row's rollout time is only the wait for its batch). The rollout workers against "
-              "one raw vLLM engine on the same requests: benchmarks/rollout_overhead.py.",
+              "only (a pipelined row's rollout time is only the wait for its batch). Workers / raw (shared layout): "
+              "the rollout workers as these runs start them against one raw vLLM engine with all the cores, on the "
+              "same prompts, seeds and weights (benchmarks/rollout_overhead.py, median of "
+              f"{args.raw_repeats} batches, measured after the runs; table below).",
               "", table, "", "Thread budgets (as each run printed them):", "",
               *sorted({f"- {r.get('layout')}, {r.get('mode')}: {r['threads']}" for r in rows if r.get("threads")}), ""]
+    if raw_rows:
+        from rollout_overhead import format_rows
+
+        report += ["Rollout workers against one raw vLLM engine, on the same requests (shared layout):", "",
+                   *format_rows(raw_rows), ""]
     (out / "scaling.md").write_text("\n".join(report))
     print("\n".join(report))
     return 0
 
 
-def format_table(rows: list[dict]) -> str:
+def format_table(rows: list[dict], raw_rows: list[dict] = ()) -> str:
     head = ("| size | prompts x K | layout | loop | rollout s | PRM s | score s | policy s | sync s | iteration s | "
-            "pipelined / serial | response tokens | rollout tok/s | of which in engines s | learner tok/s | peak GiB |")
+            "pipelined / serial | response tokens | rollout tok/s | of which in engines s | workers / raw | learner tok/s | "
+            "peak GiB |")
+    raw = {(r["size"], r["prompts"]): r["raw_s"] / r["workers_s"] for r in raw_rows}
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     serial = {(r.get("size"), r.get("prompts"), r.get("layout")): r for r in rows if r.get("mode") == "serial" and "failed" not in r}
     for r in rows:
@@ -198,6 +218,7 @@ def format_table(rows: list[dict]) -> str:
             f"{fmt(r['s_iteration'])} | {ratio:.2f} | {r['rollout_tok_s'] * r['s_rollout'] / (r['prompts'] * K):.1f} | "
             f"{r['rollout_tok_s']:.0f} | "
             + f"{fmt(r.get('s_rollout_engine')) if r['mode'] == 'serial' else '-'} | "
+            + f"{fmt(raw.get((r['size'], r['prompts']))) if r['layout'] == 'shared' else '-'} | "
             + f"{r['learner_tok_s']:.0f} | {r['peak_rss_gib']:.1f} |"
         )
     return "\n".join(lines)

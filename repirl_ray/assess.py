@@ -20,7 +20,8 @@ from repirl_ray.actors.learner_group import PRMLearnerGroup
 from repirl_ray.actors.rollout_group import RolloutGroup
 from repirl_ray.batch import load_rollouts
 from repirl_ray.config import ConfigError, load_config
-from repirl_ray.run_setup import init_ray, node_cores, read_data_split, resolve_paths, stop_ray, task_kwargs
+from repirl_ray.run_setup import (init_ray, node_cores, read_data_split, resolve_paths, resolve_rollout_workers, stop_ray,
+                                  task_kwargs)
 from repirl_ray.threads import thread_budgets
 from repirl_ray.learners.prm import null_metrics, null_step_quality, step_quality
 from repirl_ray.models.prm import read_prm_meta
@@ -49,8 +50,10 @@ class CheckpointSession:
         # Read as the run read it (its data.format and field mapping).
         self.problems = read_data_split(cfg, "eval" if split == "eval" else "hard_eval", eval_path)[0][: cfg.eval.num_prompts]
         self.started_ray = init_ray(cfg, log)
+        cores = node_cores(cfg, joined=not self.started_ray)
+        self.cfg = cfg = resolve_rollout_workers(cfg, cores, log)  # a run folder's config.yaml has it resolved already
         # Sampling and scoring take turns here.
-        threads = thread_budgets(cfg, node_cores(cfg, joined=not self.started_ray), overlapped=False)
+        threads = thread_budgets(cfg, cores, overlapped=False)
         self.rollout = RolloutGroup(
             cfg.rollout, str(self.ckpt / "policy"), cfg.data.task, threads=threads["rollout"], seed=cfg.seed,
             chat_template=cfg.data.chat_template,

@@ -153,7 +153,9 @@ class SFTConfig:
 
 @dataclass
 class RolloutConfig:
-    num_workers: int = 2
+    # vLLM engines; auto: 2 where the policy's weights fit the caches (<= 32 MB) and the rollout has
+    # 2+ CPU cores, else 1 (threads.rollout_workers: engines side by side each stream every weight)
+    num_workers: Union[int, str] = "auto"
     num_cpus: float = 0.5  # per worker; fractional so that all roles fit on 2 cores
     num_gpus: float = 0.0
     samples_per_prompt: int = 4  # K (paper: 4)
@@ -460,7 +462,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.iterations < 0:
         raise ConfigError(f"config key 'iterations': must be >= 0 (0 = evaluate only), got {cfg.iterations}")
     positive = [
-        "data.prompts_per_iteration", "rollout.num_workers", "rollout.max_new_tokens", "policy.num_workers", "prm.num_workers",
+        "data.prompts_per_iteration", "rollout.max_new_tokens", "policy.num_workers", "prm.num_workers",
         "policy.mini_batch_size", "policy.micro_batch_size", "policy.epochs", "prm.micro_batch_size", "prm.epochs",
         "eval.num_prompts", "eval.samples_per_prompt", "code.timeout_s", "code.memory_mb", "code.workers",
     ]
@@ -521,6 +523,9 @@ def validate(cfg: TrainConfig) -> None:
         value = _get(cfg, key)
         if value != "auto" and (not isinstance(value, int) or value < 1):
             raise ConfigError(f"config key '{key}': {value!r} is neither auto nor a thread count >= 1")
+    workers = cfg.rollout.num_workers
+    if workers != "auto" and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+        raise ConfigError(f"config key 'rollout.num_workers': {workers!r} is neither auto nor a number of engines >= 1")
     for role in ("rollout", "policy", "prm"):
         parse_cores(_get(cfg, f"{role}.cores"), f"{role}.cores")
         if _get(cfg, f"{role}.num_cpus") <= 0:

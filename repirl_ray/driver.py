@@ -39,12 +39,12 @@ class LearnerFailure(RuntimeError):
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume_from: Path | None = None, log_fn=print, rollout=None):
         """rollout: rollout workers of an earlier run to reuse (see RunSetup)."""
-        self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log_fn
+        self.run_dir, self.log = Path(run_dir), log_fn
         self.stop_requested = False
         self._t0 = self._t_created = time.time()
         self._saved_at = -1
-        # Checks, data, run folder, supervised stage, Ray, actors, the checkpoint (run_setup.py).
         self.setup = setup = RunSetup(cfg, self.run_dir, resume_from=resume_from, rollout=rollout, log_fn=log_fn)
+        self.cfg = cfg = setup.cfg  # run_setup.py: checks, data, run folder, SFT, Ray, actors, checkpoint; auto resolved
         self.rollout, self.policy, self.prm, self.metrics = setup.rollout, setup.policy, setup.prm, setup.metrics
         self.rollout.on_event = self._event  # a worker replaced: recorded under the loop's iteration
         self.stream, self.curriculum_stream = setup.stream, setup.curriculum_stream

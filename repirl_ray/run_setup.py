@@ -33,11 +33,11 @@ from repirl_ray.config import ConfigError, TrainConfig, has_prm_learner, load_co
 from repirl_ray.data import PromptStream, limit_demos
 from repirl_ray.learners.sft import SupervisedJob
 from repirl_ray.metrics import MemoryMonitor, MetricsLogger
-from repirl_ray.models.packaged import resolve_model
+from repirl_ray.models.packaged import is_packaged, model_dir, resolve_model
 from repirl_ray.models.policy import check_model_path
 from repirl_ray.tasks import Task, build_task
-from repirl_ray.threads import (DEFERRED_NOTE, SHARED_OVERLAP_NOTE, describe_budgets, rollout_engines_note, samples_beside_updates,
-                               thread_budgets, weight_bytes)
+from repirl_ray.threads import (DEFERRED_NOTE, SHARED_OVERLAP_NOTE, describe_budgets, rollout_engines_note, rollout_workers,
+                               samples_beside_updates, thread_budgets, weight_bytes)
 from repirl_ray.data.dataset import REASONING_GYM, DataReport, check_prompts, read_split
 from repirl_ray.data.dataset import task_kwargs as dataset_task_kwargs
 from repirl_ray.utils import atomic_write_json, publish_dir
@@ -216,6 +216,28 @@ def init_ray(cfg: TrainConfig, log_fn=print) -> bool:
     )
     log_fn(f"started a local Ray: {ray.cluster_resources().get('CPU', 0):.0f} CPUs")
     return True
+
+
+def policy_weight_bytes(cfg: TrainConfig) -> int | None:
+    """The size of the policy's weight files, known before anything is built or loaded: a local
+    folder's, a fetched packaged model's, the built-in world's policy from its shape (float32);
+    None where it is not known yet (a hub name, a packaged model not fetched)."""
+    from repirl_ray.world import policy_parameters
+
+    path = cfg.model.policy_path
+    if not path:
+        return 4 * policy_parameters(cfg.world)
+    return weight_bytes(str(model_dir(path) if is_packaged(path) else path)) or None
+
+
+def resolve_rollout_workers(cfg: TrainConfig, cores: int, log_fn=print) -> TrainConfig:
+    """cfg with rollout.num_workers=auto replaced by the engines this run starts (threads.rollout_workers),
+    said in a start-up line; a config without auto comes back as it is."""
+    if cfg.rollout.num_workers != "auto":
+        return cfg
+    workers, line = rollout_workers(cfg, cores, policy_weight_bytes(cfg))
+    log_fn(line)
+    return dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, num_workers=workers))
 
 
 def role_demands(cfg: TrainConfig) -> dict[str, list[dict[str, float]]]:
@@ -419,6 +441,8 @@ class RunSetup:
         self.joined_ray = bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
         if self.joined_ray:
             init_ray(cfg, self.log)  # joining is cheap, and the cluster's nodes are what must fit
+        self.cfg = cfg = resolve_rollout_workers(cfg, node_cores(cfg, self.joined_ray), self.log)
+        if self.joined_ray:
             check_cluster_fits(cfg)
         else:
             import torch  # only for the GPU count: the learners load torch anyway

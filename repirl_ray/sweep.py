@@ -65,8 +65,10 @@ from repirl_ray.driver import train
 from repirl_ray.run_setup import (
     check_given_paths,
     init_ray,
+    node_cores,
     read_given_data,
     resolve_paths,
+    resolve_rollout_workers,
     role_demands,
 )
 from repirl_ray.utils import atomic_write_json, atomic_write_text
@@ -280,7 +282,8 @@ def expand_trials(spec: SweepConfig) -> list[Trial]:
 
 
 def validate_trials(spec: SweepConfig, trials: list[Trial]) -> list[TrainConfig]:
-    """Every trial's run config through load_config, before anything starts."""
+    """Every trial's run config through load_config, before anything starts, with rollout.num_workers
+    resolved (passed to the trial with its overrides)."""
     if spec.base_config and not os.path.isfile(spec.base_config):
         raise ConfigError(f"sweep key 'base_config': run config not found: {spec.base_config} (relative to {os.getcwd()})")
     configs = []
@@ -295,7 +298,8 @@ def validate_trials(spec: SweepConfig, trials: list[Trial]) -> list[TrainConfig]
                 "run the supervised stage once (`repirl train iterations=0 sft.steps=N`) and sweep from its policy "
                 "(model.policy_path=<run>/sft_policy)"
             )
-        configs.append(cfg)
+        # rollout.num_workers=auto as the trial will resolve it: its bundles are reserved before it starts
+        configs.append(resolve_rollout_workers(cfg, node_cores(cfg, joined=False), log_fn=lambda _: None))
     return configs
 
 
@@ -318,7 +322,7 @@ def error_line(err: BaseException) -> str:
 def run_trial(trial: dict, log: Callable[[str], None] | None = None) -> dict:
     """One trial: `repirl train` in its run folder, resumed from its checkpoint when it has one.
 
-    trial: {"key", "run_dir" (absolute), "cwd", "base_config", "overrides"}. Returns the run's
+    trial: {"key", "run_dir" (absolute), "cwd", "base_config", "overrides", "num_workers"}. Returns the run's
     summary. On failure writes error.txt (one line) in the run folder and raises."""
     os.chdir(trial["cwd"])  # Tune runs trials in their own folder; relative paths mean the sweep's
     run_dir = Path(trial["run_dir"])
@@ -340,7 +344,9 @@ def run_trial(trial: dict, log: Callable[[str], None] | None = None) -> dict:
         # No checkpoint: whatever an earlier attempt left (metrics, logs) goes; it starts again.
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
-        cfg = load_config(trial["base_config"] or None, [*trial["overrides"], f"run_dir={run_dir}"])
+        # The engines its bundles were reserved for (rollout.num_workers=auto, resolved by the sweep).
+        cfg = load_config(trial["base_config"] or None,
+                          [*trial["overrides"], f"rollout.num_workers={trial['num_workers']}", f"run_dir={run_dir}"])
         return train(cfg, log_fn=log_line)
     except BaseException as err:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -479,7 +485,7 @@ def _run_on_tune(spec, sweep_dir: Path, pending, total: int, done_before: int, a
             _check_fits([t for t, _ in pending], [c for _, c in pending])
         params = [
             {"key": t.key, "run_dir": str(sweep_dir / TRIALS / t.key), "cwd": os.getcwd(), "base_config": spec.base_config,
-             "overrides": t.overrides, "bundles": trial_bundles(c)}
+             "overrides": t.overrides, "num_workers": c.rollout.num_workers, "bundles": trial_bundles(c)}
             for t, c in pending
         ]
         progress = _Progress(spec.metric, total, done_before, log)

@@ -144,6 +144,28 @@ def weight_bytes(model_path: str) -> int:
     return sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin", "*.gguf") for f in folder.glob(pattern))
 
 
+def rollout_workers(cfg: TrainConfig, node_cores: int, weights: int | None) -> tuple[int, str]:
+    """rollout.num_workers as the run uses it, and the start-up line that says why.
+
+    A number the user gave is kept (rollout_engines_note may add a hint). auto: on CPU, 2 engines
+    where the policy's weights (bytes; None when not known before loading, e.g. a hub name) fit
+    the caches and the rollout has 2+ cores, else 1 with all the rollout's cores; on GPUs, 1 (how
+    many GPUs go to the rollout is the user's choice). More than 2 engines on one machine was not
+    measured, so auto does not go there."""
+    given = cfg.rollout.num_workers
+    if given != "auto":
+        return given, f"rollout.num_workers={given}"
+    if cfg.rollout.num_gpus:
+        return 1, "rollout.num_workers=auto: 1 engine (rollout on GPUs: give rollout.num_workers for more)"
+    cores = len(_cores(cfg.rollout.cores, node_cores, "rollout.cores"))
+    size = "of unknown size (not a local folder)" if weights is None else f"of {weights / 2**20:.0f} MB"
+    if weights is not None and weights <= ENGINES_BESIDE_MAX_MB * 2**20 and cores >= 2:
+        return 2, (f"rollout.num_workers=auto: 2 engines (policy weights {size}: small engines side by side "
+                   "sample faster than one with every core)")
+    why = f"policy weights {size}" + (": each engine would stream all of them at every decoding step" if cores >= 2 else f", {cores} rollout core")
+    return 1, f"rollout.num_workers=auto: 1 engine with {cores} core(s) ({why})"
+
+
 def rollout_engines_note(cfg: TrainConfig, weights: int) -> str | None:
     """A start-up hint where several rollout engines on one machine's CPU cores would each stream
     a policy too large for the caches (weights: bytes); None where there is nothing to say."""

@@ -36,7 +36,7 @@ from repirl_ray.actors.supervised import run_supervised_job
 from repirl_ray.config import WorldConfig
 from repirl_ray.data.reading import write_jsonl
 from repirl_ray.learners.sft import SupervisedJob, sft_job
-from repirl_ray.models.tiny import WORLD_CHARS, build_char_tokenizer, build_tiny_qwen2
+from repirl_ray.models.tiny import SPECIALS, WORLD_CHARS, build_char_tokenizer, build_tiny_qwen2
 from repirl_ray.tasks.arithmetic import ArithmeticSpec, make_split, make_splits, noisy_solution
 from repirl_ray.utils import atomic_write_json, default_cache_dir, publish_dir
 
@@ -81,6 +81,14 @@ def world_key(cfg: WorldConfig) -> str:
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_KEY}
     fields["format"] = WORLD_FORMAT
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def policy_parameters(cfg: WorldConfig) -> int:
+    """The parameters of the world's policy (build_tiny_qwen2: tied embeddings, q/k/v biases), known
+    before the world is built: vocabulary x hidden, per layer 4 hidden^2 + 3 hidden (q, k, v, o and
+    biases) + 3 hidden x intermediate (MLP) + 2 hidden (norms), and the final norm."""
+    h, vocab = cfg.hidden_size, len(SPECIALS) + len(WORLD_CHARS)
+    return vocab * h + cfg.num_layers * (4 * h * h + 3 * h + 3 * h * cfg.intermediate_size + 2 * h) + h
 
 
 def world_root(cfg: WorldConfig) -> Path:

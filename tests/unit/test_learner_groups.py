@@ -62,7 +62,7 @@ def test_one_bundle_builder_and_one_sum_for_every_role():
     assert sum_bundles([]) == {}
     # What run_setup checks against the cluster is these bundles, one per actor: 2 rollout
     # workers x 0.5 CPU, 2 policy ranks x (0.25 CPU + 1 GPU), 1 PRM rank x 0.5 CPU.
-    cfg = load_config(None, ["policy.num_workers=2", "policy.num_cpus=0.25", "policy.num_gpus=1"])
+    cfg = load_config(None, ["rollout.num_workers=2", "policy.num_workers=2", "policy.num_cpus=0.25", "policy.num_gpus=1"])
     demands = role_demands(cfg)
     assert demands == {"rollout": [{"CPU": 0.5}] * 2, "policy": [{"CPU": 0.25, "GPU": 1.0}] * 2, "prm": [{"CPU": 0.5}]}
     assert sum_bundles(b for bs in demands.values() for b in bs) == {"CPU": 2.0, "GPU": 2.0}

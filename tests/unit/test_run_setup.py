@@ -8,17 +8,18 @@ import pytest
 from repirl_ray.config import ConfigError, load_config
 from repirl_ray.learners.common import checkpoint_files
 from repirl_ray.checkpoints import CheckpointError, check_checkpoint, resume_target
-from repirl_ray.run_setup import check_fits, new_run_dir, role_demands
+from repirl_ray.run_setup import check_fits, new_run_dir, resolve_rollout_workers, role_demands
 
 
 def test_default_roles_fit_on_two_cores():
-    cfg = load_config(None, [])
-    # 2 rollout workers, 1 policy rank, 1 PRM rank at 0.5 CPU each.
+    cfg = resolve_rollout_workers(load_config(None, []), 2, log_fn=lambda _: None)
+    # 2 rollout workers (auto, for the 0.8M world's policy), 1 policy rank, 1 PRM rank at 0.5 CPU each.
+    assert cfg.rollout.num_workers == 2
     check_fits(role_demands(cfg), [{"CPU": 2.0}], {"policy": True, "prm": True})
 
 
 def test_too_many_learner_ranks_is_one_line_naming_the_key_and_resources():
-    cfg = load_config(None, ["policy.num_workers=4"])
+    cfg = load_config(None, ["rollout.num_workers=2", "policy.num_workers=4"])
     with pytest.raises(ConfigError) as err:
         check_fits(role_demands(cfg), [{"CPU": 2.0}], {"policy": True, "prm": True})
     msg = str(err.value)
@@ -27,7 +28,7 @@ def test_too_many_learner_ranks_is_one_line_naming_the_key_and_resources():
 
 
 def test_packed_group_must_fit_one_node_but_spread_may_span_nodes():
-    cfg = load_config(None, ["policy.num_workers=2", "policy.num_cpus=1", "rollout.num_cpus=0.25",
+    cfg = load_config(None, ["rollout.num_workers=2", "policy.num_workers=2", "policy.num_cpus=1", "rollout.num_cpus=0.25",
                              "prm.num_cpus=0.25"])
     nodes = [{"CPU": 1.5}, {"CPU": 1.5}]
     with pytest.raises(ConfigError, match="policy.num_workers.*packed on one node.*policy.placement=spread"):
@@ -36,7 +37,7 @@ def test_packed_group_must_fit_one_node_but_spread_may_span_nodes():
 
 
 def test_custom_resources_are_placed_on_the_nodes_that_offer_them():
-    cfg = load_config(None, ["rollout.resources={rollout: 1}", "policy.resources={learner: 1}",
+    cfg = load_config(None, ["rollout.num_workers=2", "rollout.resources={rollout: 1}", "policy.resources={learner: 1}",
                              "prm.resources={learner: 1}", "policy.num_workers=2"])
     rollout_node = {"CPU": 1.0, "rollout": 2.0}
     learner_node = {"CPU": 1.5, "learner": 3.0}

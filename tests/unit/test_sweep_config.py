@@ -119,7 +119,7 @@ def test_trial_bundles_follow_the_config():
     cfg = load_config(None, ["rollout.num_workers=3", "rollout.num_cpus=0.25", "policy.num_cpus=0.5",
                              "prm.num_cpus=0.75", "prm.num_gpus=0.5", "policy.resources={learner: 1}"])
     assert trial_bundles(cfg) == [{"CPU": 0.25}] * 3 + [{"CPU": 0.5, "learner": 1.0}, {"CPU": 0.75, "GPU": 0.5}]
-    rloo = load_config(None, ["prm.kind=none", "advantage.c_process=0"])
+    rloo = load_config(None, ["prm.kind=none", "advantage.c_process=0", "rollout.num_workers=2"])
     assert trial_bundles(rloo) == [{"CPU": 0.5}] * 3  # no PRM learner
 
 
@@ -127,7 +127,7 @@ def test_a_failing_trial_writes_its_error_line_and_raises(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)  # run_trial changes the working folder (as in a Tune trial): undone after
     run_dir = tmp_path / "trials" / "000-seed=0"
     trial = {"key": "000-seed=0", "run_dir": str(run_dir), "cwd": str(tmp_path), "base_config": "",
-             "overrides": ["model.policy_path=/no/such/model", "seed=0"]}
+             "overrides": ["model.policy_path=/no/such/model", "seed=0"], "num_workers": 1}
     with pytest.raises(Exception, match="model folder not found"):
         run_trial(trial)
     line = (run_dir / "error.txt").read_text().strip()

@@ -11,14 +11,18 @@ import textwrap
 import pytest
 
 from repirl_ray.config import ConfigError, TrainConfig, load_config
-from repirl_ray.run_setup import RunSetup
+from repirl_ray.models.tiny import build_char_tokenizer, build_tiny_qwen2
+from repirl_ray.run_setup import RunSetup, policy_weight_bytes, resolve_rollout_workers
 from repirl_ray.threads import (DEFERRED_NOTE, SHARED_OVERLAP_NOTE, RoleThreads, describe_budgets, rollout_engines_note,
-                                samples_beside_updates, thread_budgets, weight_bytes)
+                                rollout_workers, samples_beside_updates, thread_budgets, weight_bytes)
+from repirl_ray.world import policy_parameters
 
 
 def cfg(**sections) -> TrainConfig:
-    """The defaults with some keys of some sections replaced: cfg(rollout={"num_workers": 1})."""
+    """The defaults with some keys of some sections replaced: cfg(rollout={"num_workers": 1}); 2 rollout
+    workers unless given (what rollout.num_workers=auto resolves to for the 0.8M world on 2 cores)."""
     c = TrainConfig()
+    c.rollout.num_workers = 2
     for name, values in sections.items():
         for key, value in values.items():
             setattr(getattr(c, name), key, value)
@@ -105,14 +109,14 @@ def test_the_pipelined_loop_samples_beside_the_updates_only_where_the_rollout_ha
 def test_the_start_up_line_shows_every_role_budget():
     lines: list[str] = []
     setup = RunSetup.__new__(RunSetup)  # only the thread step: no data, no Ray
-    setup.cfg, setup.log = load_config(None, ["pipeline.off_policy_steps=1", "policy.num_threads=1"]), lines.append
+    setup.cfg, setup.log = load_config(None, ["rollout.num_workers=2", "pipeline.off_policy_steps=1", "policy.num_threads=1"]), lines.append
     setup._setup_threads(2)
     # The default on shared cores: the next batch after the updates, at normal priority.
     assert lines == ["threads per process (2 cores, pipelined loop, next batch sampled after the updates): rollout 1 (auto), "
                      "policy 1, prm 2 (auto), sft 2 (auto)", DEFERRED_NOTE] and not setup.overlapped
     assert setup.threads["policy"] == RoleThreads(1, given=True)
     lines.clear()
-    setup.cfg = load_config(None, ["pipeline.off_policy_steps=1", "pipeline.overlap=always"])
+    setup.cfg = load_config(None, ["rollout.num_workers=2", "pipeline.off_policy_steps=1", "pipeline.overlap=always"])
     setup._setup_threads(2)
     assert lines == ["threads per process (2 cores, pipelined loop): rollout 1 (auto) idle priority, policy 2 (auto), "
                      "prm 2 (auto), sft 2 (auto)", SHARED_OVERLAP_NOTE] and setup.overlapped
@@ -123,7 +127,7 @@ def test_the_start_up_line_shows_every_role_budget():
                                                      "prm.cores=1", "rollout.num_workers=1"],
                   ["pipeline.off_policy_steps=1", "pipeline.overlap=never"]):
         lines.clear()
-        setup.cfg = load_config(None, extra)
+        setup.cfg = load_config(None, ["rollout.num_workers=2", *extra])
         setup._setup_threads(2)
         assert len(lines) == 1 and lines[0].startswith("threads per process"), lines
 
@@ -140,6 +144,53 @@ def test_several_cpu_engines_for_a_policy_beyond_the_caches_get_a_hint(tmp_path)
     assert rollout_engines_note(cfg(), 32 * mb) is None  # the 0.8M world's policy (3 MB) and up to 32 MB: engines side by side pay
     assert rollout_engines_note(cfg(rollout={"num_workers": 1}), 500 * mb) is None
     assert rollout_engines_note(cfg(rollout={"num_gpus": 1.0}), 500 * mb) is None
+
+
+def test_auto_rollout_workers_two_small_engines_or_one_with_every_core():
+    mb = 2**20
+    auto = cfg(rollout={"num_workers": "auto"})
+    # A policy within the caches on 2+ cores: 2 engines (0.97-1.12 of a raw engine, one engine 0.83-0.87).
+    assert rollout_workers(auto, 2, 3 * mb)[0] == 2 and rollout_workers(auto, 8, 32 * mb)[0] == 2
+    # Beyond the caches, unknown, or one core for the rollout: 1 engine.
+    assert rollout_workers(auto, 2, 32 * mb + 1) == (
+        1, "rollout.num_workers=auto: 1 engine with 2 core(s) (policy weights of 32 MB: each engine would stream all "
+           "of them at every decoding step)")
+    assert rollout_workers(auto, 2, None)[0] == 1
+    assert rollout_workers(auto, 1, 3 * mb)[0] == 1
+    assert rollout_workers(cfg(rollout={"num_workers": "auto", "cores": "1"}), 2, 3 * mb)[0] == 1
+    assert rollout_workers(cfg(rollout={"num_workers": "auto", "cores": "0-3"}), 8, 3 * mb)[0] == 2
+    assert rollout_workers(cfg(rollout={"num_workers": "auto", "num_gpus": 1.0}), 2, 3 * mb)[0] == 1
+    # A number given is kept, whatever the weights.
+    assert rollout_workers(cfg(rollout={"num_workers": 3}), 2, 500 * mb)[0] == 3
+    for bad in ("two", 0, True):
+        with pytest.raises(ConfigError, match="'rollout.num_workers'"):
+            load_config(None, [f"rollout.num_workers={bad}"])
+
+
+def test_the_world_policy_size_is_known_before_the_world_is_built(tmp_path):
+    # The closed form against the model itself, at the default and the benchmarks' shapes.
+    for shape in ({}, {"world.hidden_size": 512, "world.num_layers": 8, "world.intermediate_size": 2048}, {"world.num_heads": 8}):
+        w = load_config(None, [f"{k}={v}" for k, v in shape.items()]).world
+        model = build_tiny_qwen2(len(build_char_tokenizer()), w.hidden_size, w.num_layers, w.num_heads, w.intermediate_size)
+        assert policy_parameters(w) == sum(p.numel() for p in model.parameters())
+    assert policy_parameters(TrainConfig().world) == 791_040  # the 0.8M policy
+    default = load_config(None, [])
+    assert policy_weight_bytes(default) == 4 * 791_040
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 5000)
+    assert policy_weight_bytes(load_config(None, [f"model.policy_path={tmp_path}"])) == 5000
+    assert policy_weight_bytes(load_config(None, ["model.policy_path=HuggingFaceTB/SmolLM2-135M-Instruct"])) is None
+    # Resolving: the line says what auto became; the rest of the config is the same.
+    lines: list[str] = []
+    resolved = resolve_rollout_workers(default, 2, lines.append)
+    assert resolved.rollout.num_workers == 2 and default.rollout.num_workers == "auto"
+    assert lines == ["rollout.num_workers=auto: 2 engines (policy weights of 3 MB: small engines side by side sample faster "
+                     "than one with every core)"]
+    resolved.rollout.num_workers = "auto"
+    assert resolved == default
+    big = load_config(None, ["world.hidden_size=512", "world.num_layers=8", "world.intermediate_size=2048"])  # 27M
+    assert resolve_rollout_workers(big, 2, lines.append).rollout.num_workers == 1
+    given = load_config(None, ["rollout.num_workers=2"])
+    assert resolve_rollout_workers(given, 2, lines.append) is given and len(lines) == 2
 
 
 def test_idle_priority_covers_every_thread_and_those_started_later():

@@ -73,11 +73,12 @@ def measure(size: str, prompts: int, repeats: int, work: Path, cfg, problems, to
     engine = VLLMEngine(str(model_dir), max_model_len=cfg.rollout.max_model_len, kv_cache_gib=cfg.rollout.kv_cache_gib)
     encode = PromptEncoder(tok, cfg.data.chat_template, cfg.data.max_prompt_tokens)  # as the workers encode
     ids = [encode(task.format_prompt(p), p.id) for p in batch]
-    engine.generate(ids[:2], n=K, temperature=1.0, top_p=1.0, max_tokens=MAX_NEW, seeds=None)  # warm-up
+    engine.generate(ids[:2], n=K, temperature=1.0, top_p=1.0, max_tokens=MAX_NEW, seeds=None,
+                    min_tokens=cfg.rollout.min_new_tokens)  # warm-up
     raw_s, raw_tokens = [], []
     for seed in seeds:
         t0 = time.perf_counter()
-        out = engine.generate(ids, n=K, temperature=1.0, top_p=1.0, max_tokens=MAX_NEW,
+        out = engine.generate(ids, n=K, temperature=1.0, top_p=1.0, max_tokens=MAX_NEW, min_tokens=cfg.rollout.min_new_tokens,
                               seeds=[prompt_seed(seed, i) for i in range(len(ids))])
         raw_s.append(time.perf_counter() - t0)
         raw_tokens.append(sum(len(s.token_ids) for group_ in out for s in group_))

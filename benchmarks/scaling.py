@@ -7,7 +7,10 @@ layouts of the cores.
 For each model size (random Qwen2 models of about 1M, 25M and 125M parameters with the built-in
 world's 20-token vocabulary, built from a config; no download) and each batch size (prompts per
 iteration, K = 4 samples each), a `repirl train` subprocess runs --iterations iterations on the
-built-in world's prompts (the prompt filter off, so every iteration trains on the whole batch)
+built-in world's prompts (the prompt filter off, so every iteration trains on the whole batch;
+every response 40 tokens, rollout.min_new_tokens = max_new_tokens, so that every row of a size
+and batch does the same work: a random model's own response lengths swing as it trains, and a
+pipelined run, one policy version behind, samples other lengths than a serial one)
 and reports seconds per phase (iteration 1 left out: start-up effects), rollout tokens/s through
 the rollout workers and the slowest worker's seconds in its engine, learner tokens/s (policy
 update), the mean response length, and peak memory. Then, in the same invocation, the rollout workers
@@ -80,6 +83,7 @@ def run_variant(model_dir: Path, prompts: int, mode: str, layout: str, iteration
     cmd = [sys.executable, "-m", "repirl_ray.cli", "train", f"run_dir={run_dir}", f"iterations={iterations}",
            f"model.policy_path={model_dir}", f"data.train_path={world.train}", f"data.eval_path={world.eval}",
            f"data.prompts_per_iteration={prompts}", "filter.enabled=false", f"rollout.max_new_tokens={MAX_NEW}",
+           f"rollout.min_new_tokens={MAX_NEW}",
            "eval.every=0", "eval.num_prompts=8", "eval.samples_per_prompt=1", "eval.greedy=false",
            "checkpoint.every=0", f"pipeline.off_policy_steps={0 if mode == 'serial' else 1}",
            f"pipeline.overlap={'always' if mode == 'overlapped' else 'auto'}", *LAYOUTS[layout], *extra]
@@ -168,7 +172,7 @@ def main(argv=None) -> int:
     if args.raw_repeats > 0 and "shared" in args.layouts:
         from rollout_overhead import measure_rows
 
-        raw_rows = measure_rows(args.sizes, args.prompts, args.raw_repeats, args.set,
+        raw_rows = measure_rows(args.sizes, args.prompts, args.raw_repeats, [f"rollout.min_new_tokens={MAX_NEW}", *args.set],
                                 log=lambda line: print(f"{line} ({time.time() - t_start:.0f} s so far)", flush=True))
     table = format_table(rows, raw_rows)
     env = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS") if k in os.environ}

@@ -162,6 +162,9 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 48
+    # EOS held back until a response has this many tokens (vLLM's min_tokens); benchmarks set it to
+    # max_new_tokens so that every response is the same work; 0 = off
+    min_new_tokens: int = 0
     max_model_len: int = 128
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {rollout: 1}
     kv_cache_gib: float = 0.25  # vLLM-CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
@@ -474,6 +477,9 @@ def validate(cfg: TrainConfig) -> None:
             f"config key 'rollout.max_model_len': {cfg.rollout.max_model_len} is less than data.max_prompt_tokens "
             f"({cfg.data.max_prompt_tokens}) + rollout.max_new_tokens ({cfg.rollout.max_new_tokens}); raise it"
         )
+    if not 0 <= cfg.rollout.min_new_tokens <= cfg.rollout.max_new_tokens:
+        raise ConfigError(f"config key 'rollout.min_new_tokens': {cfg.rollout.min_new_tokens} must be between 0 and "
+                          f"rollout.max_new_tokens ({cfg.rollout.max_new_tokens})")
     if cfg.rollout.samples_per_prompt < 2:
         raise ConfigError("config key 'rollout.samples_per_prompt': RLOO needs at least 2 samples per prompt")
     if cfg.rollout.temperature <= 0:

@@ -163,8 +163,10 @@ class VLLMEngine:
         top_p: float,
         max_tokens: int,
         seeds: list[int] | None,
+        min_tokens: int = 0,
     ) -> list[list[Sample]]:
-        """n samples for each prompt. temperature 0 = greedy (then n must be 1)."""
+        """n samples for each prompt. temperature 0 = greedy (then n must be 1); min_tokens: no
+        EOS before that many tokens."""
         from vllm import SamplingParams  # vllm: see the docstring
         from vllm.inputs import TokensPrompt  # vllm: see the docstring
 
@@ -176,6 +178,7 @@ class VLLMEngine:
                     temperature=temperature,
                     top_p=top_p,
                     max_tokens=max_tokens,
+                    min_tokens=min_tokens,
                     logprobs=0,  # the sampled token's own log-prob only
                     seed=None if seeds is None else seeds[i],
                     detokenize=False,

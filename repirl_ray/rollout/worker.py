@@ -110,6 +110,7 @@ class RolloutWorker:
             temperature=temperature,
             top_p=self.cfg.top_p,
             max_tokens=self.cfg.max_new_tokens,
+            min_tokens=self.cfg.min_new_tokens,
             seeds=seeds if temperature > 0 else None,
         )
         t_sample = time.perf_counter() - t0

@@ -80,3 +80,7 @@ def test_vllm_logprobs_match_learner_after_weight_push(tiny_world, ray_session, 
     assert all(np.array_equal(arrays[n], a) for n, a in sent.items())
     (pointers,) = worker.engine.llm.collective_rpc(_param_pointers)
     assert pointers["model.norm.weight"] not in {a.ctypes.data for b in buckets + buckets2 for _, a in b}
+    # rollout.min_new_tokens: EOS held back, every response as long as allowed (the same work per row).
+    worker.cfg.min_new_tokens = 32
+    longest = sample(4)
+    assert (longest.response_len == 32).all() and (before.response_len < 32).any()

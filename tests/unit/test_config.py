@@ -170,3 +170,10 @@ def test_oracle_process_reward_config():
     from repirl_ray.config import has_prm_learner, needs_demos
 
     assert not has_prm_learner(cfg) and not needs_demos(cfg)
+
+
+def test_min_new_tokens_lies_between_zero_and_max_new_tokens():
+    assert load_config(None, ["rollout.min_new_tokens=48"]).rollout.min_new_tokens == 48
+    for bad in (-1, 49):
+        with pytest.raises(ConfigError, match=r"'rollout.min_new_tokens': .* rollout.max_new_tokens \(48\)"):
+            load_config(None, [f"rollout.min_new_tokens={bad}"])

@@ -147,11 +147,11 @@ class Trainer:
             with timer("prm"):
                 metrics.update(self.prm.update(keep, batch.rollouts, batch.demos))
 
-        # 6. New policy weights to the rollout workers (object store). Pipelined: behind the next
-        # batch, which the workers sample with the version they hold, as if beside the updates.
-        self._sample_ahead()
+        # 6. New policy weights to the rollout workers (object store). Pipelined: the next batch goes
+        # to them once the weights are in the store, and they load those after sampling it.
         with timer("sync"):
-            self.learner_version = self.policy.push_weights(self.rollout, wait=not cfg.pipeline.off_policy_steps)
+            self.learner_version = self.policy.push_weights(self.rollout, wait=not cfg.pipeline.off_policy_steps,
+                                                            before_load=self._sample_ahead)
 
         return {**metrics, **timer.results()}
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
@@ -195,12 +196,17 @@ class PolicyLearnerGroup(LearnerGroup):
         """(the weights for the rollout workers, as one ObjectRef, or the value in-process; version)."""
         return self.call_two("weights")
 
-    def push_weights(self, rollout, *, wait: bool = True) -> int:
+    def push_weights(self, rollout, *, wait: bool = True, before_load: Callable[[], None] | None = None) -> int:
         """The policy's weights to every rollout worker (one object in the store, the same ref for
         all); returns their version. The version is read first, so a dead policy learner stops
         the run here instead of looking like a failure of the rollout workers that wait for its
-        weights. wait=False (pipelined loop): the push queues behind the batch being sampled."""
+        weights. wait=False (pipelined loop): the push queues behind the batch being sampled.
+        before_load: called once the weights are in the store, before the workers are told to load
+        them (the pipelined loop hands them the next batch there: the learner's copy into the
+        store then does not run beside their decoding, which streams the weights too)."""
         weights, version = self.weights()
+        if before_load is not None:
+            before_load()
         rollout.load_weights(weights, int(version), wait=wait)
         return int(version)
 

@@ -98,16 +98,19 @@ def test_pipelined_resume_equals_uninterrupted_run(ray_session, world_cache, tmp
     split = tmp_path / "split"
     after = {**common, "iterations": 2, "pipeline.overlap": "never"}
     trainer = Trainer(_cfg(world_cache, run_dir=str(split), **after), split, log_fn=lambda *_: None)
-    calls = []  # the driver's training batches handed to the workers, and the policy updates
-    submit, update = trainer._submit, trainer.policy.update
+    calls = []  # the driver's training batches handed to the workers, the policy updates, the weight pushes
+    submit, update, weights, load = trainer._submit, trainer.policy.update, trainer.policy.weights, trainer.rollout.load_weights
     trainer._submit = lambda index: (calls.append(f"batch {index}"), submit(index))[1]
     trainer.policy.update = lambda *a, **k: (calls.append("update"), update(*a, **k))[1]
+    trainer.policy.weights = lambda *a, **k: (calls.append("weights"), weights(*a, **k))[1]
+    trainer.rollout.load_weights = lambda *a, **k: (calls.append("load"), load(*a, **k))[1]
     try:
         trainer.train()
     finally:
         trainer.shutdown()
-    # Each next batch is handed to the workers after the policy update, not before it.
-    assert calls == ["batch 0", "update", "batch 1", "update", "batch 2"]
+    # Each next batch is handed to the workers after the policy update, not before it, and after
+    # the new weights are in the store (not beside its decoding), before the workers load them.
+    assert calls == ["batch 0", "update", "weights", "batch 1", "load", "update", "weights", "batch 2", "load"]
     ckpt = latest_checkpoint(split)
     # The batch sampled ahead during iteration 2 (by the policy of version 1) is in the checkpoint.
     assert json.loads((ckpt / "trainer_state.json").read_text())["pending"]

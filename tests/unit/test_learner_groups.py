@@ -83,6 +83,12 @@ def test_the_policy_pushes_its_weights_into_a_local_rollout_group(tiny_dir):
     assert policy.push_weights(rollout) == 1 == rollout.version
     assert len(engine.loaded) == 1 and len(engine.loaded[0]) > 0  # the weight buckets, in the engine
     assert rollout.generate([A], n=2, temperature=1.0, seed=0, with_demos=False).version == 1
+    # before_load (the pipelined loop's next batch) runs with the new weights in the store and the
+    # workers still on the old ones.
+    policy.update(np.array([0, 1]), None, [make_rollouts(seed=5)])
+    seen = []
+    assert policy.push_weights(rollout, before_load=lambda: seen.append((len(engine.loaded), rollout.version))) == 2
+    assert seen == [(1, 1)] and len(engine.loaded) == 2 and rollout.version == 2
     # score_fetched: the token rewards read into this process, the same as score's.
     prm = PRMLearnerGroup(rcfg, irl, tiny_dir, local=True, seed=0)
     rollouts = make_rollouts(seed=4)

@@ -205,9 +205,16 @@ def test_idle_priority_covers_every_thread_and_those_started_later():
         after = threading.Thread(target=lambda: later.append(os.sched_getscheduler(0)))
         after.start(); after.join()
         tids = [int(t) for t in os.listdir("/proc/self/task")]
-        print(json.dumps({"policies": [os.sched_getscheduler(t) for t in tids], "later": later,
-                          "before_seen": before.native_id in tids}))
+        def policy(tid):
+            try:
+                return os.sched_getscheduler(tid)
+            except ProcessLookupError:  # a thread that ended after the listing (the joined one may linger there)
+                return None
+        policies = [p for p in map(policy, tids) if p is not None]
+        print(json.dumps({"policies": policies, "later": later, "before_seen": before.native_id in tids}))
     """)
-    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
     assert out["before_seen"] and len(out["policies"]) >= 2
     assert set(out["policies"]) == {os.SCHED_IDLE} and out["later"] == [os.SCHED_IDLE]

@@ -223,7 +223,10 @@ class PRMConfig:
     grad_clip: float = 10.0
     prompts_per_mini_batch: int = 0  # 0 = the whole iteration's prompts in one optimizer step
     epochs: int = 1  # passes over each iteration's batch (paper: 1); weights recomputed every pass
-    micro_batch_size: int = 64
+    # Rows (rollouts and demos) per forward/backward. Where a mini-batch's rows on a rank fit one,
+    # its weights come from the gradient pass's own forward (phi once per row, not twice): the
+    # built-in world's 64 prompts x (4 + 1 demo) do; a large model needs a smaller value (memory).
+    micro_batch_size: int = 320
     gradient_checkpointing: bool = False
     num_workers: int = 1  # ranks of the learner group (FSDP2 over them); num_cpus/num_gpus are per rank
     placement: str = "pack"  # pack (STRICT_PACK, one node) | spread (SPREAD)

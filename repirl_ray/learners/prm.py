@@ -118,9 +118,20 @@ class PRMLearner:
         for mini_prompts in chunks(prompts, per_mini):
             rows = batch.group_rows(mini_prompts)
             mini = batch.select(rows)
+            micros = list(self.ranks.micro_batches(np.arange(len(mini)), cfg.micro_batch_size))
             # 1. Rewards of every trajectory under the current phi, for the weights: each rank
             #    scores its share, all-gathered, so every rank computes the same coefficients.
-            token_rewards = self._token_rewards(mini)
+            #    Where this rank's rows are one micro-batch, that forward is the gradient pass's
+            #    own (its graph kept until the coefficients are known): one forward of phi per
+            #    trajectory instead of two, in the memory a micro-batch already has.
+            fused = None
+            if len(micros) == 1:
+                (micro, weight), = micros
+                fused = self._forward(mini, micro)
+                local = fused[1].detach().float()
+                token_rewards = self.ranks.gather_rows(local if weight else local[:0], len(mini)).cpu()
+            else:
+                token_rewards = self._token_rewards(mini)
             mask = torch.from_numpy(mini.response_mask)
             traj_reward = algo.masked_sum(token_rewards, mask, dim=1)
             mean_reward = algo.mean_token_reward(token_rewards, mask)
@@ -157,9 +168,8 @@ class PRMLearner:
             num_tokens = float(mini.response_mask.sum())
             self.optimizer.zero_grad(set_to_none=True)
             mini_loss = 0.0
-            for micro, weight in self.ranks.micro_batches(np.arange(len(mini)), cfg.micro_batch_size):
-                inputs = model_inputs(mini, micro, self.device)
-                r = self.prm.token_rewards(inputs)
+            for micro, weight in micros:
+                inputs, r = fused or self._forward(mini, micro)
                 rbar = algo.mean_token_reward(r, inputs.response_mask)
                 loss = algo.repirl_prm_loss(rbar, coefs.coef[micro].to(self.device))
                 if irl.reward_l2 > 0:
@@ -199,6 +209,11 @@ class PRMLearner:
         metrics = {f"prm/{k}": v for k, v in sums.items()}
         metrics["prm/grad_norm"] = grad_norm
         return metrics
+
+    def _forward(self, batch: Rollouts, micro: np.ndarray) -> tuple:
+        """(model inputs, r_phi [B, T] with its graph) of one micro-batch."""
+        inputs = model_inputs(batch, micro, self.device)
+        return inputs, self.prm.token_rewards(inputs)
 
     # ----------------------------------------------------------------------------------------
     # Scoring

@@ -220,3 +220,22 @@ def test_one_irl_step_and_its_scoring_run_the_reference_once_per_trajectory(tiny
     learner.update_batch(rollouts, demos)  # the weights pass and the gradient pass
     learner.score_batch(rollouts)  # the rewards for the policy
     assert ref.rows == len(rollouts) + len(demos)  # 15 trajectories, each through pi_ref once (was 3 times)
+
+
+def test_an_irl_step_whose_rows_fit_one_micro_batch_runs_phi_once_per_trajectory(tiny_dir):
+    """The weights pass reuses the gradient pass's forward when the mini-batch is one
+    micro-batch; with several micro-batches phi runs twice per row (no-grad, then with grad)."""
+    from repirl_ray.config import IRLConfig, PRMConfig
+    from repirl_ray.learners.prm import PRMLearner
+    from tests.helpers import make_rollouts
+
+    rollouts, demos = make_rollouts(num_prompts=3), make_rollouts(num_prompts=3, seed=1, is_demo=True)
+    rows = len(rollouts) + len(demos)  # 15
+    for micro, phi_rows in ((rows, rows), (4, 2 * rows)):
+        learner = PRMLearner(PRMConfig(kind="implicit", micro_batch_size=micro, lr=1e-2), IRLConfig(), tiny_dir, seed=0)
+        phi = _Counting(learner.prm.phi)
+        learner.prm.phi = phi
+        before = {k: v.clone() for k, v in phi.model.state_dict().items()}
+        learner.update_batch(rollouts, demos)
+        assert phi.rows == phi_rows, micro
+        assert all(not torch.equal(before[k], v) for k, v in phi.model.state_dict().items())

@@ -223,8 +223,9 @@ class PRMConfig:
     grad_clip: float = 10.0
     prompts_per_mini_batch: int = 0  # 0 = the whole iteration's prompts in one optimizer step
     epochs: int = 1  # passes over each iteration's batch (paper: 1); weights recomputed every pass
-    # Rows (rollouts and demos) per forward/backward. Where a mini-batch's rows on a rank fit one,
-    # its weights come from the gradient pass's own forward (phi once per row, not twice): the
+    # Rows (rollouts and demos) whose activations may be held at once; the learner runs them in
+    # pieces of at most 64 rows of similar length. Where a mini-batch's rows on a rank fit, its
+    # weights come from the gradient pass's own forward (phi once per row, not twice): the
     # built-in world's 64 prompts x (4 + 1 demo) do; a large model needs a smaller value (memory).
     micro_batch_size: int = 320
     gradient_checkpointing: bool = False

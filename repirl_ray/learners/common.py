@@ -91,6 +91,24 @@ def chunks(rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield rows[start : start + size]
 
 
+def row_lengths(batch) -> np.ndarray:
+    """Tokens each row attends to (prompt + response): for micro-batches of similar rows."""
+    return batch.prompt_len.astype(np.int64) + batch.response_len
+
+
+def gather_row_parts(ranks: Ranks, parts: list[tuple[np.ndarray, torch.Tensor]], num_rows: int, width: int,
+                     device) -> torch.Tensor:
+    """Collective. Per-token values of this rank's rows as (rows of the batch, values [n, t <=
+    width]) parts, from micro-batches cut to their own length and run in any order -> the whole
+    batch's [num_rows, width] float32 (zero beyond each part's t) on CPU, on every rank."""
+    mine = ranks.share(np.arange(num_rows))
+    start = int(mine[0]) if len(mine) else 0
+    local = torch.zeros((len(mine), width), dtype=torch.float32, device=device)
+    for rows, values in parts:
+        local[torch.as_tensor(rows - start, device=device), : values.shape[1]] = values.float()
+    return ranks.gather_rows(local, num_rows).cpu()
+
+
 # ------------------------------------------------------------------------------------------------
 # Whole state dicts
 def gather_full_state(model: torch.nn.Module, ranks: Ranks) -> dict[str, torch.Tensor] | None:

@@ -123,15 +123,23 @@ class Ranks:
             return rows
         return np.array_split(np.asarray(rows), self.world_size)[self.rank]
 
-    def micro_batches(self, rows: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, float]]:
+    def largest_share(self, num_rows: int) -> int:
+        """Rows of the largest rank's share of num_rows (the same on every rank)."""
+        return math.ceil(num_rows / self.world_size) if self.sharded else num_rows
+
+    def micro_batches(self, rows: np.ndarray, size: int, lengths: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, float]]:
         """(micro-batch rows, weight) over this rank's share of `rows`: the same number on every
         rank (that of the largest share). A rank with fewer rows gets extra micro-batches of one
         borrowed row with weight 0: its forward/backward runs FSDP's collectives and adds
-        nothing. `rows` must be the same on every rank and non-empty."""
+        nothing. `rows` must be the same on every rank and non-empty. With `lengths` (of every
+        row of the batch, indexed by row), the share goes in length order, so that a micro-batch
+        holds rows of similar length and pads little (model_inputs cuts the rest); the shares
+        themselves do not change."""
         rows = np.asarray(rows)
         mine = self.share(rows)
-        largest = math.ceil(len(rows) / self.world_size) if self.sharded else len(rows)
-        count = max(1, math.ceil(largest / size))
+        if lengths is not None:
+            mine = mine[np.argsort(np.asarray(lengths)[mine], kind="stable")]
+        count = max(1, math.ceil(self.largest_share(len(rows)) / size))
         for i in range(count):
             micro = mine[i * size : (i + 1) * size]
             if len(micro):

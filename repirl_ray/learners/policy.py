@@ -27,12 +27,14 @@ from repirl_ray.learners.common import (
     MetricSum,
     chunks,
     gather_full_state,
+    gather_row_parts,
     learner_device,
     load_full_state,
     load_learner_state,
     make_optimizer,
     prepare_trainable,
     read_learner_state,
+    row_lengths,
     save_learner_state,
     start_ranks,
 )
@@ -139,6 +141,7 @@ class PolicyLearner:
         measure = cfg.old_logprobs == "sampler" and bool((batch.policy_version == self.version).all())
         stats = MetricSum()
         losses = []
+        lengths = row_lengths(batch)  # micro-batches of rows of similar length pad little
         for _ in range(cfg.epochs):
             order = self.rng.permutation(len(batch))
             for mini in chunks(order, cfg.mini_batch_size):
@@ -148,8 +151,8 @@ class PolicyLearner:
                     continue
                 self.optimizer.zero_grad(set_to_none=True)
                 sums: dict[str, float] = {}  # this rank's share; summed over ranks below
-                for micro, weight in self.ranks.micro_batches(mini, cfg.micro_batch_size):
-                    inputs = model_inputs(batch, micro, self.device)
+                for micro, weight in self.ranks.micro_batches(mini, cfg.micro_batch_size, lengths):
+                    inputs = model_inputs(batch, micro, self.device)  # cut to its rows' longest
                     logprobs, entropy = response_logprobs(self.model, inputs, self.temperature, with_entropy=True)
                     ref_logprobs = None
                     if self.ref is not None:
@@ -197,15 +200,13 @@ class PolicyLearner:
     def _logprobs_all(self, batch: Rollouts) -> torch.Tensor:
         """Collective. log pi_theta of each response token [B, T] (0 on padding), on CPU, whole
         on every rank: each rank computes its share of the rows."""
-        local = []
-        for micro, weight in self.ranks.micro_batches(np.arange(len(batch)), self.cfg.micro_batch_size):
+        parts = []
+        for micro, weight in self.ranks.micro_batches(np.arange(len(batch)), self.cfg.micro_batch_size, row_lengths(batch)):
             inputs = model_inputs(batch, micro, self.device)
             logp, _ = response_logprobs(self.model, inputs, self.temperature)
             if weight:
-                local.append(logp.float() * inputs.response_mask)
-        t = batch.response_mask.shape[1]
-        local_t = torch.cat(local) if local else torch.zeros((0, t), device=self.device)
-        return self.ranks.gather_rows(local_t, len(batch)).cpu()
+                parts.append((micro, logp * inputs.response_mask))
+        return gather_row_parts(self.ranks, parts, len(batch), batch.response_mask.shape[1], self.device)
 
     def logprobs(self, batch: Rollouts) -> np.ndarray | None:
         """Collective. log pi_theta of each response token [B, T] under the current weights

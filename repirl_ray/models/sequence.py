@@ -26,14 +26,20 @@ class ModelInputs:
 
 
 def model_inputs(batch: Rollouts, rows: np.ndarray | None = None, device: str | torch.device = "cpu") -> ModelInputs:
+    """The rows' inputs, padded only to their own longest prompt and response: the columns that
+    are padding in every row are cut (a batch is padded to its longest row, and a micro-batch of
+    shorter rows would spend its compute on them). So T here can be less than the batch's:
+    per-token outputs [B, T] cover the first T response columns, zero beyond."""
     if rows is not None:
         batch = batch.select(rows)
-    prompt_ids = torch.from_numpy(batch.prompt_ids.astype(np.int64))
-    response_ids = torch.from_numpy(batch.response_ids.astype(np.int64))
-    lp, t = prompt_ids.shape[1], response_ids.shape[1]
+    used = np.flatnonzero(batch.response_mask.any(axis=0))
+    t = int(used[-1]) + 1 if len(used) else 1
+    lp = max(1, int(batch.prompt_len.max(initial=0)))
+    prompt_ids = torch.from_numpy(batch.prompt_ids[:, batch.prompt_ids.shape[1] - lp :].astype(np.int64))
+    response_ids = torch.from_numpy(batch.response_ids[:, :t].astype(np.int64))
     cols = torch.arange(lp)
     prompt_mask = (cols[None, :] >= (lp - torch.from_numpy(batch.prompt_len.astype(np.int64)))[:, None]).long()
-    response_mask = torch.from_numpy(batch.response_mask.astype(np.float32))
+    response_mask = torch.from_numpy(batch.response_mask[:, :t].astype(np.float32))
     attention_mask = torch.cat([prompt_mask, response_mask.long()], dim=1)
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
     return ModelInputs(

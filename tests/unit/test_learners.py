@@ -151,6 +151,57 @@ def test_prm_micro_batching_does_not_change_the_update(tiny_dir, tmp_path):
     assert_same_gradient(*results)
 
 
+
+def test_micro_batches_in_length_order_keep_every_ranks_share():
+    from repirl_ray.learners.distributed import Ranks
+
+    lengths = np.array([5, 1, 9, 3, 7, 2, 8])
+    one = Ranks(0, 1, sharded=False)
+    assert [m.tolist() for m, _ in one.micro_batches(np.arange(7), 3, lengths)] == [[1, 5, 3], [0, 4, 6], [2]]
+    # Two ranks: the shares stay rows 0-3 and 4-6, each in length order; rank 1's second
+    # micro-batch is the zero-weight one that keeps the collectives in step.
+    r0, r1 = Ranks(0, 2, sharded=True), Ranks(1, 2, sharded=True)
+    assert [(m.tolist(), w) for m, w in r0.micro_batches(np.arange(7), 3, lengths)] == [([1, 3, 0], 1.0), ([2], 1.0)]
+    assert [(m.tolist(), w) for m, w in r1.micro_batches(np.arange(7), 3, lengths)] == [([5, 4, 6], 1.0), ([0], 0.0)]
+
+
+class _CountingTokens(torch.nn.Module):
+    """Wraps a model and counts the rows and token positions (padding included) it runs on."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.rows, self.tokens = model, 0, 0
+
+    def forward(self, input_ids, **kw):
+        self.rows += input_ids.shape[0]
+        self.tokens += input_ids.numel()
+        return self.model(input_ids=input_ids, **kw)
+
+
+def test_prm_runs_on_micro_batches_of_similar_rows_cut_to_their_length(tiny_dir, monkeypatch):
+    """The fused IRL step in pieces of 4 rows sorted by length: phi runs once per row, on fewer
+    token positions than the padded batch, and the gradient is the one-piece update's."""
+    import repirl_ray.learners.prm as prm_module
+    from repirl_ray.learners.common import row_lengths
+
+    rollouts = make_rollouts(num_prompts=3, seed=1, max_len=14)
+    demos = make_rollouts(num_prompts=3, seed=2, is_demo=True, max_len=14)
+    batch = Rollouts.concat([rollouts, demos])
+    padded = len(batch) * (batch.prompt_ids.shape[1] + batch.response_ids.shape[1])
+    results = {}
+    for piece in (64, 4):
+        monkeypatch.setattr(prm_module, "PIECE_ROWS", piece)
+        learner = PRMLearner(PRMConfig(lr=1e-3, micro_batch_size=64, num_threads=1), IRLConfig(), tiny_dir)
+        phi = _CountingTokens(learner.prm.phi)
+        learner.prm.phi = phi
+        learner.update_batch(rollouts, demos)
+        results[piece] = (phi.rows, phi.tokens, step_gradients(learner.prm))
+    assert results[64][0] == results[4][0] == len(batch)  # fused: once per row
+    real = int(row_lengths(batch).sum())  # prompt and response tokens, no padding
+    assert results[64][1] == padded and real <= results[4][1] < padded
+    assert_same_gradient(results[64][2], results[4][2])
+
+
 def test_recompute_with_pi_old_equal_to_the_sampler_is_sampler_mode(tiny_dir):
     """old_logprobs=recompute: pi_old from the learner, TIS weight min(exp(pi_old - sampler), cap).
     With the sampler's log-probs equal to pi_old, every weight is 1 and the update is sampler mode's."""

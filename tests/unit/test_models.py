@@ -41,6 +41,30 @@ def test_logprobs_do_not_depend_on_padding(tiny_dir):
     assert (entropy > 0).all() and (entropy <= np.log(20) + 1e-5).all()
 
 
+
+def test_model_inputs_of_some_rows_are_cut_to_their_own_longest_prompt_and_response(tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    prompts = [[1, 10, 13], [1, 10, 13, 8, 15, 11, 14, 8, 19], [1, 12], [1, 10, 13, 8]]
+    responses = [[5, 2], [9, 6, 7, 8, 9, 6, 2], [9, 6, 2], [5, 6, 7, 2]]
+    batch = _batch(prompts, responses)  # padded to 9 prompt and 7 response tokens
+    whole = model_inputs(batch)
+    assert whole.input_ids.shape == (4, 9 + 7) and whole.response_len == 7
+    part = model_inputs(batch, np.array([2, 0]))
+    # Rows 2 and 0: prompts of 2 and 3 tokens, responses of 3 and 2: 3 + 3 columns.
+    assert part.input_ids.tolist() == [[0, 1, 12, 9, 6, 2], [1, 10, 13, 5, 2, 0]]
+    assert part.attention_mask.tolist() == [[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]]
+    assert part.position_ids.tolist() == [[0, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 4]]
+    assert part.response_len == 3 and part.response_mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    with torch.no_grad():
+        full, _ = response_logprobs(model, whole)
+        cut, _ = response_logprobs(model, part)
+    for i, row in enumerate([2, 0]):
+        n = len(responses[row])
+        assert torch.allclose(cut[i, :n], full[row, :n], atol=1e-5)
+
+
 def test_temperature_scales_logits(tiny_dir):
     from transformers import AutoModelForCausalLM
 
@@ -194,7 +218,9 @@ def test_frozen_logprobs_are_computed_once_per_trajectory_whatever_the_batch(tin
     # responses beside them): read back, the model not run.
     rows = np.array([5, 0, 3])
     wider = Rollouts.concat([batch.select(rows), make_rollouts(num_prompts=1, seed=7, max_len=12)])
-    part = cache(model_inputs(wider, np.arange(3)))
+    full = model_inputs(wider)  # model_inputs of rows 0-2 alone would cut the padding: slice it
+    part = cache(ModelInputs(full.input_ids[:3], full.attention_mask[:3], full.position_ids[:3], full.response_len,
+                             full.response_mask[:3]))
     assert ref.rows == 16 and part.shape[1] == wider.response_ids.shape[1]
     t = batch.response_ids.shape[1]
     assert torch.equal(part[:, :t], first[rows]) and not part[:, t:].any()

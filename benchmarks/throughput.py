@@ -25,12 +25,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 VARIANTS = {
-    "default (2 vLLM workers, pinned cores, implicit PRM)": [],
+    "default (rollout.num_workers=auto: 2 vLLM workers, pinned cores, implicit PRM)": [],
     "1 rollout worker": ["rollout.num_workers=1"],
     "2 workers, threads not pinned": ["rollout.bind_cores=false"],
     "head PRM (the paper's)": ["prm.kind=head"],
     "no PRM (rloo)": ["prm.kind=none", "advantage.c_process=0"],
-    "pipelined (sampling overlaps learning)": ["pipeline.off_policy_steps=1"],
+    "pipelined (shared cores: the next batch sampled after the updates)": ["pipeline.off_policy_steps=1"],
+    "pipelined, overlap=always (sampled beside the updates, idle priority)": ["pipeline.off_policy_steps=1",
+                                                                               "pipeline.overlap=always"],
     "learners on 2 ranks each (FSDP2, gloo)": ["policy.num_workers=2", "prm.num_workers=2",
                                                 "policy.num_cpus=0.25", "prm.num_cpus=0.25",
                                                 "policy.num_threads=1", "prm.num_threads=1"],
@@ -74,7 +76,8 @@ def main(argv=None) -> int:
     lines = [
         f"# Throughput on the built-in world ({machine})",
         "",
-        f"Command: `python benchmarks/throughput.py --iterations {args.iterations}`. Mean seconds per "
+        f"Command: `python benchmarks/throughput.py --iterations {args.iterations}` on {_commit()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Mean seconds per "
         "iteration by phase (iterations 3 and after), and the iteration time as a ratio to the default "
         "layout measured in the same invocation.",
         "",
@@ -92,6 +95,11 @@ def main(argv=None) -> int:
     Path(args.out).write_text(text)
     print(text)
     return 0
+
+
+def _commit() -> str:
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    return proc.stdout.strip() or "an unknown commit"
 
 
 if __name__ == "__main__":

@@ -91,8 +91,15 @@ def run_overrides(mode: str, seed: int, hard: bool, iterations: int, common: lis
     return overrides
 
 
-def run_lane(runs: list[list], out: Path, iterations: int, common: list[str], lane: int) -> None:
+def run_lane(runs: list[list], out: Path, iterations: int, common: list[str], lane: int, cores: str = "") -> None:
     """One lane: its runs in order, in this process, on one Ray, reusing rollout workers."""
+    if cores:
+        # Every process of the lane's Ray inherits its cores: the raylet, the actors, and the
+        # supervised stage's Ray Train workers, which no config key pins (bc's supervised stage
+        # took 99-117 s in one invocation and 132-144 s in the next, sharing the other lane's core).
+        from repirl_ray.config import parse_cores
+
+        os.sched_setaffinity(0, parse_cores(cores))
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
@@ -185,21 +192,32 @@ def lanes_of(plan: list[tuple], parallel: int) -> list[list[tuple]]:
     return [sorted(lane, key=lambda r: r[2]) for lane in lanes if lane]
 
 
-def lane_pins(parallel: int) -> list[list[str]]:
-    """Overrides that give each lane its own cores, with one torch thread per core: lanes that
-    share every core with 2 threads per learner oversubscribe them (4 learners x 2 spinning
-    OpenMP threads on 2 cores ran an iteration 3x slower than one lane alone). Within a lane the
-    phases run one after another, so a lane needs no more cores than one phase uses."""
+def lane_cores(parallel: int) -> list[str]:
+    """Each lane's cores ("" = not pinned: one lane, or fewer cores than lanes)."""
     from repirl_ray.actors.rollout_group import core_lists
 
     cores = core_lists(1)[0].split(",")  # this process's cores
     if parallel <= 1 or len(cores) < parallel:
-        return [[] for _ in range(max(1, parallel))]
-    per = len(cores) // parallel
-    # One rollout worker per core of the lane: two engines on one core took 1.2x as long
-    # (benchmarks/claims.py --seeds 0 1 --iterations 10 --modes repirl rloo: 131 s vs 107 s, same numbers).
-    return [[f"rollout.cores={mine}", f"rollout.num_workers={per}", f"policy.cores={mine}", f"prm.cores={mine}",
-             f"policy.num_threads={per}", f"prm.num_threads={per}", f"sft.num_threads={per}"] for mine in core_lists(parallel)]
+        return [""] * max(1, parallel)
+    return core_lists(parallel)
+
+
+def lane_pins(cores: list[str]) -> list[list[str]]:
+    """Overrides that give each lane its own cores, with one torch thread per core: lanes that
+    share every core with 2 threads per learner oversubscribe them (4 learners x 2 spinning
+    OpenMP threads on 2 cores ran an iteration 3x slower than one lane alone). Within a lane the
+    phases run one after another, so a lane needs no more cores than one phase uses."""
+    pins = []
+    for mine in cores:
+        if not mine:
+            pins.append([])
+            continue
+        per = len(mine.split(","))
+        # One rollout worker per core of the lane: two engines on one core took 1.2x as long
+        # (benchmarks/claims.py --seeds 0 1 --iterations 10 --modes repirl rloo: 131 s vs 107 s, same numbers).
+        pins.append([f"rollout.cores={mine}", f"rollout.num_workers={per}", f"policy.cores={mine}", f"prm.cores={mine}",
+                     f"policy.num_threads={per}", f"prm.num_threads={per}", f"sft.num_threads={per}"])
+    return pins
 
 
 def read_result(out: Path, name: str) -> dict:
@@ -251,12 +269,13 @@ def main(argv=None) -> int:
     parser.add_argument("--parallel", type=int, default=2, help="lanes of runs at once (default 2)")
     parser.add_argument("--lane", help=argparse.SUPPRESS)  # internal: run these runs in this process
     parser.add_argument("--lane-index", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--lane-cores", default="", help=argparse.SUPPRESS)
     parser.add_argument("--common", help=argparse.SUPPRESS)
     parser.add_argument("extra", nargs="*", metavar="key=value", help="overrides for every run")
     args = parser.parse_args(argv)
     if args.lane:
         run_lane([tuple(r) for r in json.loads(args.lane)], Path(args.out), args.iterations, json.loads(args.common),
-                 args.lane_index)
+                 args.lane_index, args.lane_cores)
         return 0
 
     out = Path(args.out)
@@ -273,10 +292,11 @@ def main(argv=None) -> int:
     log(f"claims benchmark: {len(plan)} runs ({args.modes} + early-signal {args.hard_modes}) x seeds {args.seeds}, "
         f"{args.iterations} iterations each; machine: {platform.platform()}, {os.cpu_count()} CPUs")
     lanes = lanes_of(plan, args.parallel)
-    pins = lane_pins(len(lanes))
+    cores = lane_cores(len(lanes))
+    pins = lane_pins(cores)
     for i, lane in enumerate(lanes):
         log(f"lane {i}: " + ", ".join(run_name(*r) for r in lane) + (f" [{' '.join(pins[i])}]" if pins[i] else ""))
-    procs = [subprocess.Popen([sys.executable, __file__, "--lane", json.dumps(lane), "--lane-index", str(i),
+    procs = [subprocess.Popen([sys.executable, __file__, "--lane", json.dumps(lane), "--lane-index", str(i), "--lane-cores", cores[i],
                                "--out", str(out), "--iterations", str(args.iterations), "--common", json.dumps(common + pins[i])],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i, lane in enumerate(lanes)]

@@ -28,6 +28,10 @@ the run resolves it: auto) in two layouts:
   would be on a cluster: the layout in which overlapping can pay (auto samples beside).
 Every role runs the thread budget the run resolves (repirl_ray/threads.py, printed by each run
 and kept in its JSON); --set adds config overrides to every run (e.g. policy.num_threads=2).
+--repeats N runs every variant N times, the loops alternated, and reports the median and each
+run: machines of this kind drift by more than the 5 % a pipelined/serial ratio is judged on (the
+same work took 1.3x as long minutes apart on one of them), and the table's drift column (iteration
+1, the same work in both loops where the next batch is sampled after the updates) shows by how much.
 Results go to --out (one JSON per variant: a rerun skips what is done) and a table to
 --out/scaling.md, printed at the end with the machine it ran on.
 """
@@ -62,6 +66,7 @@ LAYOUTS = {
 }
 K = 4
 MAX_NEW = 40
+SAME_WORK = ("rollout", "prm", "score", "policy")  # iteration 1's phases before the weight push
 
 
 def build_model(name: str, root: Path) -> tuple[Path, int]:
@@ -94,7 +99,7 @@ def run_variant(model_dir: Path, prompts: int, mode: str, layout: str, iteration
     if proc.returncode != 0:
         return {"failed": (proc.stdout + proc.stderr)[-1500:]}
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if "rollout/accuracy" in r][1:]
+    first, *train = [r for r in records if "rollout/accuracy" in r]
     phase = {p: float(np.mean([r.get(f"timing/{p}", 0.0) for r in train]))
              for p in ("rollout", "prm", "score", "policy", "sync", "iteration")}
     # The slowest worker's seconds in its engine and in all (docs/usage.md): what of the rollout
@@ -112,22 +117,39 @@ def run_variant(model_dir: Path, prompts: int, mode: str, layout: str, iteration
         "rollout_tok_s": tokens / phase["rollout"] if phase["rollout"] else None,
         "learner_tok_s": tokens / phase["policy"] if phase["policy"] else None,
         "peak_rss_gib": summary["peak_rss_gib"],
+        "response_len": float(np.mean([r["rollout/response_len"] for r in train])),
         "wall_s": time.time() - t0,
+        # Iteration 1 before its weight push: the same work in every loop of a size and batch where
+        # the next batch is sampled after the updates (serial; pipelined on shared cores), so its
+        # ratio between two such runs is how much the machine itself changed between them.
+        "s_first_same_work": sum(first.get(f"timing/{p}", 0.0) for p in SAME_WORK),
     }
+
+
+def plan_of(sizes, prompts, layouts, modes, repeats: int) -> list[tuple]:
+    """(size, prompts, layout, mode, repeat) in run order: within a size, batch and layout the
+    loops alternate, repeat by repeat, so that each pair of runs is minutes apart."""
+    return [(s, p, layout, mode, r) for s in sizes for p in prompts for layout in layouts
+            for r in range(repeats) for mode in modes]
+
+
+def variant_key(size: str, prompts: int, layout: str, mode: str, repeat: int) -> str:
+    return f"{size}-p{prompts}-{layout}-{mode}" + (f"-r{repeat}" if repeat else "")
 
 
 def run_plan(plan, args, out, work, world, t_start) -> list[dict]:
     """Each variant of the plan (or its saved result)."""
     rows = []
-    for i, (size, prompts, layout, mode) in enumerate(plan):
-        key = f"{size}-p{prompts}-{layout}-{mode}"
+    for i, (size, prompts, layout, mode, repeat) in enumerate(plan):
+        key = variant_key(size, prompts, layout, mode, repeat)
         path = out / "variants" / f"{key}.json"
         model_dir, n_params = build_model(size, work)
         if path.is_file():
             result = json.loads(path.read_text())
         else:
             result = run_variant(model_dir, prompts, mode, layout, args.iterations, work, world, args.set)
-            result.update({"size": size, "params": n_params, "prompts": prompts, "layout": layout, "mode": mode})
+            result.update({"size": size, "params": n_params, "prompts": prompts, "layout": layout, "mode": mode,
+                           "repeat": repeat})
             path.write_text(json.dumps(result, indent=1))
         rows.append(result)
         status = "FAILED" if "failed" in result else f"{result['s_iteration']:.2f} s/iteration"
@@ -144,6 +166,9 @@ def main(argv=None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
     parser.add_argument("--modes", nargs="+", default=["serial", "pipelined"], choices=["serial", "pipelined", "overlapped"],
                         help="overlapped: pipelined with pipeline.overlap=always")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each variant, the loops alternated (serial, pipelined, serial, ...): the table "
+                             "shows their median and each run, so that the machine's own drift is visible")
     parser.add_argument("--raw-repeats", type=int, default=3,
                         help="batches per size and batch for workers / raw (rollout_overhead.py); 0: skip")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scaling"))
@@ -160,8 +185,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="repirl-scaling-"))
     t_start = time.time()
     load_before = os.getloadavg()[0]
-    plan = [(s, p, layout, mode) for s in args.sizes for p in args.prompts for layout in args.layouts
-            for mode in args.modes]
+    plan = plan_of(args.sizes, args.prompts, args.layouts, args.modes, args.repeats)
     print(f"scaling: {len(plan)} runs of {args.iterations} iterations; machine: {platform.platform()}, "
           f"{os.cpu_count()} CPUs", flush=True)
     try:
@@ -181,7 +205,14 @@ def main(argv=None) -> int:
               f"torch CPU; 1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; "
               f"{args.iterations} iterations per run (the first left out), K = 4, 40 new tokens at most, implicit PRM"
               + (f"; overrides {' '.join(args.set)}" if args.set else "") + (f"; environment {env}" if env else "")
-              + ". One invocation: ratios compare runs made minutes apart on the same machine. Response tokens: "
+              + ". One invocation: ratios compare runs made minutes apart on the same machine"
+              + (f"; each variant ran {args.repeats} times, the loops alternated (serial, pipelined, serial, ...): "
+                 "the phases are means over its runs, the iteration their median, each run's beside it"
+                 if args.repeats > 1 else "")
+              + ". Iteration 1 / serial's (same work): iteration 1 before its weight push does the serial loop's "
+              "work in a pipelined run that samples after the updates (shared layout), so this ratio (medians) is "
+              "how much the machine itself changed between the runs; a pipelined / serial ratio means no more than "
+              "this one's distance from 1. Response tokens: "
               "the mean response length of the measured iterations (rows with different lengths did different "
               "work). Of which in engines: the slowest worker's seconds inside its engine's generate, serial rows "
               "only (a pipelined row's rollout time is only the wait for its batch). Workers / raw (shared layout): "
@@ -200,12 +231,40 @@ def main(argv=None) -> int:
     return 0
 
 
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row per size, batch, layout and loop: the phases' means over its runs (--repeats), the
+    iteration's median, each run's iteration and iteration 1's same-work seconds (median)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        key = (r.get("size"), r.get("prompts"), r.get("layout"), r.get("mode"))
+        groups.setdefault(key, []).append(r)
+    out = []
+    for runs in groups.values():
+        done = [r for r in runs if "failed" not in r]
+        if not done:
+            out.append(runs[0])
+            continue
+        row = {k: v for k, v in done[0].items() if not isinstance(v, (int, float)) or k in ("params", "prompts", "repeat")}
+        for k in done[0]:
+            if isinstance(done[0][k], (int, float)) and k not in ("params", "prompts", "repeat"):
+                values = [r[k] for r in done if r.get(k) is not None]
+                row[k] = float(np.mean(values)) if values else None
+        row["s_iteration"] = float(np.median([r["s_iteration"] for r in done]))
+        row["runs_s_iteration"] = [r["s_iteration"] for r in done]
+        firsts = [r["s_first_same_work"] for r in done if r.get("s_first_same_work")]
+        row["s_first_same_work"] = float(np.median(firsts)) if firsts else None
+        row["failed_runs"] = len(runs) - len(done)
+        out.append(row)
+    return out
+
+
 def format_table(rows: list[dict], raw_rows: list[dict] = ()) -> str:
     head = ("| size | prompts x K | layout | loop | rollout s | PRM s | score s | policy s | sync s | iteration s | "
-            "pipelined / serial | response tokens | rollout tok/s | of which in engines s | workers / raw | learner tok/s | "
-            "peak GiB |")
+            "each run s | pipelined / serial | iteration 1 / serial's (same work) | response tokens | rollout tok/s | "
+            "of which in engines s | workers / raw | learner tok/s | peak GiB |")
     raw = {(r["size"], r["prompts"]): r["raw_s"] / r["workers_s"] for r in raw_rows}
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    rows = aggregate(rows)
     serial = {(r.get("size"), r.get("prompts"), r.get("layout")): r for r in rows if r.get("mode") == "serial" and "failed" not in r}
     for r in rows:
         if "failed" in r:
@@ -214,13 +273,18 @@ def format_table(rows: list[dict], raw_rows: list[dict] = ()) -> str:
         base = serial.get((r["size"], r["prompts"], r["layout"]))
         ratio = r["s_iteration"] / base["s_iteration"] if base else float("nan")
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        # Iteration 1 is the serial loop's own work only where the next batch is sampled after it.
+        same_work = r["mode"] == "pipelined" and r["layout"] == "shared"
+        drift = (fmt(r["s_first_same_work"] / base["s_first_same_work"])
+                 if same_work and base and r.get("s_first_same_work") and base.get("s_first_same_work") else "-")
+        each = ", ".join(f"{v:.2f}" for v in r["runs_s_iteration"]) + (f" ({r['failed_runs']} failed)" if r["failed_runs"] else "")
         lines.append(
             f"| {r['size']} ({r['params'] / 1e6:.1f} M) | {r['prompts']} x {K} | {r['layout']} | {r['mode']} | "
             f"{fmt(r['s_rollout'])} | {fmt(r['s_prm'])} | {fmt(r['s_score'])} | {fmt(r['s_policy'])} | {fmt(r['s_sync'])} | "
             # Mean response length of the measured iterations: a random model's changes as it trains,
             # and a run's cost with it (rows with different lengths did different work).
-            f"{fmt(r['s_iteration'])} | {ratio:.2f} | {r['rollout_tok_s'] * r['s_rollout'] / (r['prompts'] * K):.1f} | "
-            f"{r['rollout_tok_s']:.0f} | "
+            f"{fmt(r['s_iteration'])} | {each} | {ratio:.2f} | {drift} | "
+            f"{r.get('response_len') or r['rollout_tok_s'] * r['s_rollout'] / (r['prompts'] * K):.1f} | {r['rollout_tok_s']:.0f} | "
             + f"{fmt(r.get('s_rollout_engine')) if r['mode'] == 'serial' else '-'} | "
             + f"{fmt(raw.get((r['size'], r['prompts']))) if r['layout'] == 'shared' else '-'} | "
             + f"{r['learner_tok_s']:.0f} | {r['peak_rss_gib']:.1f} |"

@@ -1,0 +1,81 @@
+"""benchmarks/scaling.py: the table over repeated runs (median, each run, the drift column),
+against numbers computed by hand."""
+
+import importlib.util
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+SPEC = importlib.util.spec_from_file_location("scaling", BENCH / "scaling.py")
+scaling = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(scaling)
+
+
+def run(mode: str, layout: str, repeat: int, iteration: float, first: float | None, prm: float) -> dict:
+    r = {"size": "1m", "params": 791040, "prompts": 8, "layout": layout, "mode": mode, "repeat": repeat,
+         "threads": "t", "s_rollout": 0.2, "s_prm": prm, "s_score": 0.05, "s_policy": 0.1, "s_sync": 0.01,
+         "s_iteration": iteration, "s_rollout_engine": 0.19, "s_rollout_worker": 0.2, "engine_tok_s": 1000.0,
+         "rollout_tok_s": 1600.0, "learner_tok_s": 3200.0, "peak_rss_gib": 4.0, "response_len": 40.0, "wall_s": 30.0}
+    if first is not None:
+        r["s_first_same_work"] = first
+    return r
+
+
+def cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_repeats_give_the_median_each_run_and_the_drift_of_the_same_work():
+    rows = [
+        run("serial", "shared", 0, 0.50, 0.60, prm=0.2), run("pipelined", "shared", 0, 0.60, 0.66, prm=0.3),
+        run("serial", "shared", 1, 0.70, 0.64, prm=0.4), run("pipelined", "shared", 1, 0.54, 0.70, prm=0.1),
+        run("serial", "shared", 2, 0.55, 0.62, prm=0.3), run("pipelined", "shared", 2, 0.58, 0.68, prm=0.2),
+        run("serial", "split", 0, 0.80, 0.9, prm=0.3), run("pipelined", "split", 0, 0.60, 0.5, prm=0.3),
+    ]
+    lines = scaling.format_table(rows).splitlines()
+    head = cells(lines[0])
+    serial, pipelined, split_serial, split_pipelined = (dict(zip(head, cells(line))) for line in lines[2:])
+    # Medians: serial 0.55 (of 0.50, 0.70, 0.55), pipelined 0.58 (of 0.60, 0.54, 0.58): 0.58 / 0.55 = 1.05.
+    assert serial["iteration s"] == "0.55" and serial["each run s"] == "0.50, 0.70, 0.55"
+    assert pipelined["iteration s"] == "0.58" and pipelined["pipelined / serial"] == "1.05"
+    # Phases are means over the runs: PRM (0.2 + 0.4 + 0.3) / 3 = 0.30, (0.3 + 0.1 + 0.2) / 3 = 0.20.
+    assert serial["PRM s"] == "0.30" and pipelined["PRM s"] == "0.20"
+    # Drift: the medians of iteration 1's same work, 0.68 / 0.62 = 1.10; only where it is the same work.
+    assert pipelined["iteration 1 / serial's (same work)"] == "1.10"
+    assert serial["iteration 1 / serial's (same work)"] == "-"
+    assert split_pipelined["iteration 1 / serial's (same work)"] == "-"  # sampled beside the updates there
+    assert split_pipelined["pipelined / serial"] == "0.75" and split_serial["each run s"] == "0.80"
+    assert pipelined["response tokens"] == "40.0"
+
+
+def test_results_of_an_earlier_version_still_make_a_table():
+    old = [run("serial", "shared", 0, 0.5, None, prm=0.2), run("pipelined", "shared", 0, 0.45, None, prm=0.2)]
+    for r in old:
+        del r["repeat"], r["response_len"]
+    lines = scaling.format_table(old).splitlines()
+    pipelined = dict(zip(cells(lines[0]), cells(lines[3])))
+    assert pipelined["pipelined / serial"] == "0.90" and pipelined["iteration 1 / serial's (same work)"] == "-"
+    # Response tokens from tokens/s x seconds / rows: 1600 x 0.2 / 32 = 10.0.
+    assert pipelined["response tokens"] == "10.0"
+
+
+def test_a_failed_run_is_counted_beside_the_ones_that_ran():
+    rows = [run("serial", "shared", 0, 0.5, 0.6, prm=0.2), {"failed": "boom", "size": "1m", "prompts": 8,
+                                                              "layout": "shared", "mode": "serial", "repeat": 1}]
+    line = scaling.format_table(rows).splitlines()[2]
+    assert dict(zip(cells(scaling.format_table(rows).splitlines()[0]), cells(line)))["each run s"] == "0.50 (1 failed)"
+
+
+def test_the_plan_alternates_the_loops_within_each_repeat(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(scaling, "build_model", lambda size, work: (tmp_path / size, 1))
+    monkeypatch.setattr(scaling, "run_variant", lambda *a, **k: calls.append(a[2]) or {"s_iteration": 1.0})
+
+    class Args:
+        iterations, set = 2, []
+    (tmp_path / "variants").mkdir()
+    plan = scaling.plan_of(["1m"], [8], ["shared"], ["serial", "pipelined"], repeats=2)
+    rows = scaling.run_plan(plan, Args, tmp_path, tmp_path, None, 0.0)
+    assert calls == ["serial", "pipelined", "serial", "pipelined"]
+    assert sorted(p.name for p in (tmp_path / "variants").iterdir()) == [
+        "1m-p8-shared-pipelined-r1.json", "1m-p8-shared-pipelined.json", "1m-p8-shared-serial-r1.json", "1m-p8-shared-serial.json"]
+    assert [r["repeat"] for r in rows] == [0, 0, 1, 1]

@@ -223,9 +223,12 @@ class MemoryMonitor:
         self._clock = clock
         self._pss_at: float | None = None  # when PSS was last read
 
-    def sample(self) -> None:
+    def sample(self, with_pss: bool | None = None) -> None:
+        """RSS of the run's processes; PSS too when asked, or (None) at the first sample and then
+        once pss_every_s has passed."""
         now = self._clock()
-        with_pss = self._pss_at is None or now - self._pss_at >= self.pss_every_s
+        if with_pss is None:
+            with_pss = self._pss_at is None or now - self._pss_at >= self.pss_every_s
         rss = pss = 0
         for p in _ray_processes(self.whole_node):
             try:

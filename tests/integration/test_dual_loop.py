@@ -32,6 +32,11 @@ def test_two_iterations_change_every_parameter(ray_session, world_cache, tmp_pat
         assert len(trainer.rollout.workers) == 2
         policy_before = trainer.policy.parameters()
         prm_before = trainer.prm.parameters()
+        # PSS readings: at the start, then every 30 s (None: the monitor decides), and one asked for
+        # (True) before the summary, every actor still up.
+        readings = []
+        monitor_sample = trainer.setup.memory.sample
+        trainer.setup.memory.sample = lambda with_pss=None: (readings.append(with_pss), monitor_sample(with_pss))
         summary = trainer.train()
         policy_after = trainer.policy.parameters()
         prm_after = trainer.prm.parameters()
@@ -68,6 +73,7 @@ def test_two_iterations_change_every_parameter(ray_session, world_cache, tmp_pat
     for key in ("base_accuracy", "final_accuracy", "step_auroc", "wall_s", "peak_rss_gib",
                 "base_greedy_accuracy", "final_greedy_accuracy"):
         assert key in summary
+    assert True in readings and 0 < summary["peak_pss_gib"] <= summary["peak_rss_gib"]
     assert json.loads((run_dir / "summary.json").read_text())["iterations"] == 2
     assert (run_dir / "config.yaml").is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))

@@ -51,3 +51,18 @@ def test_peaks_are_the_largest_readings_and_current_the_last(monkeypatch):
     now[0] = 31.0
     monitor.sample()  # PSS read again (30 s on): 0.5 GiB; the 3 GiB between readings went unseen
     assert (monitor.current_gib, monitor.peak_gib, monitor.peak_pss_gib) == (1.0, 4.0, 1.0)
+
+
+def test_a_reading_asked_with_pss_takes_it_whenever_it_comes(monkeypatch):
+    """The driver asks for one before the run's summary (driver.py): the first reading of a short
+    run came before the actors had loaded their models."""
+    sizes = [(2**30, 2**29)]
+    now = [0.0]
+    monitor = monitor_of(monkeypatch, sizes, [], now)
+    monitor.sample()  # PSS 0.5 GiB at the start
+    sizes[:] = [(2**31, 3 * 2**29)]  # the actors have loaded: PSS 1.5 GiB, 5 s later
+    now[0] = 5.0
+    monitor.sample()
+    assert monitor.peak_pss_gib == 0.5
+    monitor.sample(with_pss=True)
+    assert monitor.peak_pss_gib == 1.5 and monitor.peak_gib == 2.0

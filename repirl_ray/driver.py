@@ -215,9 +215,7 @@ class Trainer:
             final = self.evaluator.evaluate_all() if self.iteration > 0 else self.history["base"]
             self.metrics.log(self.iteration, final)
             self.save_checkpoint()
-            # A last PSS reading, every actor still up: a run shorter than the monitor's PSS period
-            # would otherwise report only its first, taken before the actors had loaded their models.
-            memory.sample(with_pss=True)
+            memory.sample(with_pss=True)  # PSS with every actor up (a short run's first came before they loaded)
             summary = run_summary(name=cfg.name, run_dir=self.run_dir, iterations=self.iteration, base=self.history["base"],
                                   final=final, records=self.metrics.read(), wall_s=self.wall_s(), setup_s=setup_s, memory=memory)
             atomic_write_json(self.run_dir / "summary.json", summary)

@@ -3,8 +3,7 @@ time, each phase numbered and timed, and its schedule (which batch is sampled wh
 evaluate, checkpoint, stop). Set-up is in run_setup.py, evaluation in evaluation.py, checkpoints
 in checkpoints.py; the groups in actors/ make every Ray call, none is made here.
 
-Trajectories, token rewards, advantages and weights move between actors as ObjectRefs; the
-driver itself only reads small summaries (outcomes per row, metrics).
+Trajectories, rewards, advantages, weights move between actors as ObjectRefs; the driver reads summaries.
 
 `pipeline.off_policy_steps: 1`: the rollout workers sample the next batch while the learners
 update on this one (or after, with the same weights, where they share cores: pipeline.overlap),

@@ -29,9 +29,10 @@ the run resolves it: auto) in two layouts:
 Every role runs the thread budget the run resolves (repirl_ray/threads.py, printed by each run
 and kept in its JSON); --set adds config overrides to every run (e.g. policy.num_threads=2).
 --repeats N runs every variant N times, the loops alternated, and reports the median and each
-run: machines of this kind drift by more than the 5 % a pipelined/serial ratio is judged on (the
-same work took 1.3x as long minutes apart on one of them), and the table's drift column (iteration
-1, the same work in both loops where the next batch is sampled after the updates) shows by how much.
+run: machines of this kind drift by more than the 5 % a pipelined/serial ratio is judged on (on
+one, the same work took up to 1.19x as long minutes apart, 2x within the hour), and the table's
+drift column (iteration 1, the same work in both loops where the next batch is sampled after the
+updates) shows by how much.
 Results go to --out (one JSON per variant: a rerun skips what is done) and a table to
 --out/scaling.md, printed at the end with the machine it ran on.
 """

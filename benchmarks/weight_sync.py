@@ -158,8 +158,11 @@ def measure(name: str, path: str, repeats: int, warmup: int, bucket_bytes: int, 
     from repirl_ray.config import PolicyConfig, RolloutConfig
 
     BenchLearner, BenchWorker = actor_classes()
-    env = {"env_vars": dict(ENV)}
-    learner = ray.remote(BenchLearner).options(num_cpus=0.1, runtime_env={"env_vars": {**ENV, "OMP_NUM_THREADS": "1"}}).remote(
+    from repirl_ray.actors.common import actor_env
+
+    # A run's actor environment (malloc tunables included: the lm_head repack allocates 50 MB at 125M).
+    env = actor_env(ENV)
+    learner = ray.remote(BenchLearner).options(num_cpus=0.1, runtime_env=actor_env({**ENV, "OMP_NUM_THREADS": "1"})).remote(
         PolicyConfig(num_threads=1), path
     )
     rollout_cfg = RolloutConfig(max_model_len=64, kv_cache_gib=0.02, max_new_tokens=8)
@@ -267,13 +270,16 @@ def main(argv=None) -> int:
     finally:
         ray.shutdown()
     load_after = os.getloadavg()
+    from repirl_ray.actors.common import malloc_env
+
     ms = lambda s: f"{1e3 * s:.1f}"  # noqa: E731
     lines = [
         f"# Weight push: learner -> object store -> vLLM engine ({machine})",
         "",
         f"Command: `python benchmarks/weight_sync.py {' '.join(sys.argv[1:] if argv is None else argv)}`. fp32, buckets of "
         f"{args.bucket_mb:g} MB. Median of {args.repeats} pushes after {args.warmup} warm-up rounds; memcpy and the "
-        f"paths taken in turn in the same invocation. First push: the cold one, before the warm-up (fresh store pages). Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (other jobs share the cores).",
+        f"paths taken in turn in the same invocation. First push: the cold one, before the warm-up (fresh store pages). "
+        f"The actors' malloc tunables: {malloc_env() or 'glibc defaults'}. Load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (other jobs share the cores).",
         "",
         "| size | MB | memcpy ms | push+load ms | ratio to memcpy | first push ms | copying load ms | ratio to memcpy | old path ms | ratio to memcpy |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -1,6 +1,7 @@
 """Helpers shared by the tests: a hand-made batch of rollouts for the learners' unit tests; a run
 folder's records and events, a background killer, and the check that a resumed run equals an
-uninterrupted one for the integration tests."""
+uninterrupted one for the integration tests; the page faults of a block allocated again (the
+actors' malloc tunables)."""
 
 from __future__ import annotations
 
@@ -96,3 +97,30 @@ def assert_same_iterations(whole: Path, split: Path, iterations: int, keys=RESUM
     for ra, rb in zip(a, b):
         for k in keys:
             assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), (ra["iteration"], k, ra[k], rb[k])
+
+
+def refaulted_fraction(mb: int = 64, times: int = 3) -> float:
+    """Pages of a `mb`-MB block that fault again when the block is allocated, filled and freed
+    once more, as a fraction of its pages (mean of `times`; the calling thread only): about 1
+    where glibc gives such a block back to the kernel at free, 0 where the process keeps it.
+    Runs in any process (an actor through `__ray_call__`); plain malloc, as torch allocates."""
+    import ctypes
+    import resource
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    size = mb << 20
+
+    def once() -> None:
+        block = libc.malloc(size)
+        assert block, f"malloc({size}) failed"
+        ctypes.memset(block, 1, size)
+        libc.free(block)
+
+    once()  # the first allocation faults in any case
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+    for _ in range(times):
+        once()
+    return (resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before) / times / (size // 4096)

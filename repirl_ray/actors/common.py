@@ -27,8 +27,30 @@ QUIET_ENV = {
 }
 
 
+# glibc gives a freed block of 32 MB or more back to the kernel at once (its mmap threshold), and
+# the next allocation of that size takes a page fault for every 4 KiB of it. The actors allocate
+# such blocks again and again: a rollout worker its packed lm_head at every weight push (50 MB at
+# 125M parameters, 113 MB for SmolLM2-135M's vocabulary), a learner its activations and gradients
+# at every step. These tunables, read by glibc when a process starts, keep a freed block below
+# 256 MB in the process for the next allocation (docs/speed.md). Larger blocks (a real model's
+# logits) still go back at free, and the top of the heap is trimmed past 256 MB: what an actor
+# keeps beyond its live memory stays bounded.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+
+
+def malloc_env() -> dict[str, str]:
+    """glibc's malloc tunables for every actor: MALLOC_ENV, under any MALLOC_* of the user's own
+    environment; with REPIRL_MALLOC_KEEP=0, glibc's defaults (and the user's MALLOC_* only)."""
+    keep = os.environ.get("REPIRL_MALLOC_KEEP", "1")
+    if keep not in ("0", "1"):
+        raise ValueError(f"REPIRL_MALLOC_KEEP={keep!r}: use 1 (the default: actors keep freed memory for reuse) "
+                         "or 0 (glibc's defaults)")
+    own = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+    return {**(MALLOC_ENV if keep == "1" else {}), **own}
+
+
 def actor_env(extra: dict[str, str] | None = None) -> dict:
-    env = dict(QUIET_ENV)
+    env = {**QUIET_ENV, **malloc_env()}
     for key in ("HF_HUB_OFFLINE", "HF_HOME", "REPIRL_CACHE"):
         if key in os.environ:
             env[key] = os.environ[key]

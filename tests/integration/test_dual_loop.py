@@ -1,6 +1,7 @@
 """Two iterations of the dual loop through real Ray actors and real vLLM, with two rollout
 workers: every trainable parameter of the policy and of the PRM changes, and the run folder holds
-the resolved config, the metrics (JSONL and TensorBoard), a checkpoint and the summary."""
+the resolved config, the metrics (JSONL and TensorBoard), a checkpoint and the summary; every
+actor keeps freed memory for reuse."""
 
 import json
 
@@ -12,6 +13,7 @@ from repirl_ray.config import load_config
 from repirl_ray.driver import Trainer
 from repirl_ray.checkpoints import latest_checkpoint
 from tests.conftest import TINY_RUN, TINY_WORLD, overrides
+from tests.helpers import refaulted_fraction
 
 pytestmark = pytest.mark.integration
 
@@ -40,9 +42,15 @@ def test_two_iterations_change_every_parameter(ray_session, world_cache, tmp_pat
         summary = trainer.train()
         policy_after = trainer.policy.parameters()
         prm_after = trainer.prm.parameters()
+        # Every actor keeps freed blocks for reuse (actors/common.py MALLOC_ENV, in its runtime
+        # environment, read by glibc when the actor's process started): a 64 MB block allocated
+        # again faults none of its pages, where glibc's defaults fault every one.
+        actors = [trainer.rollout.workers[0], trainer.policy.ranks[0], trainer.prm.ranks[0]]
+        refaulted = ray.get([a.__ray_call__.remote(lambda _: refaulted_fraction()) for a in actors])
     finally:
         trainer.shutdown()
 
+    assert max(refaulted) < 0.05, refaulted
     unchanged = [k for k in policy_before if np.array_equal(policy_before[k], policy_after[k])]
     assert not unchanged, f"policy parameters that never changed: {unchanged}"
     unchanged = [k for k in prm_before if np.array_equal(prm_before[k], prm_after[k])]

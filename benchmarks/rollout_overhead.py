@@ -12,8 +12,9 @@ batch (prompts x K = 4 samples, 40 new tokens at most), in one process:
   expert demos, batching, Ray;
 - one raw vLLM engine in this process with all the cores, on the same prompts with the same
   per-prompt seeds and weights: the same tokens (both counts are printed).
-workers / raw = the raw engine's seconds over the workers' for the same batch, median of --repeats
-batches after a warm-up; "of which in engines" is the slowest worker's seconds in its engine.
+The two take turns batch by batch (batch_order: workers first, then raw first twice, ...), so a
+drift of the machine's speed within a row falls on both sides alike. workers / raw = the raw
+engine's seconds over the workers' for the same batch, median of --repeats batches after a warm-up; "of which in engines" is the slowest worker's seconds in its engine.
 
 Why not tokens/s inside a training run (scaling.py): a random model's response lengths swing
 from iteration to iteration as it trains (27M: 18, 3, 29 tokens in three iterations), and
@@ -41,6 +42,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from scaling import K, MAX_NEW, SIZES, build_model  # noqa: E402
 
 
+def batch_order(repeats: int) -> list[str]:
+    """Which side samples first in each round: workers, raw, raw, workers, workers, raw, ... so a machine
+    whose speed drifts during a row slows both sides alike (measured: all the workers' batches, then all
+    the raw engine's, gave 0.83 and 1.24 in two rows of one invocation for the same vLLM code)."""
+    return ["workers" if (r + 1) // 2 % 2 == 0 else "raw" for r in range(repeats)]
+
+
 def measure(size: str, prompts: int, repeats: int, work: Path, cfg, problems, tok, task) -> dict:
     from repirl_ray.actors.rollout_group import RolloutGroup
     from repirl_ray.data.prompts import PromptEncoder
@@ -59,30 +67,33 @@ def measure(size: str, prompts: int, repeats: int, work: Path, cfg, problems, to
     group = RolloutGroup(cfg.rollout, str(model_dir), cfg.data.task, threads=threads, seed=cfg.seed,
                          chat_template=cfg.data.chat_template, max_prompt_tokens=cfg.data.max_prompt_tokens,
                          task_kwargs=task_kwargs(cfg), dtype=cfg.model.dtype, trust_remote_code=False)
+    engine = None
     try:
         group.collect(group.submit(batch[:2], n=K, temperature=1.0, seed=999, with_demos=True))  # warm-up
-        workers_s, engines_s, workers_tokens = [], [], []
-        for seed in seeds:
-            t0 = time.perf_counter()
-            sampled = group.collect(group.submit(batch, n=K, temperature=1.0, seed=seed, with_demos=True))
-            workers_s.append(time.perf_counter() - t0)
-            engines_s.append(sampled.worker_times()["rollout/engine_s"])
-            workers_tokens.append(int(sampled.field("response_len").sum()))
+        # The raw engine in this process, beside the idle workers: the two take turns batch by batch.
+        engine = VLLMEngine(str(model_dir), max_model_len=cfg.rollout.max_model_len, kv_cache_gib=cfg.rollout.kv_cache_gib)
+        encode = PromptEncoder(tok, cfg.data.chat_template, cfg.data.max_prompt_tokens)  # as the workers encode
+        ids = [encode(task.format_prompt(p), p.id) for p in batch]
+        engine.generate(ids[:2], n=K, temperature=1.0, top_p=1.0, max_tokens=MAX_NEW, seeds=None,
+                        min_tokens=cfg.rollout.min_new_tokens)  # warm-up
+        workers_s, engines_s, workers_tokens, raw_s, raw_tokens = [], [], [], [], []
+        for seed, first in zip(seeds, batch_order(repeats)):
+            for side in (first, "raw" if first == "workers" else "workers"):
+                t0 = time.perf_counter()
+                if side == "workers":
+                    sampled = group.collect(group.submit(batch, n=K, temperature=1.0, seed=seed, with_demos=True))
+                    workers_s.append(time.perf_counter() - t0)
+                    engines_s.append(sampled.worker_times()["rollout/engine_s"])
+                    workers_tokens.append(int(sampled.field("response_len").sum()))
+                else:
+                    out = engine.generate(ids, n=K, temperature=1.0, top_p=1.0, max_tokens=MAX_NEW,
+                                          min_tokens=cfg.rollout.min_new_tokens,
+                                          seeds=[prompt_seed(seed, i) for i in range(len(ids))])
+                    raw_s.append(time.perf_counter() - t0)
+                    raw_tokens.append(sum(len(s.token_ids) for group_ in out for s in group_))
     finally:
+        del engine
         group.shutdown()
-    engine = VLLMEngine(str(model_dir), max_model_len=cfg.rollout.max_model_len, kv_cache_gib=cfg.rollout.kv_cache_gib)
-    encode = PromptEncoder(tok, cfg.data.chat_template, cfg.data.max_prompt_tokens)  # as the workers encode
-    ids = [encode(task.format_prompt(p), p.id) for p in batch]
-    engine.generate(ids[:2], n=K, temperature=1.0, top_p=1.0, max_tokens=MAX_NEW, seeds=None,
-                    min_tokens=cfg.rollout.min_new_tokens)  # warm-up
-    raw_s, raw_tokens = [], []
-    for seed in seeds:
-        t0 = time.perf_counter()
-        out = engine.generate(ids, n=K, temperature=1.0, top_p=1.0, max_tokens=MAX_NEW, min_tokens=cfg.rollout.min_new_tokens,
-                              seeds=[prompt_seed(seed, i) for i in range(len(ids))])
-        raw_s.append(time.perf_counter() - t0)
-        raw_tokens.append(sum(len(s.token_ids) for group_ in out for s in group_))
-    del engine
     w, e, r = (float(np.median(x)) for x in (workers_s, engines_s, raw_s))
     return {"size": size, "params": n_params, "prompts": prompts, "threads": threads.describe(),
             "workers": cfg.rollout.num_workers, "workers_s": w, "engines_s": e, "raw_s": r,
@@ -150,7 +161,7 @@ def main(argv=None) -> int:
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
               f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
               f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; median of {args.repeats} "
-              f"batches after a warm-up, K = {K}, {MAX_NEW} new tokens at most"
+              f"batches after a warm-up, the two taking turns, K = {K}, {MAX_NEW} new tokens at most"
               + (f"; overrides {' '.join(args.set)}" if args.set else "") + ". workers / raw: the raw engine's "
               "seconds over the workers' (submit to collect, as the serial loop) for the same prompts, seeds and weights.",
               "", *format_rows(rows), ""]

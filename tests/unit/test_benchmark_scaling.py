@@ -79,3 +79,13 @@ def test_the_plan_alternates_the_loops_within_each_repeat(monkeypatch, tmp_path)
     assert sorted(p.name for p in (tmp_path / "variants").iterdir()) == [
         "1m-p8-shared-pipelined-r1.json", "1m-p8-shared-pipelined.json", "1m-p8-shared-serial-r1.json", "1m-p8-shared-serial.json"]
     assert [r["repeat"] for r in rows] == [0, 0, 1, 1]
+
+
+def test_the_workers_and_the_raw_engine_take_turns_first():
+    spec = importlib.util.spec_from_file_location("rollout_overhead", BENCH / "rollout_overhead.py")
+    overhead = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overhead)
+    order = overhead.batch_order(6)
+    assert order == ["workers", "raw", "raw", "workers", "workers", "raw"]
+    # Over every 4 rounds each side goes first twice: a steady drift slows both alike.
+    assert overhead.batch_order(4).count("workers") == 2

@@ -1,12 +1,14 @@
 """How an iteration's cost grows with the model and the batch, serial against pipelined, on two
 layouts of the cores.
 
-    .venv/bin/python benchmarks/scaling.py --iterations 3          # all variants (long: see below)
+    .venv/bin/python benchmarks/scaling.py --iterations 3 1m=12    # all variants (long: see below)
     .venv/bin/python benchmarks/scaling.py --sizes 1m --prompts 8  # a quick look
 
 For each model size (random Qwen2 models of about 1M, 25M and 125M parameters with the built-in
 world's 20-token vocabulary, built from a config; no download) and each batch size (prompts per
-iteration, K = 4 samples each), a `repirl train` subprocess runs --iterations iterations on the
+iteration, K = 4 samples each), a `repirl train` subprocess runs --iterations iterations (SIZE=N
+for one size: 12 at 0.8M by default, where an iteration takes about a second, so that a run's mean
+does not rest on two iterations as it did: 0.63 against 0.99 s for two runs of one variant) on the
 built-in world's prompts (the prompt filter off, so every iteration trains on the whole batch;
 every response 40 tokens, rollout.min_new_tokens = max_new_tokens, so that every row of a size
 and batch does the same work: a random model's own response lengths swing as it trains, and a
@@ -134,6 +136,23 @@ def plan_of(sizes, prompts, layouts, modes, repeats: int) -> list[tuple]:
             for r in range(repeats) for mode in modes]
 
 
+def iterations_per_size(items: list[str], error) -> dict[str, int]:
+    """--iterations: "N" for every size, "SIZE=N" for one; the later wins."""
+    per_size = dict.fromkeys(SIZES, 3)
+    for item in items:
+        size, _, n = item.rpartition("=")
+        if size and size not in SIZES:
+            error(f"--iterations {item}: unknown size {size!r} (sizes: {', '.join(SIZES)})")
+        if not n.isdigit() or int(n) < 2:
+            error(f"--iterations {item}: need a whole number of at least 2 (the first iteration is left out)")
+        per_size.update({size: int(n)} if size else dict.fromkeys(SIZES, int(n)))
+    return per_size
+
+
+def describe_iterations(per_size: dict[str, int], sizes: list[str]) -> str:
+    return ", ".join(f"{size} {per_size[size]}" for size in sizes)
+
+
 def variant_key(size: str, prompts: int, layout: str, mode: str, repeat: int) -> str:
     return f"{size}-p{prompts}-{layout}-{mode}" + (f"-r{repeat}" if repeat else "")
 
@@ -148,9 +167,9 @@ def run_plan(plan, args, out, work, world, t_start) -> list[dict]:
         if path.is_file():
             result = json.loads(path.read_text())
         else:
-            result = run_variant(model_dir, prompts, mode, layout, args.iterations, work, world, args.set)
-            result.update({"size": size, "params": n_params, "prompts": prompts, "layout": layout, "mode": mode,
-                           "repeat": repeat})
+            result = run_variant(model_dir, prompts, mode, layout, args.iterations[size], work, world, args.set)
+            result.update({"iterations": args.iterations[size], "size": size, "params": n_params, "prompts": prompts,
+                           "layout": layout, "mode": mode, "repeat": repeat})
             path.write_text(json.dumps(result, indent=1))
         rows.append(result)
         status = "FAILED" if "failed" in result else f"{result['s_iteration']:.2f} s/iteration"
@@ -160,7 +179,8 @@ def run_plan(plan, args, out, work, world, t_start) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--iterations", nargs="+", default=["3", "1m=12"], metavar="N or SIZE=N",
+                        help="iterations per run: N for every size, SIZE=N for one (default: 3, and 12 at 1m)")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--prompts", type=int, nargs="+", default=[8, 16], help="prompts per iteration (x K = 4)")
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
@@ -174,6 +194,7 @@ def main(argv=None) -> int:
                         help="batches per size and batch for workers / raw (rollout_overhead.py); 0: skip")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scaling"))
     args = parser.parse_args(argv)
+    args.iterations = iterations_per_size(args.iterations, parser.error)
     out = Path(args.out)
     (out / "variants").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -187,7 +208,7 @@ def main(argv=None) -> int:
     t_start = time.time()
     load_before = os.getloadavg()[0]
     plan = plan_of(args.sizes, args.prompts, args.layouts, args.modes, args.repeats)
-    print(f"scaling: {len(plan)} runs of {args.iterations} iterations; machine: {platform.platform()}, "
+    print(f"scaling: {len(plan)} runs, iterations per run {describe_iterations(args.iterations, args.sizes)}; machine: {platform.platform()}, "
           f"{os.cpu_count()} CPUs", flush=True)
     try:
         rows = run_plan(plan, args, out, work, world, t_start)
@@ -204,7 +225,7 @@ def main(argv=None) -> int:
     report = [f"# Scaling: seconds per iteration by model size, batch, layout and loop", "",
               f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
               f"torch CPU; 1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; "
-              f"{args.iterations} iterations per run (the first left out), K = 4, 40 new tokens at most, implicit PRM"
+              f"iterations per run {describe_iterations(args.iterations, args.sizes)} (the first left out), K = 4, 40 new tokens at most, implicit PRM"
               + (f"; overrides {' '.join(args.set)}" if args.set else "") + (f"; environment {env}" if env else "")
               + ". One invocation: ratios compare runs made minutes apart on the same machine"
               + (f"; each variant ran {args.repeats} times, the loops alternated (serial, pipelined, serial, ...): "

@@ -68,17 +68,17 @@ def test_a_failed_run_is_counted_beside_the_ones_that_ran():
 def test_the_plan_alternates_the_loops_within_each_repeat(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(scaling, "build_model", lambda size, work: (tmp_path / size, 1))
-    monkeypatch.setattr(scaling, "run_variant", lambda *a, **k: calls.append(a[2]) or {"s_iteration": 1.0})
+    monkeypatch.setattr(scaling, "run_variant", lambda *a, **k: calls.append((a[2], a[4])) or {"s_iteration": 1.0})
 
     class Args:
-        iterations, set = 2, []
+        iterations, set = {"1m": 5, "25m": 3}, []
     (tmp_path / "variants").mkdir()
     plan = scaling.plan_of(["1m"], [8], ["shared"], ["serial", "pipelined"], repeats=2)
     rows = scaling.run_plan(plan, Args, tmp_path, tmp_path, None, 0.0)
-    assert calls == ["serial", "pipelined", "serial", "pipelined"]
+    assert calls == [("serial", 5), ("pipelined", 5), ("serial", 5), ("pipelined", 5)]  # the size's iterations
     assert sorted(p.name for p in (tmp_path / "variants").iterdir()) == [
         "1m-p8-shared-pipelined-r1.json", "1m-p8-shared-pipelined.json", "1m-p8-shared-serial-r1.json", "1m-p8-shared-serial.json"]
-    assert [r["repeat"] for r in rows] == [0, 0, 1, 1]
+    assert [r["repeat"] for r in rows] == [0, 0, 1, 1] and {r["iterations"] for r in rows} == {5}
 
 
 def test_the_workers_and_the_raw_engine_take_turns_first():
@@ -89,3 +89,21 @@ def test_the_workers_and_the_raw_engine_take_turns_first():
     assert order == ["workers", "raw", "raw", "workers", "workers", "raw"]
     # Over every 4 rounds each side goes first twice: a steady drift slows both alike.
     assert overhead.batch_order(4).count("workers") == 2
+
+
+def test_iterations_per_size_take_the_later_value_and_refuse_what_cannot_run():
+    assert scaling.iterations_per_size(["3", "1m=12"], None) == {"1m": 12, "25m": 3, "125m": 3}
+    assert scaling.iterations_per_size(["1m=12", "5"], None) == {"1m": 5, "25m": 5, "125m": 5}
+    errors = []
+
+    def error(message):
+        errors.append(message)
+        raise SystemExit(2)
+
+    for bad in ("2m=4", "1m=1", "three"):
+        try:
+            scaling.iterations_per_size([bad], error)
+        except SystemExit:
+            pass
+    assert len(errors) == 3 and "unknown size '2m'" in errors[0] and "at least 2" in errors[1]
+    assert scaling.describe_iterations({"1m": 12, "25m": 3, "125m": 3}, ["1m", "25m"]) == "1m 12, 25m 3"

@@ -309,7 +309,9 @@ class CheckpointConfig:
 class RayConfig:
     address: str = ""  # "" = a private local Ray started in-process; "auto" = join a running cluster
     num_cpus: int = 0  # local Ray only; 0 = all cores
-    object_store_gib: float = 1.0  # local Ray only
+    # Local Ray only. auto: room for two weight pushes of the policy below Ray's spilling
+    # threshold, at least 1 GiB (run_setup.object_store_size); a number is used as given.
+    object_store_gib: Union[float, str] = "auto"
     include_dashboard: bool = False  # local Ray only
 
 
@@ -536,6 +538,9 @@ def validate(cfg: TrainConfig) -> None:
     workers = cfg.rollout.num_workers
     if workers != "auto" and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
         raise ConfigError(f"config key 'rollout.num_workers': {workers!r} is neither auto nor a number of engines >= 1")
+    store = cfg.ray.object_store_gib
+    if store != "auto" and (not isinstance(store, (int, float)) or isinstance(store, bool) or store <= 0):
+        raise ConfigError(f"config key 'ray.object_store_gib': {store!r} is neither auto nor a size in GiB > 0")
     for role in ("rollout", "policy", "prm"):
         parse_cores(_get(cfg, f"{role}.cores"), f"{role}.cores")
         if _get(cfg, f"{role}.num_cpus") <= 0:

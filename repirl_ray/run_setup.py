@@ -11,6 +11,7 @@ line, not a minute and a traceback. `assess.py` (eval, best-of-N) and `sweep.py`
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from pathlib import Path
@@ -207,15 +208,45 @@ def init_ray(cfg: TrainConfig, log_fn=print) -> bool:
                f"{ray.cluster_resources().get('GPU', 0):.0f} GPUs")
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    store, why = object_store_size(cfg.ray.object_store_gib, policy_weight_bytes(cfg))
     ray.init(
         address="local",
         num_cpus=cfg.ray.num_cpus or None,
-        object_store_memory=int(cfg.ray.object_store_gib * 2**30),
+        object_store_memory=store,
         include_dashboard=cfg.ray.include_dashboard,
         log_to_driver=True,
     )
-    log_fn(f"started a local Ray: {ray.cluster_resources().get('CPU', 0):.0f} CPUs")
+    log_fn(f"started a local Ray: {ray.cluster_resources().get('CPU', 0):.0f} CPUs, object store {why}")
     return True
+
+
+SPILL_THRESHOLD = 0.8  # Ray writes objects to disk once its store is this full (object_spilling_threshold)
+STORE_SLACK = 256 * 2**20  # batches, token rewards and the like beside the weights
+
+
+def object_store_size(setting: float | str, push_bytes: int | None) -> tuple[int, str]:
+    """The local Ray's object store in bytes, and what the start-up line says of it.
+
+    During a weight push the store holds two copies of the policy: the one the rollout workers'
+    engines read their parameters from (pinned), and the new one. Above SPILL_THRESHOLD of the
+    store Ray writes objects to disk: a 123M float32 policy (468 MiB a push) in 1 GiB was spilled
+    in every run of benchmarks/scaling.py, at 100-400 MiB/s. auto: room for both copies and
+    STORE_SLACK below the threshold, at least 1 GiB, in steps of 1/4 GiB; push_bytes is the
+    policy's weight files (an upper bound where the engine's dtype is narrower), None where not
+    known before loading. A number is used as given; the line says when pushes will spill."""
+    gib = 2**30
+    need = None if push_bytes is None else (2 * push_bytes + STORE_SLACK) / SPILL_THRESHOLD
+    if setting == "auto":
+        size = gib if need is None else max(gib, math.ceil(need / (gib / 4)) * (gib // 4))
+        room = "policy size unknown before loading" if need is None else f"two weight pushes of {push_bytes / 2**20:.0f} MiB"
+        return int(size), f"{size / gib:.2f} GiB (ray.object_store_gib=auto: {room})"
+    size = int(float(setting) * gib)
+    line = f"{size / gib:.2f} GiB (ray.object_store_gib)"
+    if need is not None and size < need:
+        line += (f"; WARNING: two weight pushes of {push_bytes / 2**20:.0f} MiB pass Ray's spilling threshold "
+                 f"({SPILL_THRESHOLD:.0%} of the store): pushes will be written to disk; "
+                 f"ray.object_store_gib >= {math.ceil(need / (gib / 4)) / 4:.2f} (or auto) avoids it")
+    return size, line
 
 
 def policy_weight_bytes(cfg: TrainConfig) -> int | None:

@@ -109,6 +109,7 @@ class RolloutGroup:
         # was submitted with. None = the model folder's own weights.
         self.weights: dict[int, object] = {0: None}
         self.version = 0
+        self._in_flight: dict[int, int] = {}  # id(pending) -> its version: submitted, not yet collected
         self.replacements = 0
         self._loading: list = []  # weight pushes not waited for (pipelined loop)
         if local:
@@ -196,6 +197,7 @@ class RolloutGroup:
         problem's; irl.demo_pairing)."""
         pending = _Pending(problems, dict(n=n, temperature=temperature, seed=seed, with_demos=with_demos),
                            self.version, self.shards(len(problems)), {}, demo_problems)
+        self._in_flight[id(pending)] = pending.version
         for j, (a, b) in enumerate(pending.shards):
             if a < b:
                 self._submit_shard(pending, j)
@@ -224,6 +226,8 @@ class RolloutGroup:
                         self.workers[j].load_weights.remote(self.weights[self.version], self.version)
                     retry.append(j)
             todo = retry
+        self._in_flight.pop(id(pending), None)
+        self._release_weights()
         done = [results[j] for j in sorted(results)]
         return Sampled([r[0] for r in done], [r[1] for r in done], [r[2] for r in done])
 
@@ -236,7 +240,7 @@ class RolloutGroup:
     def load_weights(self, weights_ref, version: int, *, wait: bool = True) -> None:
         """Push new weights to every worker (one object in the store, the same ref for all). With
         wait=False the push queues behind the batch a worker is sampling (pipelined loop)."""
-        self.weights = {v: w for v, w in self.weights.items() if v >= self.version or v == 0}
+        self._release_weights()  # the version the workers hold stays until they hold this one
         self.weights[version] = weights_ref
         self.version = version
         refs = [self._call(w, "load_weights", weights_ref, version) for w in self.workers]
@@ -248,6 +252,16 @@ class RolloutGroup:
                 self._get(ref)
             except RayActorError as err:
                 self._replace(i, f"died while loading weights: {type(err).__name__}", version)
+        self._release_weights()
+
+    def _release_weights(self) -> None:
+        """Forget pushed weights that no worker holds and no batch in flight was submitted with,
+        so that the store keeps no more copies of the policy than a push needs: the workers'
+        weights while the next push arrives (and, pipelined, the in-flight batch's). Keeping the
+        one before as well held three copies during a push: at 123M they passed Ray's spilling
+        threshold in a 1 GiB store, and Ray wrote them to disk at 100-400 MiB/s in every run."""
+        keep = {0, self.version, *self._in_flight.values()}
+        self.weights = {v: w for v, w in self.weights.items() if v in keep}
 
     def reset(self, model_path: str, dtype: str) -> None:
         """Start again from the weights of `model_path` (an HF folder of the engines' architecture)

@@ -89,3 +89,25 @@ def test_sampled_batch_survives_files(tmp_path):
         for f in fields(Rollouts):
             np.testing.assert_array_equal(getattr(got[part], f.name), getattr(want[part], f.name))
     assert len(got[0]) == 4 and len(got[1]) == 3 and got[1].is_demo.all()  # A's one demo, B's two
+
+
+def test_the_group_keeps_only_the_weights_a_worker_or_a_batch_in_flight_can_need(tmp_path):
+    """Each kept push is a copy of the policy in the object store: the group forgets one once no
+    worker holds it and no batch in flight was submitted with it (a replacement worker needs it)."""
+    group, engine = _group(tmp_path)
+    # Serial loop: a push waits for the load; the weights before it are needed no more.
+    group.load_weights("w1", 1)
+    assert group.weights == {0: None, 1: "w1"}
+    group.generate([A], n=1, temperature=1.0, seed=0, with_demos=False)
+    group.load_weights("w2", 2)
+    assert group.weights == {0: None, 2: "w2"}
+    # Pipelined loop: the next batch goes to the workers with version 2, then the push of 3 queues.
+    pending = group.submit([A], n=1, temperature=1.0, seed=1, with_demos=False)
+    group.load_weights("w3", 3, wait=False)
+    assert group.weights == {0: None, 2: "w2", 3: "w3"}
+    # An evaluation in between (version 3) must not forget what the batch in flight was sampled with.
+    assert group.generate([B], n=1, temperature=1.0, seed=2, with_demos=False).version == 3
+    assert set(group.weights) == {0, 2, 3}
+    assert group.collect(pending).version == 2
+    assert group.weights == {0: None, 3: "w3"}
+    assert engine.loaded == ["w1", "w2", "w3"]

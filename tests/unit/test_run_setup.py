@@ -8,7 +8,7 @@ import pytest
 from repirl_ray.config import ConfigError, load_config
 from repirl_ray.learners.common import checkpoint_files
 from repirl_ray.checkpoints import CheckpointError, check_checkpoint, resume_target
-from repirl_ray.run_setup import check_fits, new_run_dir, resolve_rollout_workers, role_demands
+from repirl_ray.run_setup import check_fits, new_run_dir, object_store_size, resolve_rollout_workers, role_demands
 
 
 def test_default_roles_fit_on_two_cores():
@@ -174,3 +174,23 @@ def test_cli_stops_on_ranks_the_machine_cannot_place_and_leaves_no_run_folder(tm
     assert main(["train", "data.train_path=/nonexistent/train.jsonl", "data.eval_path=/nonexistent/eval.jsonl",
                  f"run_dir={run_dir}"]) == 2
     assert "not found" in capsys.readouterr().err and not run_dir.exists()
+
+
+def test_the_object_store_holds_two_weight_pushes_below_rays_spilling_threshold():
+    mib, gib = 2**20, 2**30
+    # The built-in world's 0.8M policy (3 MB a push): the 1 GiB floor.
+    assert object_store_size("auto", 3 * mib) == (gib, "1.00 GiB (ray.object_store_gib=auto: two weight pushes of 3 MiB)")
+    # 123M in float32, 468 MiB a push: (2 x 468 + 256) / 0.8 = 1490 MiB, up to the next 1/4 GiB.
+    size, line = object_store_size("auto", 468 * mib)
+    assert size == int(1.5 * gib) and "two weight pushes of 468 MiB" in line
+    assert object_store_size("auto", None) == (gib, "1.00 GiB (ray.object_store_gib=auto: policy size unknown before loading)")
+    # A number is the user's: used as given, with a warning where pushes will spill.
+    size, line = object_store_size(1.0, 468 * mib)
+    assert size == gib and "WARNING" in line and "pushes will be written to disk" in line and ">= 1.50" in line
+    assert object_store_size(2, 468 * mib) == (2 * gib, "2.00 GiB (ray.object_store_gib)")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "big", "true"])
+def test_an_object_store_size_that_is_neither_auto_nor_positive_names_the_key(value):
+    with pytest.raises(ConfigError, match="ray.object_store_gib"):
+        load_config(None, [f"ray.object_store_gib={value}"])

@@ -311,7 +311,7 @@ class RayConfig:
     num_cpus: int = 0  # local Ray only; 0 = all cores
     # Local Ray only. auto: room for two weight pushes of the policy below Ray's spilling
     # threshold, at least 1 GiB (run_setup.object_store_size); a number is used as given.
-    object_store_gib: Union[float, str] = "auto"
+    object_store_gib: Union[int, float, str] = "auto"
     include_dashboard: bool = False  # local Ray only
 
 

@@ -194,3 +194,8 @@ def test_the_object_store_holds_two_weight_pushes_below_rays_spilling_threshold(
 def test_an_object_store_size_that_is_neither_auto_nor_positive_names_the_key(value):
     with pytest.raises(ConfigError, match="ray.object_store_gib"):
         load_config(None, [f"ray.object_store_gib={value}"])
+
+
+@pytest.mark.parametrize("value, want", [("16", 16), ("2.0", 2.0), ("auto", "auto")])
+def test_an_object_store_size_in_whole_or_fractional_gib_or_auto_is_taken_as_given(value, want):
+    assert load_config(None, [f"ray.object_store_gib={value}"]).ray.object_store_gib == want

@@ -235,9 +235,9 @@ def object_store_size(setting: float | str, push_bytes: int | None) -> tuple[int
     policy's weight files (an upper bound where the engine's dtype is narrower), None where not
     known before loading. A number is used as given; the line says when pushes will spill."""
     gib = 2**30
-    need = None if push_bytes is None else (2 * push_bytes + STORE_SLACK) / SPILL_THRESHOLD
+    need = None if push_bytes is None else math.ceil((2 * push_bytes + STORE_SLACK) / SPILL_THRESHOLD / (gib / 4)) * (gib // 4)
     if setting == "auto":
-        size = gib if need is None else max(gib, math.ceil(need / (gib / 4)) * (gib // 4))
+        size = gib if need is None else max(gib, need)
         room = "policy size unknown before loading" if need is None else f"two weight pushes of {push_bytes / 2**20:.0f} MiB"
         return int(size), f"{size / gib:.2f} GiB (ray.object_store_gib=auto: {room})"
     size = int(float(setting) * gib)
@@ -245,7 +245,7 @@ def object_store_size(setting: float | str, push_bytes: int | None) -> tuple[int
     if need is not None and size < need:
         line += (f"; WARNING: two weight pushes of {push_bytes / 2**20:.0f} MiB pass Ray's spilling threshold "
                  f"({SPILL_THRESHOLD:.0%} of the store): pushes will be written to disk; "
-                 f"ray.object_store_gib >= {math.ceil(need / (gib / 4)) / 4:.2f} (or auto) avoids it")
+                 f"ray.object_store_gib >= {need / gib:.2f} (or auto) avoids it")
     return size, line
 
 

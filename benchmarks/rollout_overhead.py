@@ -14,7 +14,12 @@ batch (prompts x K = 4 samples, 40 new tokens at most), in one process:
   per-prompt seeds and weights: the same tokens (both counts are printed).
 The two take turns batch by batch (batch_order: workers first, then raw first twice, ...), so a
 drift of the machine's speed within a row falls on both sides alike. workers / raw = the raw
-engine's seconds over the workers' for the same batch, median of --repeats batches after a warm-up; "of which in engines" is the slowest worker's seconds in its engine.
+engine's seconds over the workers' for the same batch, back to back in one round, the median over
+--repeats rounds after a warm-up (pair_ratio): this machine's speed steps by up to 20 % within a minute
+(measured: one worker's batch of 27M x 16 prompts went from 2.70 to 3.28 s, its CPU seconds from 5.2 to
+6.3, for the same tokens), so a ratio of two medians taken over different minutes is not one of the
+same machine; every batch's seconds are in the table. "of which in engines" is the slowest worker's
+seconds in its engine.
 
 Why not tokens/s inside a training run (scaling.py): a random model's response lengths swing
 from iteration to iteration as it trains (27M: 18, 3, 29 tokens in three iterations), and
@@ -47,6 +52,14 @@ def batch_order(repeats: int) -> list[str]:
     whose speed drifts during a row slows both sides alike (measured: all the workers' batches, then all
     the raw engine's, gave 0.83 and 1.24 in two rows of one invocation for the same vLLM code)."""
     return ["workers" if (r + 1) // 2 % 2 == 0 else "raw" for r in range(repeats)]
+
+
+def pair_ratio(workers_s: list[float], raw_s: list[float]) -> float:
+    """workers / raw: the median over rounds of the raw engine's seconds over the workers' in that round
+    (the two batches of a round run back to back on the same prompts, seeds and weights)."""
+    if len(workers_s) != len(raw_s) or not workers_s:
+        raise ValueError(f"one raw batch per workers' batch: {len(workers_s)} against {len(raw_s)}")
+    return float(np.median([r / w for w, r in zip(workers_s, raw_s)]))
 
 
 def measure(size: str, prompts: int, repeats: int, work: Path, cfg, problems, tok, task) -> dict:
@@ -97,6 +110,7 @@ def measure(size: str, prompts: int, repeats: int, work: Path, cfg, problems, to
     w, e, r = (float(np.median(x)) for x in (workers_s, engines_s, raw_s))
     return {"size": size, "params": n_params, "prompts": prompts, "threads": threads.describe(),
             "workers": cfg.rollout.num_workers, "workers_s": w, "engines_s": e, "raw_s": r,
+            "ratio": pair_ratio(workers_s, raw_s), "each_workers_s": workers_s, "each_raw_s": raw_s,
             "workers_tokens": workers_tokens, "raw_tokens": raw_tokens}
 
 
@@ -129,18 +143,19 @@ def measure_rows(sizes: list[str], prompt_counts: list[int], repeats: int, overr
                     ray.shutdown()
                 r = rows[-1]
                 log(f"rollout/raw {size} x {prompts} prompts: workers {r['workers_s']:.3f} s, raw {r['raw_s']:.3f} s, "
-                    f"ratio {r['raw_s'] / r['workers_s']:.2f} ({time.time() - t0:.0f} s)")
+                    f"ratio {r['ratio']:.2f} ({time.time() - t0:.0f} s)")
     return rows
 
 
 def format_rows(rows: list[dict]) -> list[str]:
     lines = ["| size | prompts x K | rollout workers | workers s | of which in engines s | raw engine s | "
-             "workers / raw | engines / raw | tokens (workers; raw) |", "|" + "---|" * 9]
+             "workers / raw | engines / raw | each batch s (workers; raw) | tokens (workers; raw) |", "|" + "---|" * 10]
     for r in rows:
         lines.append(
             f"| {r['size']} ({r['params'] / 1e6:.1f} M) | {r['prompts']} x {K} | {r['workers']} x {r['threads']} | "
-            f"{r['workers_s']:.3f} | {r['engines_s']:.3f} | {r['raw_s']:.3f} | **{r['raw_s'] / r['workers_s']:.2f}** | "
-            f"{r['raw_s'] / r['engines_s']:.2f} | {', '.join(map(str, r['workers_tokens']))}; "
+            f"{r['workers_s']:.3f} | {r['engines_s']:.3f} | {r['raw_s']:.3f} | **{r['ratio']:.2f}** | "
+            f"{r['raw_s'] / r['engines_s']:.2f} | {', '.join(f'{x:.2f}' for x in r['each_workers_s'])}; "
+            f"{', '.join(f'{x:.2f}' for x in r['each_raw_s'])} | {', '.join(map(str, r['workers_tokens']))}; "
             f"{', '.join(map(str, r['raw_tokens']))} |")
     return lines
 
@@ -149,7 +164,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--prompts", type=int, nargs="+", default=[8, 16], help="prompts per batch (x K = 4)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="rounds (one batch each side) after a warm-up")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (rollout section)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rollout_overhead.md"))
     args = parser.parse_args(argv)
@@ -160,10 +175,11 @@ def main(argv=None) -> int:
               f"Code: {commit or 'unknown'}; `{' '.join(['benchmarks/rollout_overhead.py', *(argv or sys.argv[1:])])}`; "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
               f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-              f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; median of {args.repeats} "
-              f"batches after a warm-up, the two taking turns, K = {K}, {MAX_NEW} new tokens at most"
+              f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; {args.repeats} rounds of "
+              f"one batch each after a warm-up, the two taking turns, K = {K}, {MAX_NEW} new tokens at most"
               + (f"; overrides {' '.join(args.set)}" if args.set else "") + ". workers / raw: the raw engine's "
-              "seconds over the workers' (submit to collect, as the serial loop) for the same prompts, seeds and weights.",
+              "seconds over the workers' (submit to collect, as the serial loop) for the same prompts, seeds and weights, "
+              "in one round, median over the rounds; the seconds columns are medians of each side's batches.",
               "", *format_rows(rows), ""]
     Path(args.out).write_text("\n".join(report))
     print("\n".join(report))

@@ -190,8 +190,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs of each variant, the loops alternated (serial, pipelined, serial, ...): the table "
                              "shows their median and each run, so that the machine's own drift is visible")
-    parser.add_argument("--raw-repeats", type=int, default=3,
-                        help="batches per size and batch for workers / raw (rollout_overhead.py); 0: skip")
+    parser.add_argument("--raw-repeats", type=int, default=5,
+                        help="rounds (one batch each side) per size and batch for workers / raw (rollout_overhead.py); 0: skip")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scaling"))
     args = parser.parse_args(argv)
     args.iterations = iterations_per_size(args.iterations, parser.error)
@@ -239,8 +239,8 @@ def main(argv=None) -> int:
               "work). Of which in engines: the slowest worker's seconds inside its engine's generate, serial rows "
               "only (a pipelined row's rollout time is only the wait for its batch). Workers / raw (shared layout): "
               "the rollout workers as these runs start them against one raw vLLM engine with all the cores, on the "
-              "same prompts, seeds and weights (benchmarks/rollout_overhead.py, median of "
-              f"{args.raw_repeats} batches, measured after the runs; table below).",
+              "same prompts, seeds and weights (benchmarks/rollout_overhead.py: the median over "
+              f"{args.raw_repeats} rounds of the ratio of two batches run back to back, measured after the runs; table below).",
               "", table, "", "Thread budgets (as each run printed them):", "",
               *sorted({f"- {r.get('layout')}, {r.get('mode')}: {r['threads']}" for r in rows if r.get("threads")}), ""]
     if raw_rows:
@@ -284,7 +284,7 @@ def format_table(rows: list[dict], raw_rows: list[dict] = ()) -> str:
     head = ("| size | prompts x K | layout | loop | rollout s | PRM s | score s | policy s | sync s | iteration s | "
             "each run s | pipelined / serial | iteration 1 / serial's (same work) | response tokens | rollout tok/s | "
             "of which in engines s | workers / raw | learner tok/s | peak GiB |")
-    raw = {(r["size"], r["prompts"]): r["raw_s"] / r["workers_s"] for r in raw_rows}
+    raw = {(r["size"], r["prompts"]): r["ratio"] for r in raw_rows}
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     rows = aggregate(rows)
     serial = {(r.get("size"), r.get("prompts"), r.get("layout")): r for r in rows if r.get("mode") == "serial" and "failed" not in r}

@@ -4,6 +4,8 @@ against numbers computed by hand."""
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 SPEC = importlib.util.spec_from_file_location("scaling", BENCH / "scaling.py")
 scaling = importlib.util.module_from_spec(SPEC)
@@ -107,3 +109,17 @@ def test_iterations_per_size_take_the_later_value_and_refuse_what_cannot_run():
             pass
     assert len(errors) == 3 and "unknown size '2m'" in errors[0] and "at least 2" in errors[1]
     assert scaling.describe_iterations({"1m": 12, "25m": 3, "125m": 3}, ["1m", "25m"]) == "1m 12, 25m 3"
+
+
+def test_workers_over_raw_is_the_median_of_each_rounds_ratio():
+    spec = importlib.util.spec_from_file_location("rollout_overhead", BENCH / "rollout_overhead.py")
+    overhead = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overhead)
+    # The machine slows by 20 % after round 2: each round's ratio is 1.0, 0.9, 1.0, 1.0, 1.1.
+    workers = [2.0, 2.0, 2.4, 2.4, 2.4]
+    raw = [2.0, 1.8, 2.4, 2.4, 2.64]
+    assert overhead.pair_ratio(workers, raw) == pytest.approx(1.0)
+    # The raw engine takes 1.2x the workers' seconds in every round while the machine slows in round 3.
+    assert overhead.pair_ratio([2.0, 2.0, 2.4], [2.4, 2.4, 2.88]) == pytest.approx(1.2)
+    with pytest.raises(ValueError, match="one raw batch per workers' batch: 2 against 1"):
+        overhead.pair_ratio([1.0, 1.0], [1.0])

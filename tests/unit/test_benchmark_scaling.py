@@ -77,10 +77,13 @@ def test_the_plan_alternates_the_loops_within_each_repeat(monkeypatch, tmp_path)
     (tmp_path / "variants").mkdir()
     plan = scaling.plan_of(["1m"], [8], ["shared"], ["serial", "pipelined"], repeats=2)
     rows = scaling.run_plan(plan, Args, tmp_path, tmp_path, None, 0.0)
-    assert calls == [("serial", 5), ("pipelined", 5), ("serial", 5), ("pipelined", 5)]  # the size's iterations
+    # The size's iterations; the second repeat in reverse order, so a steady drift falls on both loops.
+    assert calls == [("serial", 5), ("pipelined", 5), ("pipelined", 5), ("serial", 5)]
     assert sorted(p.name for p in (tmp_path / "variants").iterdir()) == [
         "1m-p8-shared-pipelined-r1.json", "1m-p8-shared-pipelined.json", "1m-p8-shared-serial-r1.json", "1m-p8-shared-serial.json"]
     assert [r["repeat"] for r in rows] == [0, 0, 1, 1] and {r["iterations"] for r in rows} == {5}
+    assert [m for *_, m, _ in scaling.plan_of(["1m"], [8], ["shared"], ["serial", "pipelined"], repeats=4)] == [
+        "serial", "pipelined", "pipelined", "serial", "serial", "pipelined", "pipelined", "serial"]
 
 
 def test_the_workers_and_the_raw_engine_take_turns_first():

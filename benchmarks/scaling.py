@@ -86,7 +86,7 @@ def build_model(name: str, root: Path) -> tuple[Path, int]:
 
 
 def run_variant(model_dir: Path, prompts: int, mode: str, layout: str, iterations: int, work: Path, world,
-                extra: list[str] = ()) -> dict:
+                extra: list[str] = (), warmup: int = 1) -> dict:
     run_dir = work / "runs" / f"{model_dir.name}-p{prompts}-{mode}-{layout}"
     cmd = [sys.executable, "-m", "repirl_ray.cli", "train", f"run_dir={run_dir}", f"iterations={iterations}",
            f"model.policy_path={model_dir}", f"data.train_path={world.train}", f"data.eval_path={world.eval}",
@@ -102,7 +102,8 @@ def run_variant(model_dir: Path, prompts: int, mode: str, layout: str, iteration
     if proc.returncode != 0:
         return {"failed": (proc.stdout + proc.stderr)[-1500:]}
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    first, *train = [r for r in records if "rollout/accuracy" in r]
+    done = [r for r in records if "rollout/accuracy" in r]
+    first, train = done[0], done[warmup:]
     phase = {p: float(np.mean([r.get(f"timing/{p}", 0.0) for r in train]))
              for p in ("rollout", "prm", "score", "policy", "sync", "iteration")}
     # The slowest worker's seconds in its engine and in all (docs/usage.md): what of the rollout
@@ -140,15 +141,17 @@ def plan_of(sizes, prompts, layouts, modes, repeats: int) -> list[tuple]:
             for r in range(repeats) for mode in (modes if r % 2 == 0 else modes[::-1])]
 
 
-def iterations_per_size(items: list[str], error) -> dict[str, int]:
-    """--iterations: "N" for every size, "SIZE=N" for one; the later wins."""
-    per_size = dict.fromkeys(SIZES, 3)
+def iterations_per_size(items: list[str], error, warmup: int = 1) -> dict[str, int]:
+    """--iterations: "N" for every size, "SIZE=N" for one; the later wins. Each run needs an
+    iteration past the `warmup` ones that are left out."""
+    per_size = dict.fromkeys(SIZES, max(3, warmup + 1))
     for item in items:
         size, _, n = item.rpartition("=")
         if size and size not in SIZES:
             error(f"--iterations {item}: unknown size {size!r} (sizes: {', '.join(SIZES)})")
-        if not n.isdigit() or int(n) < 2:
-            error(f"--iterations {item}: need a whole number of at least 2 (the first iteration is left out)")
+        if not n.isdigit() or int(n) < warmup + 1:
+            error(f"--iterations {item}: need a whole number of at least {warmup + 1} (the first {warmup} "
+                  f"left out: --warmup)")
         per_size.update({size: int(n)} if size else dict.fromkeys(SIZES, int(n)))
     return per_size
 
@@ -171,8 +174,9 @@ def run_plan(plan, args, out, work, world, t_start) -> list[dict]:
         if path.is_file():
             result = json.loads(path.read_text())
         else:
-            result = run_variant(model_dir, prompts, mode, layout, args.iterations[size], work, world, args.set)
-            result.update({"iterations": args.iterations[size], "size": size, "params": n_params, "prompts": prompts,
+            result = run_variant(model_dir, prompts, mode, layout, args.iterations[size], work, world, args.set,
+                                 warmup=args.warmup)
+            result.update({"iterations": args.iterations[size], "warmup": args.warmup, "size": size, "params": n_params, "prompts": prompts,
                            "layout": layout, "mode": mode, "repeat": repeat})
             path.write_text(json.dumps(result, indent=1))
         rows.append(result)
@@ -196,9 +200,14 @@ def main(argv=None) -> int:
                              "shows their median and each run, so that the machine's own drift is visible")
     parser.add_argument("--raw-repeats", type=int, default=5,
                         help="rounds (one batch each side) per size and batch for workers / raw (rollout_overhead.py); 0: skip")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="iterations of each run left out of its means (default 1). At 123M a learner's heap grows by "
+                             "1-2 GB in iteration 2 too, first touches that cost 2-30 us a page on a VM (docs/speed.md)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scaling"))
     args = parser.parse_args(argv)
-    args.iterations = iterations_per_size(args.iterations, parser.error)
+    if args.warmup < 1:
+        parser.error(f"--warmup {args.warmup}: at least 1 (iteration 1 is every run's warm-up: first allocations, first weight push)")
+    args.iterations = iterations_per_size(args.iterations, parser.error, args.warmup)
     out = Path(args.out)
     (out / "variants").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -229,7 +238,7 @@ def main(argv=None) -> int:
     report = [f"# Scaling: seconds per iteration by model size, batch, layout and loop", "",
               f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
               f"torch CPU; 1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; "
-              f"iterations per run {describe_iterations(args.iterations, args.sizes)} (the first left out), K = 4, 40 new tokens at most, implicit PRM"
+              f"iterations per run {describe_iterations(args.iterations, args.sizes)} (the first {args.warmup} left out), K = 4, 40 new tokens at most, implicit PRM"
               + (f"; overrides {' '.join(args.set)}" if args.set else "") + (f"; environment {env}" if env else "")
               + ". One invocation: ratios compare runs made minutes apart on the same machine"
               + (f"; each variant ran {args.repeats} times, the loops alternated (serial, pipelined, pipelined, serial, ...): "

@@ -70,18 +70,19 @@ def test_a_failed_run_is_counted_beside_the_ones_that_ran():
 def test_the_plan_alternates_the_loops_within_each_repeat(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(scaling, "build_model", lambda size, work: (tmp_path / size, 1))
-    monkeypatch.setattr(scaling, "run_variant", lambda *a, **k: calls.append((a[2], a[4])) or {"s_iteration": 1.0})
+    monkeypatch.setattr(scaling, "run_variant", lambda *a, **k: calls.append((a[2], a[4], k["warmup"])) or {"s_iteration": 1.0})
 
     class Args:
-        iterations, set = {"1m": 5, "25m": 3}, []
+        iterations, set, warmup = {"1m": 5, "25m": 3}, [], 2
     (tmp_path / "variants").mkdir()
     plan = scaling.plan_of(["1m"], [8], ["shared"], ["serial", "pipelined"], repeats=2)
     rows = scaling.run_plan(plan, Args, tmp_path, tmp_path, None, 0.0)
-    # The size's iterations; the second repeat in reverse order, so a steady drift falls on both loops.
-    assert calls == [("serial", 5), ("pipelined", 5), ("pipelined", 5), ("serial", 5)]
+    # The size's iterations and the warm-up left out; the second repeat in reverse order, so a steady
+    # drift falls on both loops.
+    assert calls == [("serial", 5, 2), ("pipelined", 5, 2), ("pipelined", 5, 2), ("serial", 5, 2)]
     assert sorted(p.name for p in (tmp_path / "variants").iterdir()) == [
         "1m-p8-shared-pipelined-r1.json", "1m-p8-shared-pipelined.json", "1m-p8-shared-serial-r1.json", "1m-p8-shared-serial.json"]
-    assert [r["repeat"] for r in rows] == [0, 0, 1, 1] and {r["iterations"] for r in rows} == {5}
+    assert [r["repeat"] for r in rows] == [0, 0, 1, 1] and {(r["iterations"], r["warmup"]) for r in rows} == {(5, 2)}
     assert [m for *_, m, _ in scaling.plan_of(["1m"], [8], ["shared"], ["serial", "pipelined"], repeats=4)] == [
         "serial", "pipelined", "pipelined", "serial", "serial", "pipelined", "pipelined", "serial"]
 
@@ -112,6 +113,13 @@ def test_iterations_per_size_take_the_later_value_and_refuse_what_cannot_run():
             pass
     assert len(errors) == 3 and "unknown size '2m'" in errors[0] and "at least 2" in errors[1]
     assert scaling.describe_iterations({"1m": 12, "25m": 3, "125m": 3}, ["1m", "25m"]) == "1m 12, 25m 3"
+    # Two warm-up iterations left out: every run needs a third.
+    assert scaling.iterations_per_size(["125m=4"], None, warmup=2) == {"1m": 3, "25m": 3, "125m": 4}
+    try:
+        scaling.iterations_per_size(["125m=2"], error, warmup=2)
+    except SystemExit:
+        pass
+    assert errors[-1] == "--iterations 125m=2: need a whole number of at least 3 (the first 2 left out: --warmup)"
 
 
 def test_workers_over_raw_is_the_median_of_each_rounds_ratio():
@@ -127,3 +135,18 @@ def test_workers_over_raw_is_the_median_of_each_rounds_ratio():
     assert overhead.pair_ratio([2.0, 2.0, 2.4], [1.8, 2.16, 2.16]) == pytest.approx(0.9)
     with pytest.raises(ValueError, match="one raw batch per workers' batch: 2 against 1"):
         overhead.pair_ratio([1.0, 1.0], [1.0])
+
+
+def test_the_table_gives_each_side_against_the_raw_engine_round_by_round():
+    spec = importlib.util.spec_from_file_location("rollout_overhead", BENCH / "rollout_overhead.py")
+    overhead = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overhead)
+    workers, engines, raw = [2.0, 2.0, 2.4], [1.9, 1.9, 2.3], [1.8, 2.16, 2.16]
+    row = {"size": "1m", "params": 0.8e6, "prompts": 8, "workers": 2, "threads": "1 thread each",
+           "workers_s": 2.0, "engines_s": 1.9, "raw_s": 2.16, "ratio": overhead.pair_ratio(workers, raw),
+           "engines_ratio": overhead.pair_ratio(engines, raw), "each_workers_s": workers, "each_raw_s": raw,
+           "workers_tokens": [1280] * 3, "raw_tokens": [1280] * 3}
+    cells = [c.strip() for c in overhead.format_rows([row])[2].split("|")[1:-1]]
+    # Rounds: raw over engines 0.947, 1.137, 0.939 -> median 0.95 (the medians 2.16 / 1.9 would say 1.14).
+    assert cells[6:8] == ["**0.90**", "0.95"]
+    assert cells[8] == "2.00, 2.00, 2.40; 1.80, 2.16, 2.16"

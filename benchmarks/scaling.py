@@ -30,8 +30,8 @@ the run resolves it: auto) in two layouts:
   would be on a cluster: the layout in which overlapping can pay (auto samples beside).
 Every role runs the thread budget the run resolves (repirl_ray/threads.py, printed by each run
 and kept in its JSON); --set adds config overrides to every run (e.g. policy.num_threads=2).
---repeats N runs every variant N times, the loops alternated, and reports the median and each
-run: machines of this kind drift by more than the 5 % a pipelined/serial ratio is judged on (on
+--repeats N runs every variant N times (SIZE=N: at one size), the loops alternated, and reports
+the median and each run: machines of this kind drift by more than the 5 % a pipelined/serial ratio is judged on (on
 one, the same work took up to 1.19x as long minutes apart, 2x within the hour), and the table's
 drift column (iteration 1, the same work in both loops where the next batch is sampled after the
 updates) shows by how much.
@@ -130,30 +130,42 @@ def run_variant(model_dir: Path, prompts: int, mode: str, layout: str, iteration
     }
 
 
-def plan_of(sizes, prompts, layouts, modes, repeats: int) -> list[tuple]:
+def plan_of(sizes, prompts, layouts, modes, repeats: int | dict[str, int]) -> list[tuple]:
     """(size, prompts, layout, mode, repeat) in run order: within a size, batch and layout the
     loops alternate, the order reversed every other repeat (serial, pipelined, pipelined, serial,
     ...), so that each pair of runs is minutes apart and a steady drift of the machine falls on
     both loops alike. Measured: serial, pipelined, serial, pipelined at 123M / 16 prompts took
     59.3, 67.4, 67.6, 70.4 s an iteration, the machine slowing run by run, and the loop that went
     second in each pair came out 1.09x."""
+    per_size = repeats if isinstance(repeats, dict) else dict.fromkeys(sizes, repeats)
     return [(s, p, layout, mode, r) for s in sizes for p in prompts for layout in layouts
-            for r in range(repeats) for mode in (modes if r % 2 == 0 else modes[::-1])]
+            for r in range(per_size[s]) for mode in (modes if r % 2 == 0 else modes[::-1])]
+
+
+def _per_size(flag: str, items: list[str], error, default: int, minimum: int, why: str) -> dict[str, int]:
+    """A count per size from "N" (every size) and "SIZE=N" (one) items; the later wins."""
+    per_size = dict.fromkeys(SIZES, default)
+    for item in items:
+        size, _, n = item.rpartition("=")
+        if size and size not in SIZES:
+            error(f"{flag} {item}: unknown size {size!r} (sizes: {', '.join(SIZES)})")
+        if not n.isdigit() or int(n) < minimum:
+            error(f"{flag} {item}: need a whole number of at least {minimum}{why}")
+        per_size.update({size: int(n)} if size else dict.fromkeys(SIZES, int(n)))
+    return per_size
 
 
 def iterations_per_size(items: list[str], error, warmup: int = 1) -> dict[str, int]:
     """--iterations: "N" for every size, "SIZE=N" for one; the later wins. Each run needs an
     iteration past the `warmup` ones that are left out."""
-    per_size = dict.fromkeys(SIZES, max(3, warmup + 1))
-    for item in items:
-        size, _, n = item.rpartition("=")
-        if size and size not in SIZES:
-            error(f"--iterations {item}: unknown size {size!r} (sizes: {', '.join(SIZES)})")
-        if not n.isdigit() or int(n) < warmup + 1:
-            error(f"--iterations {item}: need a whole number of at least {warmup + 1} (the first {warmup} "
-                  f"left out: --warmup)")
-        per_size.update({size: int(n)} if size else dict.fromkeys(SIZES, int(n)))
-    return per_size
+    return _per_size("--iterations", items, error, max(3, warmup + 1), warmup + 1,
+                     f" (the first {warmup} left out: --warmup)")
+
+
+def repeats_per_size(items: list[str], error) -> dict[str, int]:
+    """--repeats: "N" for every size, "SIZE=N" for one (e.g. more repeats where runs are short and
+    the machine's spread is large against the 5 % a ratio is judged on)."""
+    return _per_size("--repeats", items, error, 1, 1, "")
 
 
 def describe_iterations(per_size: dict[str, int], sizes: list[str]) -> str:
@@ -195,9 +207,10 @@ def main(argv=None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
     parser.add_argument("--modes", nargs="+", default=["serial", "pipelined"], choices=["serial", "pipelined", "overlapped"],
                         help="overlapped: pipelined with pipeline.overlap=always")
-    parser.add_argument("--repeats", type=int, default=1,
+    parser.add_argument("--repeats", nargs="+", default=["1"], metavar="N or SIZE=N",
                         help="runs of each variant, the loops alternated (serial, pipelined, pipelined, serial, ...): the table "
-                             "shows their median and each run, so that the machine's own drift is visible")
+                             "shows their median and each run, so that the machine's own drift is visible; N for every size, "
+                             "SIZE=N for one (default: 1)")
     parser.add_argument("--raw-repeats", type=int, default=5,
                         help="rounds (one batch each side) per size and batch for workers / raw (rollout_overhead.py); 0: skip")
     parser.add_argument("--warmup", type=int, default=1,
@@ -208,6 +221,7 @@ def main(argv=None) -> int:
     if args.warmup < 1:
         parser.error(f"--warmup {args.warmup}: at least 1 (iteration 1 is every run's warm-up: first allocations, first weight push)")
     args.iterations = iterations_per_size(args.iterations, parser.error, args.warmup)
+    args.repeats = repeats_per_size(args.repeats, parser.error)
     out = Path(args.out)
     (out / "variants").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -241,9 +255,10 @@ def main(argv=None) -> int:
               f"iterations per run {describe_iterations(args.iterations, args.sizes)} (the first {args.warmup} left out), K = 4, 40 new tokens at most, implicit PRM"
               + (f"; overrides {' '.join(args.set)}" if args.set else "") + (f"; environment {env}" if env else "")
               + ". One invocation: ratios compare runs made minutes apart on the same machine"
-              + (f"; each variant ran {args.repeats} times, the loops alternated (serial, pipelined, pipelined, serial, ...): "
-                 "the phases are means over its runs, the iteration their median, each run's beside it"
-                 if args.repeats > 1 else "")
+              + (f"; runs of each variant {describe_iterations(args.repeats, args.sizes)}, the loops alternated "
+                 "(serial, pipelined, pipelined, serial, ...): the phases are means over its runs, the iteration their "
+                 "median, each run's beside it"
+                 if max(args.repeats[s] for s in args.sizes) > 1 else "")
               + ". Iteration 1 / serial's (same work): iteration 1 before its weight push does the serial loop's "
               "work in a pipelined run that samples after the updates (shared layout), so this ratio (medians) is "
               "how much the machine itself changed between the runs; a pipelined / serial ratio means no more than "

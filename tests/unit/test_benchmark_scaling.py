@@ -122,6 +122,29 @@ def test_iterations_per_size_take_the_later_value_and_refuse_what_cannot_run():
     assert errors[-1] == "--iterations 125m=2: need a whole number of at least 3 (the first 2 left out: --warmup)"
 
 
+def test_repeats_per_size_set_the_runs_of_each_size_in_the_plan():
+    repeats = scaling.repeats_per_size(["2", "1m=4"], None)
+    assert repeats == {"1m": 4, "25m": 2, "125m": 2}
+    plan = scaling.plan_of(["1m", "25m"], [8], ["shared"], ["serial", "pipelined"], repeats)
+    assert [(s, m, r) for s, _, _, m, r in plan] == [
+        ("1m", "serial", 0), ("1m", "pipelined", 0), ("1m", "pipelined", 1), ("1m", "serial", 1),
+        ("1m", "serial", 2), ("1m", "pipelined", 2), ("1m", "pipelined", 3), ("1m", "serial", 3),
+        ("25m", "serial", 0), ("25m", "pipelined", 0), ("25m", "pipelined", 1), ("25m", "serial", 1)]
+    errors = []
+
+    def error(message):
+        errors.append(message)
+        raise SystemExit(2)
+
+    for bad in ("1m=0", "9m=2"):
+        try:
+            scaling.repeats_per_size([bad], error)
+        except SystemExit:
+            pass
+    assert errors == ["--repeats 1m=0: need a whole number of at least 1",
+                      "--repeats 9m=2: unknown size '9m' (sizes: 1m, 25m, 125m)"]
+
+
 def test_workers_over_raw_is_the_median_of_each_rounds_ratio():
     spec = importlib.util.spec_from_file_location("rollout_overhead", BENCH / "rollout_overhead.py")
     overhead = importlib.util.module_from_spec(spec)
